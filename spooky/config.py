@@ -1,0 +1,164 @@
+"""Typed settings, loaded once from `config.toml` (no torch import).
+
+Every section is a pydantic model with a comment per field; unknown keys are errors, so a typo in
+the file fails at start with the key's name. Secrets come from the environment first.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from spooky.errors import ConfigError
+
+MiB = 1024 * 1024
+
+#: Environment variables that win over the file for secrets.
+ENV_ENGINE_SECRET = "SPOOKY_ENGINE_SECRET"
+ENV_DISCORD_TOKEN = "DISCORD_TOKEN"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelsConfig(_Section):
+    """Which weights the engine loads and where it finds them."""
+
+    # "full": the published checkpoints; "tiny": toy-size random models for tests and smoke runs.
+    preset: Literal["full", "tiny"] = "full"
+    # "auto" picks CUDA when available, else CPU.
+    device: str = "auto"
+    # Where `spooky weights fetch` downloads to and where missing paths are looked up.
+    cache_dir: Path = Path("~/.cache/spookygan").expanduser()
+    # rosinality-format StyleGAN2 checkpoint; empty = <cache_dir>/stylegan2-ffhq-config-f.pt
+    stylegan2: Path | None = None
+    # Which VQGAN to use: a name from the weights registry ("vqgan_wikiart_16384", "vqgan_imagenet_16384").
+    vqgan: str = "vqgan_wikiart_16384"
+    # Explicit taming files (override the registry name): the yaml and the Lightning ckpt.
+    vqgan_config: Path | None = None
+    vqgan_ckpt: Path | None = None
+    # open_clip state dict for ViT-B-32 (openai); empty = <cache_dir>/clip-vit-b-32-openai.pt
+    clip: Path | None = None
+    # Seed of the tiny preset's random weights (the same seed gives the same toy models).
+    tiny_seed: int = 0
+
+
+class PipelineConfig(_Section):
+    """Defaults of the three stages (SPEC §2); requests may override within the limits."""
+
+    stylegan_steps: int = Field(40, ge=1, le=1000)
+    stylegan_lr: float = Field(0.1, gt=0)
+    # Weight of the L2 pull toward the start latent.
+    l2_lambda: float = Field(0.008, ge=0)
+    # Emit a progress still every this many steps (0 = only the final image).
+    still_every: int = Field(5, ge=0)
+    scare_steps: int = Field(10, ge=0, le=1000)
+    scare_lr: float = Field(0.1, gt=0)
+    # Number of CLIP cutouts per step in stages 2 and 3.
+    cutouts: int = Field(32, ge=1, le=256)
+    # Stage-2/3 canvas, width x height; both multiples of the VQGAN's downsampling factor.
+    size: tuple[int, int] = (608, 752)
+    nightmare_prompt: str = "nightmare"
+    nightmare_frames: int = Field(300, ge=1, le=3000)
+    nightmare_lr: float = Field(0.01, gt=0)
+    fps: int = Field(30, ge=1, le=120)
+    # Byte budget of the MP4 (Discord's default upload limit for bots is 10 MiB).
+    video_max_bytes: int = Field(10 * MiB, ge=64 * 1024)
+
+
+class EngineConfig(_Section):
+    """The GPU process and its local API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    # Shared secret for the API; SPOOKY_ENGINE_SECRET wins over the file.
+    secret: SecretStr | None = None
+    # Folder for the SQLite queue and the artifacts (PNG, MP4).
+    data_dir: Path = Path("./data")
+    # Most jobs waiting or running across all servers.
+    max_queue: int = Field(100, ge=1)
+    # A job running longer than this fails with a time-out.
+    job_timeout_s: float = Field(900, gt=0)
+    # Artifacts older than this are deleted; the last image per user and channel is kept.
+    artifact_retention_hours: float = Field(72, gt=0)
+    # On SIGTERM, wait this long for the running job before stopping it.
+    drain_timeout_s: float = Field(30, ge=0)
+    # Largest request body the API accepts (uploads included).
+    max_body_bytes: int = Field(12 * MiB, ge=1024)
+
+
+class BotConfig(_Section):
+    """The Discord face."""
+
+    # Bot token; DISCORD_TOKEN wins over the file. Never logged.
+    token: SecretStr | None = None
+    # Where the bot reaches the engine's API.
+    engine_url: str = "http://127.0.0.1:8765"
+    # Discord REST base and gateway (change only for Discord-compatible servers and tests).
+    api_base: str = "https://discord.com/api/v10"
+    gateway_url: str | None = None
+    # Minimum seconds between two edits of one progress message.
+    progress_interval_s: float = Field(1.5, ge=0.2)
+    # Upload limit used when the server's own is unknown.
+    upload_limit_bytes: int = Field(10 * MiB, ge=1024)
+
+
+class LimitsConfig(_Section):
+    """Per-server defaults until a moderator changes them with /limits set."""
+
+    max_queue_per_server: int = Field(10, ge=1)
+    max_jobs_per_user: int = Field(2, ge=1)
+    cooldown_s: float = Field(30, ge=0)
+    max_steps: int = Field(60, ge=1)
+    max_scare_steps: int = Field(20, ge=0)
+    max_frames: int = Field(300, ge=1)
+
+
+class Settings(_Section):
+    models: ModelsConfig = ModelsConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    engine: EngineConfig = EngineConfig()
+    bot: BotConfig = BotConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    @field_validator("models")
+    @classmethod
+    def _expand(cls, v: ModelsConfig) -> ModelsConfig:
+        v.cache_dir = v.cache_dir.expanduser()
+        return v
+
+
+def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None = None) -> Settings:
+    """Read `path` (TOML), apply environment secrets, validate; raise ConfigError naming the key."""
+    env = os.environ if env is None else env
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file not found: {p}", hint="copy config.example.toml") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p} is not valid TOML: {e}") from e
+    if env.get(ENV_ENGINE_SECRET):
+        data.setdefault("engine", {})["secret"] = env[ENV_ENGINE_SECRET]
+    if env.get(ENV_DISCORD_TOKEN):
+        data.setdefault("bot", {})["token"] = env[ENV_DISCORD_TOKEN]
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, path)) from e
+
+
+def _describe(e: ValidationError, path: str | Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = [f"invalid settings{where}:"]
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        lines.append(f"  {key}: {err['msg']}")
+    return "\n".join(lines)
