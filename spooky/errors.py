@@ -85,7 +85,7 @@ class DownloadError(WeightsError):
 # --- running jobs ----------------------------------------------------------------------------
 
 
-class JobCancelled(SpookyError):  # noqa: N818 - it is a signal, not a failure
+class JobCancelled(SpookyError):
     """Raised from a progress callback to stop a stage at the next step."""
 
     code = "cancelled"
