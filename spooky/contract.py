@@ -1,0 +1,327 @@
+"""The contract between the bot and the engine: requests, jobs, events, limits (no torch import).
+
+Both sides import this module; the engine validates every request body with these models and the
+bot builds them. Unknown fields are refused (`extra="forbid"`), so a typo fails loudly.
+
+HTTP API (JSON bodies; every route but /v1/health needs `Authorization: Bearer <secret>`):
+
+    GET    /v1/health                              -> Health                      (no auth)
+    POST   /v1/jobs                 JobRequest     -> 202 SubmitResponse
+                                                   |  429/409 RefusalBody (a limit refused it)
+                                                   |  400/422 ErrorBody (malformed or invalid)
+    GET    /v1/jobs/{id}                           -> JobView
+    GET    /v1/jobs?guild_id=&user_id=&state=&undelivered=1&limit=  -> JobList
+    POST   /v1/jobs/{id}/cancel     CancelRequest  -> JobView | 403 ErrorBody | 409 (finished)
+    PATCH  /v1/jobs/{id}/client     ClientState    -> JobView    (the bot's own bookkeeping)
+    POST   /v1/jobs/{id}/delivered                 -> JobView    (the bot posted the result)
+    GET    /v1/queue?guild_id=&user_id=            -> QueueView
+    GET    /v1/events?job_id=|guild_id=&after=N    -> text/event-stream of Event
+                                                      (`id:` = Event.id; `Last-Event-ID` or
+                                                      `after` resumes; a comment line every 15 s
+                                                      keeps idle streams open)
+    POST   /v1/uploads?user_id=&channel_id=  (raw image bytes)      -> Artifact
+    GET    /v1/artifacts/{id}                      -> the bytes (image/png, video/mp4)
+    GET    /v1/last-image?user_id=&channel_id=     -> LastImage | 404
+    GET    /v1/guilds/{guild_id}/limits            -> GuildLimits
+    PATCH  /v1/guilds/{guild_id}/limits LimitsUpdate -> GuildLimits
+    GET    /v1/guilds/{guild_id}/limits/log        -> list[LimitsChange]
+    GET    /metrics                                -> Prometheus text
+
+Errors always have the body `ErrorBody` (`{"error": {"code", "message", "details"}}`) or, for a
+limit, `RefusalBody` (`{"refusal": Refusal}`), so the bot can show the reason as it is.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+API_PREFIX = "/v1"
+AUTH_HEADER = "Authorization"
+
+#: Discord snowflakes travel as strings (they overflow JavaScript numbers).
+Snowflake = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}$")]
+ArtifactId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+
+#: Longest prompt text accepted at the door; CLIP's 77-token limit is checked by the engine.
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**32 - 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=False)
+
+
+class JobKind(StrEnum):
+    SPOOKY = "spooky"  # StyleGAN2+CLIP face, then the VQGAN+CLIP scare pass: two stills
+    NIGHTMARE = "nightmare"  # VQGAN+CLIP drift of an image, one frame per step: an MP4
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class EventType(StrEnum):
+    QUEUED = "queued"  # data: position, eta_s
+    STARTED = "started"  # data: attempt
+    PROGRESS = "progress"  # data: stage, step, total, still (artifact id or null)
+    FINISHED = "finished"  # data: artifacts {name: id}, result {seed, settings}
+    FAILED = "failed"  # data: reason, code
+    CANCELLED = "cancelled"  # data: by
+    INTERRUPTED = "interrupted"  # data: reason, retried (bool) — the engine stopped mid-job
+
+
+class RefusalCode(StrEnum):
+    QUEUE_FULL = "queue_full"  # the engine's global queue
+    SERVER_QUEUE_FULL = "server_queue_full"
+    USER_LIMIT = "user_limit"  # too many jobs of this user waiting or running
+    COOLDOWN = "cooldown"
+    PAUSED = "paused"  # a moderator paused this server
+    CHANNEL_NOT_ALLOWED = "channel_not_allowed"
+    BANNED_WORD = "banned_word"
+    OUT_OF_RANGE = "out_of_range"  # steps, frames, size beyond the server's range
+    NO_PREVIOUS_IMAGE = "no_previous_image"  # /nightmare with nothing to animate
+    BAD_PROMPT = "bad_prompt"  # empty, or over CLIP's 77 tokens
+    BAD_IMAGE = "bad_image"
+    NOT_READY = "not_ready"  # models still loading, or draining for shutdown
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class Requester(_Model):
+    """Who asked, and where the result goes."""
+
+    user_id: Snowflake
+    channel_id: Snowflake
+    guild_id: Snowflake | None = None  # None in DMs
+    user_name: str | None = Field(None, max_length=100)  # for logs only
+    is_moderator: bool = False  # the bot checked Manage Server; moderators skip the user limits
+
+
+class JobRequest(_Model):
+    kind: JobKind
+    prompt: str = Field(..., max_length=MAX_PROMPT_CHARS)
+    # Stage-2 prompt for `spooky` ("a:1|b:-0.5" weights allowed); defaults to `prompt`.
+    scare_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    steps: int | None = Field(None, ge=1)  # stage-1 steps
+    scare_steps: int | None = Field(None, ge=0)
+    frames: int | None = Field(None, ge=1)  # nightmare frames (= steps) at 30 fps
+    size: tuple[int, int] | None = None  # (width, height) of the stage-2/3 canvas
+    # Nightmare source: an uploaded or earlier artifact; None = the user's last image in the channel.
+    init_artifact: ArtifactId | None = None
+    requester: Requester
+    # Idempotent submit: the same key returns the same job (the bot uses the interaction id).
+    idempotency_key: str | None = Field(None, min_length=1, max_length=100)
+    # Opaque bookkeeping of the bot (interaction token, message ids), returned with the job.
+    client: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the prompt is empty: describe a face, e.g. 'dracula pale fangs'")
+        return v.strip()
+
+    @field_validator("scare_prompt")
+    @classmethod
+    def _scare_not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            return None
+        return v.strip() if v else v
+
+    @field_validator("size")
+    @classmethod
+    def _size_positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] <= 0 or v[1] <= 0):
+            raise ValueError("size must be two positive integers (width, height)")
+        return v
+
+    @field_validator("client")
+    @classmethod
+    def _client_small(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if len(key) > 64 or len(value) > 1000:
+                raise ValueError("client entries are limited to 64-char keys and 1000-char values")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> JobRequest:
+        if self.kind is JobKind.SPOOKY and (self.frames is not None or self.init_artifact is not None):
+            raise ValueError("frames and init_artifact belong to nightmare jobs")
+        if self.kind is JobKind.NIGHTMARE and (self.steps is not None or self.scare_steps is not None):
+            raise ValueError("steps and scare_steps belong to spooky jobs; a nightmare has frames")
+        return self
+
+
+class CancelRequest(_Model):
+    actor_id: Snowflake
+    is_moderator: bool = False  # moderators may cancel anyone's job
+
+
+class ClientState(_Model):
+    client: dict[str, str] = Field(..., max_length=16)
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+class Progress(_Model):
+    stage: str
+    step: int
+    total: int
+
+
+class JobView(_Model):
+    id: str
+    kind: JobKind
+    state: JobState
+    request: JobRequest
+    position: int | None = None  # 1-based place in the queue while QUEUED (1 = next)
+    eta_s: float | None = None  # estimated seconds until it finishes
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    progress: Progress | None = None
+    # Finished artifacts by role: "stylegan", "spooky" (PNG), "video" (MP4), "still" (latest PNG).
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    # seed and settings actually used (to reproduce or reroll).
+    result: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    error_code: str | None = None
+    delivered: bool = False
+
+
+class SubmitResponse(_Model):
+    job: JobView
+    duplicate: bool = False  # the idempotency key matched an existing job
+
+
+class Refusal(_Model):
+    code: RefusalCode
+    message: str  # a sentence for the user, with the values
+    limit: str | None = None  # the setting that refused, e.g. "max_jobs_per_user"
+    value: float | int | str | None = None  # its value
+    allowed: str | None = None  # the allowed range, e.g. "1–60"
+    retry_after_s: float | None = None  # cooldowns
+
+
+class RefusalBody(_Model):
+    refusal: Refusal
+
+
+class ErrorDetail(_Model):
+    code: str
+    message: str
+    details: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ErrorBody(_Model):
+    error: ErrorDetail
+
+
+class JobList(_Model):
+    jobs: list[JobView]
+
+
+class QueueView(_Model):
+    length: int  # jobs waiting (not counting the running one)
+    running: JobView | None = None
+    jobs: list[JobView] = Field(default_factory=list)  # the caller's filter (guild/user), queue order
+    eta_s: float | None = None  # until the whole queue is done
+
+
+class Event(_Model):
+    id: int  # strictly increasing across the engine; resume with after=id
+    job_id: str
+    type: EventType
+    at: float = Field(default_factory=time.time)
+    guild_id: str | None = None
+    channel_id: str | None = None
+    user_id: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Artifact(_Model):
+    id: str
+    media_type: str  # image/png, video/mp4
+    bytes: int
+    job_id: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class LastImage(_Model):
+    artifact_id: str
+    job_id: str | None = None
+
+
+class Health(_Model):
+    status: Literal["loading", "ready", "draining", "error"]
+    preset: str | None = None
+    device: str | None = None
+    queue_length: int = 0
+    running_job: str | None = None
+    detail: str | None = None
+    version: str = "1"
+
+
+# --- per-server limits ---------------------------------------------------------------------
+
+
+class GuildLimits(_Model):
+    """What moderators tune with /limits; stored by the engine, enforced at submit."""
+
+    max_queue_per_server: int = Field(10, ge=1, le=1000)
+    max_jobs_per_user: int = Field(2, ge=1, le=100)
+    cooldown_s: float = Field(30, ge=0, le=86400)
+    max_steps: int = Field(60, ge=1, le=1000)
+    max_scare_steps: int = Field(20, ge=0, le=1000)
+    max_frames: int = Field(300, ge=1, le=3000)
+    allowed_channels: list[Snowflake] = Field(default_factory=list, max_length=100)  # empty = all
+    paused: bool = False
+    banned_words: list[Annotated[str, StringConstraints(min_length=1, max_length=50)]] = Field(
+        default_factory=list, max_length=200
+    )
+
+    @field_validator("banned_words")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return sorted({w.strip().lower() for w in v if w.strip()})
+
+
+class LimitsUpdate(_Model):
+    """A partial change: only the fields given are changed."""
+
+    actor_id: Snowflake
+    changes: dict[str, Any]
+
+    @field_validator("changes")
+    @classmethod
+    def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(GuildLimits.model_fields))
+        if unknown:
+            raise ValueError(f"unknown limit(s) {unknown}; known: {sorted(GuildLimits.model_fields)}")
+        if not v:
+            raise ValueError("no change given")
+        return v
+
+
+class LimitsChange(_Model):
+    guild_id: str
+    actor_id: str
+    at: float
+    changes: dict[str, Any]
