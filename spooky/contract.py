@@ -21,6 +21,8 @@ HTTP API (JSON bodies; every route but /v1/health needs `Authorization: Bearer <
                                                       keeps idle streams open)
     POST   /v1/uploads?user_id=&channel_id=  (raw image bytes)      -> Artifact
     GET    /v1/artifacts/{id}                      -> the bytes (image/png, video/mp4)
+    POST   /v1/artifacts/{id}/fit?max_bytes=N      -> Artifact  (a re-encoded MP4 under N bytes,
+                                                      for a server whose upload limit is smaller)
     GET    /v1/last-image?user_id=&channel_id=     -> LastImage | 404
     GET    /v1/guilds/{guild_id}/limits            -> GuildLimits
     PATCH  /v1/guilds/{guild_id}/limits LimitsUpdate -> GuildLimits
@@ -119,6 +121,8 @@ class JobRequest(_Model):
     steps: int | None = Field(None, ge=1)  # stage-1 steps
     scare_steps: int | None = Field(None, ge=0)
     frames: int | None = Field(None, ge=1)  # nightmare frames (= steps) at 30 fps
+    # Upload limit of the destination (Discord server); the engine fits the MP4 under it.
+    max_bytes: int | None = Field(None, ge=64 * 1024)
     size: tuple[int, int] | None = None  # (width, height) of the stage-2/3 canvas
     # Nightmare source: an uploaded or earlier artifact; None = the user's last image in the channel.
     init_artifact: ArtifactId | None = None
