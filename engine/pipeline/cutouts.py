@@ -1,0 +1,180 @@
+"""Random augmented crops of the canvas that CLIP sees in stages 2 and 3 (VQGAN+CLIP's cutouts)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Rec. 601 luma weights: the grey axis used by the saturation and contrast jitter.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class MakeCutouts(nn.Module):
+    """`cutn` square crops of an image in [0, 1], resized to `cut_size`, then augmented.
+
+    Crop sides are drawn as in VQGAN+CLIP, `min + (max − min)·rand^cut_pow` (a larger cut_pow
+    favours small crops). Augmentations act on the whole batch at once: flip, rotation, scale,
+    shift and perspective are folded into one homography per cutout and applied with a single
+    `grid_sample`; brightness, saturation, hue and contrast are one colour matrix per cutout;
+    then Gaussian noise of a random strength up to `noise_fac`. All randomness comes from the
+    `generator` passed to `forward`, so a seeded generator gives the same cutouts bit for bit.
+    """
+
+    def __init__(
+        self,
+        cut_size: int,
+        cutn: int,
+        cut_pow: float = 1.0,
+        augment: bool = True,
+        noise_fac: float = 0.1,
+        *,
+        flip_p: float = 0.5,
+        aug_p: float = 0.7,
+        degrees: float = 15.0,
+        translate: float = 0.1,
+        scale: tuple[float, float] = (0.9, 1.1),
+        perspective: float = 0.2,
+        brightness: float = 0.1,
+        contrast: float = 0.1,
+        saturation: float = 0.1,
+        hue: float = 0.05,
+    ) -> None:
+        super().__init__()
+        if cut_size < 1 or cutn < 1:
+            raise ValueError(f"cut_size and cutn must be >= 1, got {cut_size} and {cutn}")
+        # A perspective term of 0.5 or more could put the horizon inside the crop.
+        if not 0 <= perspective < 0.5:
+            raise ValueError(f"perspective must be in [0, 0.5), got {perspective}")
+        self.cut_size = cut_size
+        self.cutn = cutn
+        self.cut_pow = cut_pow
+        self.augment = augment
+        self.noise_fac = noise_fac
+        self.flip_p = flip_p
+        self.aug_p = aug_p
+        self.degrees = degrees
+        self.translate = translate
+        self.scale = scale
+        self.perspective = perspective
+        self.brightness = brightness
+        self.contrast = contrast
+        self.saturation = saturation
+        self.hue = hue
+
+    def forward(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """[1, 3, H, W] in [0, 1] -> [cutn, 3, cut_size, cut_size] (gradients flow to `image`)."""
+        if image.dim() != 4 or image.shape[0] != 1:
+            raise ValueError(f"expected one image [1, C, H, W], got shape {tuple(image.shape)}")
+        rand = _Sampler(generator, image.device, image.dtype)
+        batch = self._crops(image, rand)
+        if self.augment:
+            batch = self._warp(batch, rand)
+            batch = self._jitter_colour(batch, rand)
+        if self.noise_fac:
+            strength = rand.uniform((self.cutn, 1, 1, 1), 0, self.noise_fac)
+            batch = batch + strength * rand.normal(tuple(batch.shape))
+        return batch
+
+    def _crops(self, image: Tensor, rand: _Sampler) -> Tensor:
+        height, width = image.shape[-2:]
+        max_size = min(height, width)
+        min_size = min(height, width, self.cut_size)
+        draws = rand.uniform((self.cutn, 3), 0, 1).tolist()  # one host sync for all crops
+        cuts = []
+        for u_size, u_x, u_y in draws:
+            size = int(min_size + (max_size - min_size) * u_size**self.cut_pow)
+            x0 = min(int(u_x * (width - size + 1)), width - size)
+            y0 = min(int(u_y * (height - size + 1)), height - size)
+            cut = image[:, :, y0 : y0 + size, x0 : x0 + size]
+            if size >= self.cut_size:
+                cut = F.adaptive_avg_pool2d(cut, self.cut_size)  # area average: no aliasing
+            else:  # only when the whole image is smaller than the cut size
+                cut = F.interpolate(cut, size=self.cut_size, mode="bilinear", align_corners=False)
+            cuts.append(cut)
+        return torch.cat(cuts)
+
+    def _warp(self, batch: Tensor, rand: _Sampler) -> Tensor:
+        """Flip, affine and perspective as one homography per cutout, sampled once."""
+        n, size = batch.shape[0], batch.shape[-1]
+        # Each transform maps output coordinates to where they sample the input, in
+        # grid_sample's normalised [-1, 1] space; a transform not drawn stays the identity.
+        eye = torch.eye(3, dtype=batch.dtype, device=batch.device).expand(n, 3, 3)
+
+        flip = eye.clone()
+        flip[:, 0, 0] = torch.where(rand.uniform((n,), 0, 1) < self.flip_p, -1.0, 1.0)
+
+        use_affine = rand.uniform((n,), 0, 1) < self.aug_p
+        angle = rand.uniform((n,), -1, 1) * math.radians(self.degrees)
+        zoom = rand.uniform((n,), *self.scale)
+        shift = rand.uniform((n, 2), -1, 1) * (2 * self.translate)  # the [-1, 1] span is 2 wide
+        affine = eye.clone()
+        affine[:, 0, 0] = zoom * angle.cos()
+        affine[:, 0, 1] = -zoom * angle.sin()
+        affine[:, 1, 0] = zoom * angle.sin()
+        affine[:, 1, 1] = zoom * angle.cos()
+        affine[:, :2, 2] = shift
+        affine = torch.where(use_affine[:, None, None], affine, eye)
+
+        use_persp = rand.uniform((n,), 0, 1) < self.aug_p
+        tilt = rand.uniform((n, 2), -self.perspective, self.perspective)
+        persp = eye.clone()
+        persp[:, 2, :2] = torch.where(use_persp[:, None], tilt, torch.zeros_like(tilt))
+
+        homography = flip @ affine @ persp
+        centres = (torch.arange(size, dtype=batch.dtype, device=batch.device) + 0.5) / size * 2 - 1
+        gy, gx = torch.meshgrid(centres, centres, indexing="ij")
+        points = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).reshape(1, -1, 3)
+        src = points @ homography.transpose(1, 2)  # [n, size*size, 3]
+        grid = (src[..., :2] / src[..., 2:]).reshape(n, size, size, 2)
+        return F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _jitter_colour(self, batch: Tensor, rand: _Sampler) -> Tensor:
+        """Brightness, saturation and hue as one 3x3 matrix per cutout, then contrast."""
+        n = batch.shape[0]
+        dtype, device = batch.dtype, batch.device
+        eye = torch.eye(3, dtype=dtype, device=device).expand(n, 3, 3)
+        luma = torch.tensor(_LUMA, dtype=dtype, device=device)
+        use = rand.uniform((n,), 0, 1) < self.aug_p
+
+        bright = rand.uniform((n, 1, 1), 1 - self.brightness, 1 + self.brightness)
+        sat = rand.uniform((n, 1, 1), 1 - self.saturation, 1 + self.saturation)
+        # Saturation blends each pixel with its grey value (luma · rgb).
+        saturate = sat * eye + (1 - sat) * luma.expand(3, 3)
+        # Hue turns colours about the grey diagonal (Rodrigues' rotation about (1,1,1)/√3).
+        theta = rand.uniform((n, 1, 1), -self.hue, self.hue) * (2 * math.pi)
+        k = torch.full((3,), 1 / math.sqrt(3), dtype=dtype, device=device)
+        cross = torch.tensor(
+            [[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]], dtype=dtype, device=device
+        )
+        cross = cross / math.sqrt(3)
+        rotate = theta.cos() * eye + theta.sin() * cross + (1 - theta.cos()) * torch.outer(k, k)
+        matrix = torch.where(use[:, None, None], bright * rotate @ saturate, eye)
+
+        out = torch.einsum("nij,njhw->nihw", matrix, batch)
+        # Contrast blends with the mean grey of each cutout.
+        contrast = rand.uniform((n, 1, 1, 1), 1 - self.contrast, 1 + self.contrast)
+        contrast = torch.where(use[:, None, None, None], contrast, torch.ones_like(contrast))
+        grey = torch.einsum("c,nchw->nhw", luma, out).mean(dim=(1, 2)).reshape(n, 1, 1, 1)
+        # No clamp: it would zero the gradient of every pixel pushed past 0 or 1.
+        return contrast * out + (1 - contrast) * grey
+
+
+class _Sampler:
+    """Draws from one generator (on its own device, so a CPU seed also drives a GPU run)."""
+
+    def __init__(self, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> None:
+        self.generator = generator
+        self.device = device
+        self.dtype = dtype
+        self.draw_device = generator.device if generator is not None else device
+
+    def uniform(self, shape: tuple[int, ...], low: float, high: float) -> Tensor:
+        u = torch.rand(shape, generator=self.generator, device=self.draw_device, dtype=self.dtype)
+        return (low + (high - low) * u).to(self.device)
+
+    def normal(self, shape: tuple[int, ...]) -> Tensor:
+        z = torch.randn(shape, generator=self.generator, device=self.draw_device, dtype=self.dtype)
+        return z.to(self.device)
