@@ -6,10 +6,12 @@ the file fails at start with the key's name. Secrets come from the environment f
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -20,6 +22,9 @@ MiB = 1024 * 1024
 #: Environment variables that win over the file for secrets.
 ENV_ENGINE_SECRET = "SPOOKY_ENGINE_SECRET"
 ENV_DISCORD_TOKEN = "DISCORD_TOKEN"
+#: Any setting may also come from SPOOKY_<SECTION>__<KEY> (e.g. SPOOKY_ENGINE__DATA_DIR=/data); it
+#: wins over the file. The Docker images use it so one config.toml serves host and containers.
+ENV_SETTING_PREFIX = "SPOOKY_"
 
 
 class _Section(BaseModel):
@@ -145,6 +150,10 @@ def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None 
             raise ConfigError(f"config file not found: {p}", hint="copy config.example.toml") from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p} is not valid TOML: {e}") from e
+    for (section, key), name in env_overrides(env).items():
+        if not isinstance(data.get(section, {}), dict):
+            raise ConfigError(f"{section} must be a [{section}] table, not a value")
+        data.setdefault(section, {})[key] = _env_value(env[name])
     if env.get(ENV_ENGINE_SECRET):
         data.setdefault("engine", {})["secret"] = env[ENV_ENGINE_SECRET]
     if env.get(ENV_DISCORD_TOKEN):
@@ -155,10 +164,73 @@ def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None 
         raise ConfigError(_describe(e, path)) from e
 
 
+def env_overrides(env: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """Map (section, key) to the SPOOKY_<SECTION>__<KEY> variable that sets it; unknown names fail."""
+    found: dict[tuple[str, str], str] = {}
+    for name in env:
+        if not name.startswith(ENV_SETTING_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_SETTING_PREFIX) :].lower().partition("__")
+        model = Settings.model_fields.get(section)
+        if model is None:
+            raise ConfigError(
+                f"environment variable {name} names no settings section {section!r}",
+                hint=f"sections: {', '.join(Settings.model_fields)}",
+            )
+        fields = model.annotation.model_fields  # type: ignore[union-attr]
+        if key not in fields:
+            raise ConfigError(
+                f"environment variable {name} names no setting {section}.{key}",
+                hint=f"[{section}] has: {', '.join(fields)}",
+            )
+        found[(section, key)] = name
+    return found
+
+
+def _env_value(raw: str) -> object:
+    # Lists and tables (e.g. size = [608, 752]) are written as JSON; anything else stays a string
+    # and pydantic converts it to the field's type.
+    if raw.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+_SECRET_KEYS = {("engine", "secret"), ("bot", "token")}
+
+
+def _allowed(loc: tuple) -> str | None:
+    """The allowed values of the setting at `loc`, from its type and bounds, for error messages."""
+    if len(loc) == 1:
+        return f"known sections: {', '.join(Settings.model_fields)}"
+    section = Settings.model_fields.get(str(loc[0]))
+    if section is None:
+        return None
+    fields = section.annotation.model_fields  # type: ignore[union-attr]
+    field = fields.get(str(loc[1]))
+    if field is None:
+        return f"[{loc[0]}] has: {', '.join(fields)}"
+    if get_origin(field.annotation) is Literal:
+        return "allowed: " + ", ".join(repr(a) for a in get_args(field.annotation))
+    bounds = []
+    for m in field.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                bounds.append(f"{sign} {getattr(m, attr)}")
+    return ("allowed: " + " and ".join(bounds)) if bounds else None
+
+
 def _describe(e: ValidationError, path: str | Path | None) -> str:
     where = f" in {path}" if path else ""
     lines = [f"invalid settings{where}:"]
     for err in e.errors():
         key = ".".join(str(p) for p in err["loc"])
-        lines.append(f"  {key}: {err['msg']}")
+        # Echo what was given (never for secrets) and what is allowed, so the fix is obvious.
+        given = "" if tuple(err["loc"][:2]) in _SECRET_KEYS else f" (got {err.get('input')!r:.60})"
+        allowed = _allowed(tuple(err["loc"]))
+        hint = f"; {allowed}" if allowed and err["type"] != "literal_error" else ""
+        msg, given = ("unknown key", "") if err["type"] == "extra_forbidden" else (err["msg"], given)
+        lines.append(f"  {key}: {msg}{given}{hint}")
     return "\n".join(lines)
