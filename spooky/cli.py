@@ -12,6 +12,7 @@ import logging
 import sys
 
 from spooky.errors import SpookyError
+from spooky.logs import configure_logging, wants_json
 
 COMMANDS: tuple[str, ...] = (
     "engine.cli.render",  # spooky render
@@ -25,6 +26,9 @@ COMMANDS: tuple[str, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spooky", description="SpookyGAN: Halloween faces and nightmares")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-json", action="store_true", help="one JSON object per log line (or SPOOKY_LOG_FORMAT=json)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -40,10 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose=args.verbose, json_lines=wants_json(args.log_json))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
