@@ -1,0 +1,91 @@
+"""`spooky weights fetch|list|verify`: the published model files in the cache directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from engine.models import weights
+from spooky.config import Settings, load_settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("weights", help="download, list and verify model weights")
+    actions = parser.add_subparsers(dest="weights_action", metavar="ACTION", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--cache-dir", type=Path, help="weights folder (default: models.cache_dir of the config)"
+    )
+    common.add_argument("--config", type=Path, help="config.toml to read models.cache_dir from")
+
+    fetch = actions.add_parser(
+        "fetch", parents=[common], help="download files (default: the ones the config uses)"
+    )
+    fetch.add_argument("names", nargs="*", metavar="NAME", help=f"one of: {', '.join(weights.REGISTRY)}")
+    fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fetch.set_defaults(func=_fetch)
+
+    listing = actions.add_parser(
+        "list", parents=[common], help="registry entries and whether they are present"
+    )
+    listing.set_defaults(func=_list)
+
+    verify = actions.add_parser("verify", parents=[common], help="check the sha256 of the files present")
+    verify.add_argument("names", nargs="*", metavar="NAME", help="entries to check (default: all)")
+    verify.set_defaults(func=_verify)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config) if args.config else load_settings(None)
+
+
+def _cache_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    return (args.cache_dir or settings.models.cache_dir).expanduser()
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    cache_dir = _cache_dir(args, settings)
+    names = args.names or ["stylegan2_ffhq", settings.models.vqgan, "clip_vit_b_32"]
+    for name in names:
+        weights.get_entry(name)  # unknown names fail before anything is downloaded
+    for name in names:
+        print(f"{name}: {weights.get_entry(name).description}")
+        for path in weights.fetch(name, cache_dir, progress=not args.no_progress):
+            print(f"  {path} ({weights.human_size(path.stat().st_size)})")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    cache_dir = _cache_dir(args, _settings(args))
+    print(f"cache directory: {cache_dir}")
+    rows = [("NAME", "PRESENT", "SIZE", "PATH")]
+    for st in weights.file_statuses(list(weights.REGISTRY), cache_dir):
+        wf = next(f for f in weights.REGISTRY[st.entry].files if cache_dir / f.filename == st.path)
+        if st.present:
+            size = weights.human_size(st.size)
+        else:
+            size = f"~{weights.human_size(wf.approx_size)}" if wf.approx_size else "?"
+        rows.append((st.entry, "yes" if st.present else "no", size, str(st.path)))
+    _print_table(rows)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    cache_dir = _cache_dir(args, _settings(args))
+    names = args.names or list(weights.REGISTRY)
+    for name in names:
+        weights.get_entry(name)
+    statuses = weights.file_statuses(names, cache_dir, check=True)
+    rows = [("NAME", "CHECK", "PATH", "DETAIL")]
+    rows += [(st.entry, st.check, str(st.path), st.detail) for st in statuses]
+    _print_table(rows)
+    failed = [st for st in statuses if st.check == "mismatch" or (args.names and st.check == "missing")]
+    return 1 if failed else 0
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[-1]]
+        print("  ".join(cells).rstrip())

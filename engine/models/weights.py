@@ -1,0 +1,393 @@
+"""Registry of the published model files and a resumable, checksummed downloader (no torch import).
+
+Digests: where the publisher gives no sha256 we do not invent one. The first download records the
+digest in a `<file>.sha256` sidecar and later checks (`spooky weights verify`, re-fetch) compare
+against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from spooky.errors import DownloadError, WeightsError
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file of an entry, stored at `<cache_dir>/<filename>`."""
+
+    filename: str
+    # Mirrors, tried in order until one works.
+    urls: tuple[str, ...]
+    # Published sha256, or None (then the digest of the first download is kept in a sidecar).
+    sha256: str | None = None
+    # Approximate size in bytes (listing, and the disk check when a server sends no length).
+    approx_size: int | None = None
+    # Where the URLs come from and whether they were confirmed.
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    name: str
+    kind: str  # "stylegan2" | "vqgan" | "clip"
+    description: str
+    files: tuple[WeightFile, ...]
+
+    def paths(self, cache_dir: Path) -> list[Path]:
+        return [Path(cache_dir).expanduser() / f.filename for f in self.files]
+
+
+_STYLECLIP_DRIVE_ID = "1EM87UquaoQmk17Q8d5kYIAHqu0dkYqdT"
+_HEIBOX_IMAGENET_16384 = "https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/files/"
+_CLIP_HF_REVISION = "ab5b8ef490e86faa07d3523926b842c765de1de5"
+
+REGISTRY: dict[str, WeightsEntry] = {
+    e.name: e
+    for e in (
+        WeightsEntry(
+            name="stylegan2_ffhq",
+            kind="stylegan2",
+            description="StyleGAN2 FFHQ config-f, 1024px, rosinality format (the file StyleCLIP uses)",
+            files=(
+                WeightFile(
+                    "stylegan2-ffhq-config-f.pt",
+                    # The Drive file id is the one in StyleCLIP's README (confirmed). The
+                    # drive.usercontent form with confirm=t skips Drive's virus-scan page for large
+                    # files; that URL form is not confirmed here. Drive may also refuse with a quota
+                    # page, which the downloader reports as a web page instead of the file.
+                    urls=(
+                        f"https://drive.usercontent.google.com/download?id={_STYLECLIP_DRIVE_ID}"
+                        "&export=download&confirm=t",
+                    ),
+                    source="orpatashnik/StyleCLIP README (Drive id confirmed; direct URL form unconfirmed)",
+                ),
+            ),
+        ),
+        WeightsEntry(
+            name="vqgan_wikiart_16384",
+            kind="vqgan",
+            description="VQGAN f16, 16384 codes, trained on WikiArt (the original article's model)",
+            files=(
+                WeightFile(
+                    "vqgan_wikiart_16384/model.yaml",
+                    # Community mirrors (no official host exists for this model); seen in
+                    # tnwei/vqgan-clip-app, nerdyrodent/VQGAN-CLIP and technillogue/imogen
+                    # scripts; not confirmed reachable.
+                    urls=(
+                        "https://github.com/Eleiber/VQGAN-Mirrors/releases/download/0.0.1/wikiart_16384.yaml",
+                        "http://mirror.io.community/blob/vqgan/wikiart_16384.yaml",
+                        "http://eaidata.bmk.sh/data/Wikiart_16384/wikiart_f16_16384_8145600.yaml",
+                    ),
+                    source="community mirrors from VQGAN+CLIP download scripts (unconfirmed)",
+                ),
+                WeightFile(
+                    "vqgan_wikiart_16384/last.ckpt",
+                    urls=(
+                        "https://github.com/Eleiber/VQGAN-Mirrors/releases/download/0.0.1/wikiart_16384.ckpt",
+                        "http://mirror.io.community/blob/vqgan/wikiart_16384.ckpt",
+                        "http://eaidata.bmk.sh/data/Wikiart_16384/wikiart_f16_16384_8145600.ckpt",
+                    ),
+                    approx_size=1_000_000_000,  # "1 GB" per nerdyrodent/VQGAN-CLIP download_models.sh
+                    source="community mirrors from VQGAN+CLIP download scripts (unconfirmed)",
+                ),
+            ),
+        ),
+        WeightsEntry(
+            name="vqgan_imagenet_16384",
+            kind="vqgan",
+            description="VQGAN f16, 16384 codes, trained on ImageNet (taming-transformers' release)",
+            files=(
+                WeightFile(
+                    "vqgan_imagenet_16384/model.yaml",
+                    # heibox: the link in taming-transformers' README and the VQGAN+CLIP notebooks.
+                    urls=(
+                        f"{_HEIBOX_IMAGENET_16384}?p=%2Fconfigs%2Fmodel.yaml&dl=1",
+                        "http://mirror.io.community/blob/vqgan/vqgan_imagenet_f16_16384.yaml",
+                    ),
+                    source="taming-transformers / EleutherAI vqgan-clip README (heibox; widely used)",
+                ),
+                WeightFile(
+                    "vqgan_imagenet_16384/last.ckpt",
+                    urls=(
+                        f"{_HEIBOX_IMAGENET_16384}?p=%2Fckpts%2Flast.ckpt&dl=1",
+                        "http://mirror.io.community/blob/vqgan/vqgan_imagenet_f16_16384.ckpt",
+                    ),
+                    approx_size=980_000_000,  # "980 MB" per nerdyrodent/VQGAN-CLIP download_models.sh
+                    source="taming-transformers / EleutherAI vqgan-clip README (heibox; widely used)",
+                ),
+            ),
+        ),
+        WeightsEntry(
+            name="clip_vit_b_32",
+            kind="clip",
+            description="CLIP ViT-B/32, OpenAI weights as an open_clip state dict (fp32)",
+            files=(
+                WeightFile(
+                    "clip-vit-b-32-openai.pt",
+                    # open_clip's `openai` tag for ViT-B-32 resolves to this Hugging Face repo;
+                    # pinned to the revision that added open_clip_pytorch_model.bin (confirmed in
+                    # the repo's file listing: 605 MB, pickle of plain tensors only).
+                    urls=(
+                        "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/"
+                        f"{_CLIP_HF_REVISION}/open_clip_pytorch_model.bin",
+                    ),
+                    approx_size=605_000_000,
+                    source="open_clip pretrained.py hf_hub tag + Hugging Face file listing (confirmed)",
+                ),
+            ),
+        ),
+    )
+}
+
+
+def get_entry(name: str) -> WeightsEntry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise WeightsError(
+            f"unknown weights name {name!r}", hint=f"known names: {', '.join(REGISTRY)}"
+        ) from None
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+# --- checksums -------------------------------------------------------------------------------
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def reference_digest(wf: WeightFile, path: Path) -> str | None:
+    """The digest `path` must have: the registry's, else the one recorded at first download."""
+    if wf.sha256:
+        return wf.sha256.lower()
+    side = sidecar_path(path)
+    if side.is_file():
+        text = side.read_text(encoding="utf-8").split()
+        return text[0].lower() if text else None
+    return None
+
+
+def write_sidecar(path: Path, digest: str) -> None:
+    sidecar_path(path).write_text(f"{digest}  {path.name}\n", encoding="utf-8")
+
+
+# --- download --------------------------------------------------------------------------------
+
+
+def _open(url: str, offset: int, timeout: float):
+    req = urllib.request.Request(url, headers={"User-Agent": "spookygan-weights/1"})
+    if offset:
+        req.add_header("Range", f"bytes={offset}-")
+    return urllib.request.urlopen(req, timeout=timeout)
+
+
+def download(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    progress: bool = True,
+    *,
+    expected_size: int | None = None,
+    timeout: float = 60.0,
+) -> str:
+    """Stream `url` to `dest` through `dest.part`, resuming a previous part; return the sha256.
+
+    The part file is resumed with an HTTP Range request (a server that ignores Range makes us start
+    over), checked against `sha256` when given, and renamed into place only when complete.
+    """
+    from tqdm import tqdm
+
+    dest = Path(dest).expanduser()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    source = dest.with_name(dest.name + ".part.url")
+    if part.is_file() and (not source.is_file() or source.read_text(encoding="utf-8") != url):
+        # A part from another mirror may hold other bytes; never splice two sources together.
+        part.unlink()
+    offset = part.stat().st_size if part.is_file() else 0
+    try:
+        resp = _open(url, offset, timeout)
+    except urllib.error.HTTPError as e:
+        e.close()  # the error holds the open response
+        if e.code == 416 and offset:
+            # Our part is not a prefix the server can continue (larger or complete): start over.
+            log.info("server refused to resume %s (HTTP 416); starting over", url)
+            part.unlink()
+            return download(url, dest, sha256, progress, expected_size=expected_size, timeout=timeout)
+        raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise DownloadError(f"could not reach {url}: {reason}", hint="check the network and retry") from e
+
+    with resp:
+        resumed = offset > 0 and resp.status == 206
+        if offset and not resumed:
+            log.info("server ignored the Range request for %s; starting over", url)
+            offset = 0
+        if "text/html" in (resp.headers.get("Content-Type") or ""):
+            raise DownloadError(
+                f"{url} returned a web page instead of {dest.name} (a quota, login or confirmation page)",
+                hint=f"download the file in a browser and save it as {dest}",
+            )
+        length = resp.headers.get("Content-Length")
+        remaining = int(length) if length and length.isdigit() else None
+        need = (
+            remaining
+            if remaining is not None
+            else (max(expected_size - offset, 0) if expected_size else None)
+        )
+        free = shutil.disk_usage(dest.parent).free
+        if need is not None and free < need:
+            raise DownloadError(
+                f"not enough disk space for {dest.name}: it needs {human_size(need)}, "
+                f"{human_size(free)} is free in {dest.parent}",
+                hint="free some space or choose another --cache-dir",
+            )
+        hasher = hashlib.sha256()
+        if resumed:
+            with open(part, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    hasher.update(chunk)
+        if not resumed:
+            source.write_text(url, encoding="utf-8")
+        written = 0
+        total = offset + remaining if remaining is not None else None
+        bar = tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=dest.name,
+            disable=not progress,
+            leave=False,
+        )
+        try:
+            with open(part, "ab" if resumed else "wb") as out, bar:
+                while chunk := resp.read(_CHUNK):
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    written += len(chunk)
+                    bar.update(len(chunk))
+        except OSError as e:
+            raise DownloadError(
+                f"download of {url} was interrupted after {human_size(offset + written)} ({e})",
+                hint="run the same command again to resume",
+            ) from e
+    if remaining is not None and written != remaining:
+        raise DownloadError(
+            f"download of {url} ended early: got {written} of {remaining} bytes",
+            hint="run the same command again to resume",
+        )
+    digest = hasher.hexdigest()
+    if sha256 and digest != sha256.lower():
+        part.unlink(missing_ok=True)
+        source.unlink(missing_ok=True)
+        raise DownloadError(
+            f"checksum mismatch for {dest.name} from {url}: expected sha256 {sha256.lower()}, got {digest}",
+            hint="the download was deleted; retry, or report the mirror if it keeps happening",
+        )
+    os.replace(part, dest)
+    source.unlink(missing_ok=True)
+    return digest
+
+
+# --- fetch and verify entries ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    entry: str
+    path: Path
+    present: bool
+    size: int | None
+    # "ok" | "mismatch" | "unverified" (no reference digest) | "missing" | "" (not checked)
+    check: str = ""
+    detail: str = ""
+
+
+def fetch_file(wf: WeightFile, cache_dir: Path, *, progress: bool = True) -> Path:
+    """Make sure `wf` is in `cache_dir` (download it if absent or failing its checksum)."""
+    path = Path(cache_dir).expanduser() / wf.filename
+    reference = reference_digest(wf, path)
+    if path.is_file():
+        if reference is None or sha256_file(path) == reference:
+            log.info("%s already present", path)
+            return path
+        log.warning("%s fails its checksum; downloading it again", path)
+    errors = []
+    for url in wf.urls:
+        try:
+            digest = download(url, path, reference, progress, expected_size=wf.approx_size)
+        except DownloadError as e:
+            errors.append(str(e))
+            log.warning("%s", e)
+            continue
+        if reference is None:
+            write_sidecar(path, digest)
+        return path
+    raise DownloadError(
+        f"could not download {path.name} from any of {len(wf.urls)} source(s):\n  " + "\n  ".join(errors),
+        hint=f"download it by hand and save it as {path}",
+    )
+
+
+def fetch(name: str, cache_dir: Path, *, progress: bool = True) -> list[Path]:
+    return [fetch_file(wf, cache_dir, progress=progress) for wf in get_entry(name).files]
+
+
+def file_statuses(names: list[str], cache_dir: Path, *, check: bool = False) -> list[FileStatus]:
+    """Presence and size of each file of `names`; with `check`, compare digests too."""
+    out = []
+    for name in names:
+        for wf in get_entry(name).files:
+            path = Path(cache_dir).expanduser() / wf.filename
+            if not path.is_file():
+                out.append(FileStatus(name, path, False, None, "missing" if check else ""))
+                continue
+            size = path.stat().st_size
+            if not check:
+                out.append(FileStatus(name, path, True, size))
+                continue
+            reference = reference_digest(wf, path)
+            digest = sha256_file(path)
+            if reference is None:
+                out.append(FileStatus(name, path, True, size, "unverified", f"sha256 {digest}, no reference"))
+            elif digest == reference:
+                out.append(FileStatus(name, path, True, size, "ok", f"sha256 {digest}"))
+            else:
+                out.append(
+                    FileStatus(name, path, True, size, "mismatch", f"expected {reference}, got {digest}")
+                )
+    return out
