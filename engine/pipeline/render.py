@@ -1,0 +1,273 @@
+"""The orchestrator the engine service and the CLI both call: one face, or one nightmare video.
+
+`Renderer.spooky` runs stage 1 (StyleGAN2+CLIP) then stage 2 (VQGAN+CLIP scare pass);
+`Renderer.nightmare` runs stage 3 and streams its frames straight into ffmpeg. Every result
+carries the seed and settings that reproduce it: a job without a seed gets a drawn one.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from engine.models.factory import Models
+from engine.pipeline.images import from_pil, to_pil
+from engine.pipeline.progress import ProgressCallback, no_progress
+from engine.pipeline.prompts import WeightedPrompt, parse_prompts
+from engine.pipeline.styleclip import StyleClipParams, optimise_latent
+from engine.pipeline.video import DEFAULT_CRF, VideoWriter, fit_to_budget
+from engine.pipeline.vqgan_clip import VqganClipParams, check_size, nightmare_frames, scare, snap_size
+from spooky.config import PipelineConfig
+from spooky.contract import MAX_SEED
+from spooky.errors import InputError, InvalidImageError, InvalidSizeError
+
+#: Hard bounds the engine enforces whatever a request or config says (servers set lower ones).
+MAX_STEPS = 1000
+MAX_FRAMES = 3000
+#: Largest canvas side: VQGAN+CLIP memory grows with the pixel count, and 608x752 is the default.
+MAX_CANVAS_SIDE = 1024
+MIN_VIDEO_BYTES = 64 * 1024
+#: An uploaded image keeps its aspect ratio for the video, within these bounds (w / h).
+_ASPECT_RANGE = (0.5, 2.0)
+
+
+@dataclass
+class SpookyJob:
+    prompt: str
+    scare_prompt: str | None = None  # stage-2 prompt ("a:1|b:-0.5" allowed); None = `prompt`
+    seed: int | None = None  # None: a seed is drawn and reported
+    steps: int | None = None  # stage 1; None = pipeline.stylegan_steps
+    scare_steps: int | None = None  # stage 2; None = pipeline.scare_steps
+    size: tuple[int, int] | None = None  # stage-2 canvas (w, h); None = the preset's default
+    still_every: int | None = None  # None = pipeline.still_every
+
+
+@dataclass
+class SpookyResult:
+    stylegan_image: Image.Image  # stage 1, at the generator's resolution
+    spooky_image: Image.Image  # stage 2, at the canvas size
+    seed: int
+    settings: dict[str, Any]  # everything needed to reproduce the result
+
+
+@dataclass
+class NightmareJob:
+    image: Image.Image
+    prompt: str = "nightmare"
+    frames: int | None = None  # None = pipeline.nightmare_frames
+    seed: int | None = None
+    size: tuple[int, int] | None = None  # None: the image's own size if valid, else the default canvas
+    max_bytes: int | None = None  # None = pipeline.video_max_bytes
+
+
+@dataclass
+class NightmareResult:
+    video_path: Path
+    frames: int
+    bytes: int
+    last_frame: Image.Image
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class Renderer:
+    """Runs jobs on loaded models with the pipeline defaults; holds no per-job state."""
+
+    def __init__(self, models: Models, pipeline: PipelineConfig) -> None:
+        self.models = models
+        self.pipeline = pipeline
+
+    @property
+    def factor(self) -> int:
+        """Canvas sides must be multiples of this (the VQGAN's downsampling factor)."""
+        return int(self.models.vqgan.factor)
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """The stage-2/3 canvas: pipeline.size when the config sets it (or for the full preset),
+        otherwise the preset's own canvas (the tiny preset's toy models work at 64x64)."""
+        if "size" in self.pipeline.model_fields_set or self.models.preset == "full":
+            return tuple(self.pipeline.size)  # type: ignore[return-value]
+        return self.models.default_size
+
+    # --- checks --------------------------------------------------------------------------------
+
+    def validate(self, job: SpookyJob | NightmareJob) -> None:
+        """Cheap checks before a job is queued; raises the typed InputError that says what to fix."""
+        clip = self.models.clip
+        if isinstance(job, SpookyJob):
+            clip.check_prompt(job.prompt)
+            self._check_prompts(job.scare_prompt if job.scare_prompt is not None else job.prompt)
+            _check_range("steps", job.steps, 1, MAX_STEPS)
+            _check_range("scare_steps", job.scare_steps, 0, MAX_STEPS)
+            _check_range("still_every", job.still_every, 0, MAX_STEPS)
+        elif isinstance(job, NightmareJob):
+            if not isinstance(job.image, Image.Image):
+                raise InvalidImageError("a nightmare needs an image to animate", hint="run /spooky first")
+            self._check_prompts(job.prompt)
+            _check_range("frames", job.frames, 1, MAX_FRAMES)
+            if job.max_bytes is not None and job.max_bytes < MIN_VIDEO_BYTES:
+                raise InputError(
+                    f"max_bytes {job.max_bytes} is too small for a video; the minimum is {MIN_VIDEO_BYTES}"
+                )
+        else:
+            raise TypeError(f"not a render job: {type(job).__name__}")
+        _check_range("seed", job.seed, 0, MAX_SEED)
+        if job.size is not None:
+            self._check_size(job.size)
+
+    def _check_prompts(self, spec: str) -> list[WeightedPrompt]:
+        prompts = parse_prompts(spec)
+        for p in prompts:
+            self.models.clip.check_prompt(p.text)
+        return prompts
+
+    def _check_size(self, size: tuple[int, int]) -> None:
+        w, h = size
+        check_size((w, h), self.factor)
+        if max(w, h) > MAX_CANVAS_SIDE:
+            raise InvalidSizeError(
+                f"canvas size {w}x{h} is too large: each side may be at most {MAX_CANVAS_SIDE}",
+                hint=f"the default is {self.default_size[0]}x{self.default_size[1]}",
+            )
+
+    # --- stages 1 + 2 ---------------------------------------------------------------------------
+
+    def spooky(self, job: SpookyJob, callback: ProgressCallback = no_progress) -> SpookyResult:
+        """Stage 1 then stage 2; the callback sees "stylegan" progress, then "scare" progress."""
+        self.validate(job)
+        p = self.pipeline
+        seed = job.seed if job.seed is not None else draw_seed()
+        size = tuple(job.size) if job.size is not None else self.default_size
+        self._check_size(size)  # a config-set default must be valid too
+        still_every = job.still_every if job.still_every is not None else p.still_every
+        scare_spec = job.scare_prompt if job.scare_prompt is not None else job.prompt
+        face = StyleClipParams(
+            steps=job.steps if job.steps is not None else p.stylegan_steps,
+            lr=p.stylegan_lr,
+            l2_lambda=p.l2_lambda,
+            still_every=still_every,
+            seed=seed,
+        )
+        scare_params = VqganClipParams(
+            steps=job.scare_steps if job.scare_steps is not None else p.scare_steps,
+            lr=p.scare_lr,
+            cutouts=p.cutouts,
+            still_every=still_every,
+            seed=seed,
+            size=size,  # type: ignore[arg-type]
+        )
+        stage1 = optimise_latent(self.models.stylegan, self.models.clip, job.prompt.strip(), face, callback)
+        # Stage 2 stretches the square face to the canvas, as the original did.
+        m = self.models
+        scared = scare(m.vqgan, m.clip, stage1.image, parse_prompts(scare_spec), scare_params, callback)
+        settings = {
+            "kind": "spooky",
+            "prompt": job.prompt.strip(),
+            "scare_prompt": scare_spec.strip(),
+            "seed": seed,
+            "steps": face.steps,
+            "lr": face.lr,
+            "l2_lambda": face.l2_lambda,
+            "truncation": face.truncation,
+            "scare_steps": scare_params.steps,
+            "scare_lr": scare_params.lr,
+            "cutouts": scare_params.cutouts,
+            "cut_pow": scare_params.cut_pow,
+            "size": list(size),
+            "still_every": still_every,
+            "preset": self.models.preset,
+            "models": self.models.description,
+        }
+        return SpookyResult(to_pil(stage1.image), to_pil(scared), seed, settings)
+
+    # --- stage 3 ----------------------------------------------------------------------------------
+
+    def nightmare_size(self, image: Image.Image, size: tuple[int, int] | None = None) -> tuple[int, int]:
+        """The video canvas: `size` if given; the image's own size when it is already a valid canvas
+        (a stage-2 result); else the default canvas's area at the image's aspect ratio."""
+        if size is not None:
+            return (int(size[0]), int(size[1]))
+        w, h = image.size
+        if w % self.factor == 0 and h % self.factor == 0 and max(w, h) <= MAX_CANVAS_SIDE:
+            return (w, h)
+        dw, dh = self.default_size
+        aspect = min(max(w / h, _ASPECT_RANGE[0]), _ASPECT_RANGE[1])
+        target = (round(math.sqrt(dw * dh * aspect)), round(math.sqrt(dw * dh / aspect)))
+        return snap_size(target, self.factor)
+
+    def nightmare(
+        self, job: NightmareJob, out_path: Path, callback: ProgressCallback = no_progress
+    ) -> NightmareResult:
+        """Stage 3: one VQGAN+CLIP step per frame, piped into ffmpeg, then fitted to the byte budget.
+
+        JobCancelled from the callback stops ffmpeg and removes the partial file.
+        """
+        self.validate(job)
+        p = self.pipeline
+        seed = job.seed if job.seed is not None else draw_seed()
+        size = self.nightmare_size(job.image, job.size)
+        self._check_size(size)
+        frames = job.frames if job.frames is not None else p.nightmare_frames
+        max_bytes = job.max_bytes if job.max_bytes is not None else p.video_max_bytes
+        params = VqganClipParams(
+            steps=frames,
+            lr=p.nightmare_lr,
+            cutouts=p.cutouts,
+            still_every=p.still_every,
+            seed=seed,
+            size=size,
+        )
+        # Crop only what falls outside the allowed aspect range, so the face is not distorted.
+        image = ImageOps.fit(job.image.convert("RGB"), size, Image.Resampling.LANCZOS)
+        start = from_pil(image, self.models.device)
+        out_path = Path(out_path)
+        written = 0
+        last = None
+        with VideoWriter(out_path, size, fps=p.fps, crf=DEFAULT_CRF) as writer:
+            stream = nightmare_frames(
+                self.models.vqgan, self.models.clip, start, parse_prompts(job.prompt), params, callback
+            )
+            for frame in stream:
+                writer.write(frame)
+                written += 1
+                last = frame
+        fit_to_budget(out_path, max_bytes)
+        assert last is not None  # frames >= 1 is validated
+        settings = {
+            "kind": "nightmare",
+            "prompt": job.prompt.strip(),
+            "seed": seed,
+            "frames": written,
+            "lr": params.lr,
+            "cutouts": params.cutouts,
+            "cut_pow": params.cut_pow,
+            "size": list(size),
+            "fps": p.fps,
+            "max_bytes": max_bytes,
+            "crf": DEFAULT_CRF,
+            "preset": self.models.preset,
+            "models": self.models.description,
+        }
+        return NightmareResult(
+            video_path=out_path,
+            frames=written,
+            bytes=out_path.stat().st_size,
+            last_frame=Image.fromarray(np.asarray(last)),
+            settings=settings,
+        )
+
+
+def draw_seed() -> int:
+    """A fresh seed in the contract's range, reported with the result so it can be reproduced."""
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def _check_range(name: str, value: int | None, low: int, high: int) -> None:
+    if value is not None and not low <= value <= high:
+        raise InputError(f"{name} is {value}; allowed: {low} to {high}")

@@ -1,0 +1,137 @@
+"""The render orchestrator on the tiny preset: both stages, seeds, progress, cancel, the video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine.models.factory import Models, load_models
+from engine.pipeline.progress import Progress
+from engine.pipeline.render import NightmareJob, Renderer, SpookyJob
+from engine.pipeline.video import probe
+from spooky.config import ModelsConfig, PipelineConfig
+from spooky.errors import EmptyPromptError, InputError, InvalidSizeError, JobCancelled, PromptTooLongError
+
+
+@pytest.fixture(scope="module")
+def models() -> Models:
+    return load_models(ModelsConfig(preset="tiny", device="cpu"))
+
+
+@pytest.fixture
+def renderer(models: Models) -> Renderer:
+    return Renderer(models, PipelineConfig(cutouts=8))
+
+
+def small(prompt: str = "a pale vampire", **kw: object) -> SpookyJob:
+    return SpookyJob(prompt, **{"steps": 3, "scare_steps": 2, **kw})  # type: ignore[arg-type]
+
+
+def test_spooky_gives_both_images_seed_and_settings(renderer: Renderer) -> None:
+    events: list[Progress] = []
+    result = renderer.spooky(small(), events.append)
+    assert result.stylegan_image.size == (32, 32)  # the tiny generator's resolution
+    assert result.spooky_image.size == (64, 64)  # the tiny preset's canvas
+    assert 0 <= result.seed < 2**32
+    s = result.settings
+    assert (s["prompt"], s["scare_prompt"], s["seed"]) == ("a pale vampire", "a pale vampire", result.seed)
+    assert s["preset"] == "tiny"
+    assert (s["steps"], s["scare_steps"], s["cutouts"], s["size"], s["lr"]) == (3, 2, 8, [64, 64], 0.1)
+    # Stage 1 progress first, then stage 2, each step once, each stage ending with a still.
+    assert [(e.stage, e.step, e.total) for e in events] == [
+        ("stylegan", 1, 3), ("stylegan", 2, 3), ("stylegan", 3, 3), ("scare", 1, 2), ("scare", 2, 2),
+    ]  # fmt: skip
+    assert events[2].image is not None and events[4].image is not None
+    assert tuple(events[4].image.shape) == (3, 64, 64)
+
+
+def test_same_seed_is_bit_identical_and_another_seed_differs(renderer: Renderer) -> None:
+    a = renderer.spooky(small(seed=1234))
+    b = renderer.spooky(small(seed=1234))
+    c = renderer.spooky(small(seed=99))
+    assert a.seed == b.seed == 1234
+    assert a.stylegan_image.tobytes() == b.stylegan_image.tobytes()
+    assert a.spooky_image.tobytes() == b.spooky_image.tobytes()
+    assert a.stylegan_image.tobytes() != c.stylegan_image.tobytes()
+
+
+def test_job_size_and_config_size_set_the_canvas(models: Models) -> None:
+    job = small(size=(48, 32), scare_steps=1)
+    assert Renderer(models, PipelineConfig(cutouts=4)).spooky(job).spooky_image.size == (48, 32)
+    # A size written in the config applies to the tiny preset too.
+    configured = Renderer(models, PipelineConfig(cutouts=4, size=(32, 40)))
+    assert configured.spooky(small(scare_steps=1)).spooky_image.size == (32, 40)
+
+
+def test_cancel_from_the_callback_stops_the_job(renderer: Renderer) -> None:
+    seen: list[Progress] = []
+
+    def cancel_at_step_two(p: Progress) -> None:
+        seen.append(p)
+        if p.step == 2:
+            raise JobCancelled()
+
+    with pytest.raises(JobCancelled):
+        renderer.spooky(small(steps=5), cancel_at_step_two)
+    assert [(p.stage, p.step) for p in seen] == [("stylegan", 1), ("stylegan", 2)]
+
+
+def test_bad_jobs_are_refused_before_running(renderer: Renderer) -> None:
+    with pytest.raises(EmptyPromptError):
+        renderer.validate(SpookyJob("   "))
+    with pytest.raises(PromptTooLongError):
+        renderer.validate(SpookyJob("boo " * 100))
+    with pytest.raises(EmptyPromptError):
+        renderer.validate(SpookyJob("ghost", scare_prompt="ghost:1|"))
+    with pytest.raises(InvalidSizeError, match="multiples of 4"):
+        renderer.validate(SpookyJob("ghost", size=(66, 64)))
+    with pytest.raises(InvalidSizeError, match="at most 1024"):
+        renderer.validate(SpookyJob("ghost", size=(2048, 64)))
+    with pytest.raises(InputError, match="steps is 0; allowed: 1 to 1000"):
+        renderer.validate(SpookyJob("ghost", steps=0))
+    with pytest.raises(InputError, match="seed is -1"):
+        renderer.validate(SpookyJob("ghost", seed=-1))
+    with pytest.raises(InputError, match="frames is 0"):
+        renderer.validate(NightmareJob(Image.new("RGB", (64, 64)), frames=0))
+    with pytest.raises(InputError, match="max_bytes"):
+        renderer.validate(NightmareJob(Image.new("RGB", (64, 64)), max_bytes=1000))
+
+
+def test_nightmare_writes_exactly_the_frames_within_budget(renderer: Renderer, tmp_path: Path) -> None:
+    face = renderer.spooky(small(seed=5)).spooky_image
+    events: list[Progress] = []
+    out = tmp_path / "night.mp4"
+    job = NightmareJob(face, frames=12, seed=5, max_bytes=64 * 1024)
+    result = renderer.nightmare(job, out, events.append)
+    info = probe(out)
+    assert (info.codec, info.pix_fmt, info.fps, info.frames) == ("h264", "yuv420p", 30, 12)
+    assert (info.width, info.height) == (64, 64)
+    assert result.frames == 12 and result.video_path == out
+    assert result.bytes == out.stat().st_size <= 64 * 1024
+    assert result.last_frame.size == (64, 64)
+    assert result.settings["seed"] == 5 and result.settings["frames"] == 12
+    assert [e.step for e in events] == list(range(1, 13)) and {e.stage for e in events} == {"nightmare"}
+
+
+def test_nightmare_keeps_an_uploads_aspect_ratio(renderer: Renderer, tmp_path: Path) -> None:
+    upload = Image.new("RGB", (300, 150), (90, 20, 20))
+    size = renderer.nightmare_size(upload)
+    # About the default canvas's area at the upload's 2:1 aspect, snapped to multiples of 4.
+    assert size[0] % 4 == 0 and size[1] % 4 == 0
+    assert size[0] / size[1] == pytest.approx(2, rel=0.1)
+    assert size[0] * size[1] == pytest.approx(64 * 64, rel=0.1)
+    result = renderer.nightmare(NightmareJob(upload, frames=2, seed=1), tmp_path / "u.mp4")
+    assert result.last_frame.size == size
+
+
+def test_cancelled_nightmare_leaves_no_file(renderer: Renderer, tmp_path: Path) -> None:
+    def cancel_at_three(p: Progress) -> None:
+        if p.step == 3:
+            raise JobCancelled()
+
+    out = tmp_path / "gone.mp4"
+    with pytest.raises(JobCancelled):
+        renderer.nightmare(NightmareJob(Image.new("RGB", (64, 64)), frames=10), out, cancel_at_three)
+    assert list(tmp_path.iterdir()) == []
