@@ -111,6 +111,13 @@ class BotConfig(_Section):
     progress_interval_s: float = Field(1.5, ge=0.2)
     # Upload limit used when the server's own is unknown.
     upload_limit_bytes: int = Field(10 * MiB, ge=1024)
+    # Folder for the bot's own state (the engine event cursor).
+    data_dir: Path = Path("./data/bot")
+    # Stop using an interaction's webhook after this many seconds (Discord tokens live 900 s);
+    # later messages go through the bot's own channel messages.
+    interaction_ttl_s: float = Field(840, gt=0)
+    # Publish the slash commands (PUT /applications/{id}/commands) at start.
+    sync_commands: bool = True
 
 
 class LimitsConfig(_Section):
