@@ -1,0 +1,128 @@
+"""The Discord client: cogs loaded from an explicit list, persistent buttons, the event tracker.
+
+No torch and nothing from `engine/` is imported here: the bot talks to the engine over HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot import jobs
+from bot.errors import NotModerator, UserFacingError
+from bot.text import NO_PINGS
+from bot.tracker import Tracker
+from bot.views import DYNAMIC_ITEMS
+from spooky.config import BotConfig, Settings
+from spooky.engine_client import EngineClient
+
+log = logging.getLogger(__name__)
+
+DISCORD_API = "https://discord.com/api/v10"
+
+#: Command families, one cog each; loaded in this order by setup_hook.
+EXTENSIONS: tuple[str, ...] = (
+    "bot.cogs.render",  # /spooky, /nightmare
+    "bot.cogs.queue",  # /queue, /cancel
+    "bot.cogs.limits",  # /limits show|set
+)
+
+
+def point_at(api_base: str, gateway_url: str | None) -> None:
+    """Aim discord.py at a Discord-compatible API.
+
+    discord.py keeps both addresses as class attributes (`Route.BASE` for REST, including the
+    interaction webhooks; `DiscordWebSocket.DEFAULT_GATEWAY` for a plain Client, which never asks
+    `GET /gateway`), so they are process-wide: one bot per process.
+    """
+    discord.http.Route.BASE = api_base.rstrip("/")
+    if gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+class SpookyTree(app_commands.CommandTree["SpookyBot"]):
+    """The one global error handler: user mistakes are answered, the rest logged with context."""
+
+    async def on_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError, /
+    ) -> None:
+        command = interaction.command
+        if isinstance(error, UserFacingError | NotModerator | app_commands.TransformerError):
+            # A per-command handler answers these; answer here only when none did.
+            if not interaction.response.is_done() or interaction.extras.get("public_loading"):
+                message = error.message if isinstance(error, UserFacingError) else str(error)
+                await jobs.tell(interaction, message)
+            return
+        if isinstance(error, app_commands.CheckFailure):
+            await jobs.tell(interaction, "You cannot use this command here.")
+            return
+        original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        name = f"/{command.qualified_name}" if command is not None else "an unknown command"
+        await jobs.report_unexpected(interaction, original, where=name)
+
+
+class SpookyBot(commands.Bot):
+    """Slash commands only: no message content, no prefix commands."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: EngineClient,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.config: BotConfig = settings.bot
+        self.engine = engine
+        point_at(self.config.api_base, self.config.gateway_url)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            help_command=None,
+            intents=discord.Intents(guilds=True),
+            allowed_mentions=NO_PINGS,
+            tree_cls=SpookyTree,
+            max_messages=None,
+            chunk_guilds_at_startup=False,
+        )
+        self.tracker = Tracker(
+            self,
+            cursor_path=self.config.data_dir / "engine-events.cursor",
+            interval_s=self.config.progress_interval_s,
+            ttl_s=self.config.interaction_ttl_s,
+            clock=clock,
+        )
+        self.loaded: list[str] = []
+
+    async def setup_hook(self) -> None:
+        for name in EXTENSIONS:
+            try:
+                await self.load_extension(name)
+            except Exception:
+                log.exception("failed to load %s; its commands are unavailable", name)
+            else:
+                self.loaded.append(name)
+                log.info("loaded %s", name)
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        await self._find_gateway()
+        if self.config.sync_commands:
+            synced = await self.tree.sync()
+            log.info("published %d slash commands", len(synced))
+        await self.tracker.start()
+
+    async def _find_gateway(self) -> None:
+        """For a Discord-compatible API without an explicit gateway, ask it where its gateway is."""
+        if self.config.gateway_url or self.config.api_base.rstrip("/") == DISCORD_API:
+            return
+        url = await self.http.get_gateway()
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url).with_query(None)
+        log.info("gateway of %s is %s", self.config.api_base, url)
+
+    async def close(self) -> None:
+        await self.tracker.stop()
+        await super().close()

@@ -1,0 +1,109 @@
+"""/queue and /cancel: what is waiting, and stopping one's own (or, for moderators, any) job."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import jobs
+from bot.errors import ENGINE_DOWN
+from bot.progress import STAGE_LABELS
+from bot.text import duration, escape, plural
+from spooky.contract import JobState, JobView, QueueView
+from spooky.engine_client import EngineRequestError, EngineUnavailable
+
+if TYPE_CHECKING:
+    from bot.app import SpookyBot
+
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+
+
+def _describe(job: JobView) -> str:
+    prompt = escape(job.request.prompt, limit=60)
+    if job.state is JobState.RUNNING and job.progress is not None:
+        stage = STAGE_LABELS.get(job.progress.stage, job.progress.stage)
+        return f"“{prompt}” — running: {stage} {job.progress.step}/{job.progress.total}"
+    if job.state is JobState.RUNNING:
+        return f"“{prompt}” — running"
+    where = f"position {job.position}" if job.position else "waiting"
+    return f"“{prompt}” — {where}, done in about {duration(job.eta_s)}"
+
+
+def render_queue(view: QueueView, user_id: str) -> str:
+    lines = [f"**Render queue**: {plural(view.length, 'job')} waiting"]
+    if view.running is not None:
+        owner = view.running.request.requester.user_id
+        lines.append(f"Now rendering for <@{owner}>: {_describe(view.running)}")
+    else:
+        lines.append("Nothing is rendering right now.")
+    if view.eta_s is not None and view.length:
+        lines.append(f"The whole queue should be done in about {duration(view.eta_s)}.")
+    mine = [j for j in view.jobs if j.request.requester.user_id == user_id and j.state in ACTIVE]
+    if mine:
+        lines.append("**Your renders:**")
+        lines.extend(f"• `{j.id}` {_describe(j)}" for j in mine)
+    else:
+        lines.append("You have no render waiting.")
+    return "\n".join(lines)
+
+
+class Queue(commands.Cog):
+    def __init__(self, bot: SpookyBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="queue", description="Show the render queue and your place in it")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        await jobs.ack(interaction, ephemeral=True)
+        guild_id = str(interaction.guild_id) if interaction.guild_id else None
+        try:
+            view = await self.bot.engine.queue(guild_id=guild_id)
+        except EngineUnavailable:
+            await jobs.tell(interaction, ENGINE_DOWN)
+            return
+        await jobs.tell(interaction, render_queue(view, str(interaction.user.id)))
+
+    @app_commands.command(name="cancel", description="Cancel your render (moderators: any render)")
+    @app_commands.describe(job="Which render (default: your latest one that is still waiting or running)")
+    async def cancel(self, interaction: discord.Interaction, job: str | None = None) -> None:
+        await jobs.ack(interaction, ephemeral=True)
+        job_id = job or await self._latest_active(interaction)
+        if job_id is None:
+            return
+        await jobs.cancel(interaction, job_id.strip())
+
+    @cancel.autocomplete("job")
+    async def cancel_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        try:
+            mine = await self._active_jobs(interaction)
+        except (EngineUnavailable, EngineRequestError):
+            return []
+        return [
+            app_commands.Choice(name=f"{j.request.prompt[:70]} ({j.state})", value=j.id)
+            for j in mine
+            if current.lower() in (j.request.prompt + j.id).lower()
+        ][:25]
+
+    async def _active_jobs(self, interaction: discord.Interaction) -> list[JobView]:
+        guild_id = str(interaction.guild_id) if interaction.guild_id else None
+        found = await self.bot.engine.jobs(guild_id=guild_id, user_id=str(interaction.user.id), limit=50)
+        return sorted((j for j in found if j.state in ACTIVE), key=lambda j: j.created_at, reverse=True)
+
+    async def _latest_active(self, interaction: discord.Interaction) -> str | None:
+        try:
+            mine = await self._active_jobs(interaction)
+        except EngineUnavailable:
+            await jobs.tell(interaction, ENGINE_DOWN)
+            return None
+        if not mine:
+            await jobs.tell(interaction, "You have no render waiting or running; nothing to cancel.")
+            return None
+        return mine[0].id
+
+
+async def setup(bot: SpookyBot) -> None:
+    await bot.add_cog(Queue(bot))

@@ -1,0 +1,162 @@
+"""Where one job's message lives: the interaction's webhook while its token is fresh, then the channel.
+
+An interaction token lives 15 minutes (SPEC §5). Until `interaction_ttl_s` the job's progress
+message is the interaction's original response, edited through the webhook; after that (or as soon
+as Discord says the token is invalid) the bot posts its own channel message and edits that one.
+The message ids are kept in the job's `client` dict on the engine, so a restarted bot finds them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+import discord
+from discord.utils import MISSING
+
+from bot.jobs import K_APP, K_AT, K_CHANNEL, K_CHANNEL_MESSAGE, K_GUILD, K_MESSAGE, K_TOKEN
+from bot.text import NO_PINGS
+
+if TYPE_CHECKING:
+    from bot.app import SpookyBot
+
+log = logging.getLogger(__name__)
+
+#: (filename, bytes): rebuilt into fresh discord.File objects for every attempt.
+Upload = tuple[str, bytes]
+
+CONTINUED = "⏩ This render continues in a newer message below."
+
+
+def token_invalid(e: discord.HTTPException) -> bool:
+    """Discord's answers for an expired or unknown interaction token."""
+    return e.status == 401 or e.code in (50027, 10015, 10062)
+
+
+def too_large(e: discord.HTTPException) -> bool:
+    return e.status == 413 or e.code == 40005
+
+
+def _files(uploads: Sequence[Upload]) -> list[discord.File]:
+    return [discord.File(io.BytesIO(data), filename=name) for name, data in uploads]
+
+
+class JobMessages:
+    """Edit (or, after the token, post and edit) the single message of one job."""
+
+    def __init__(
+        self,
+        bot: SpookyBot,
+        job_id: str,
+        state: dict[str, str],
+        *,
+        ttl_s: float,
+        on_state: Callable[[dict[str, str]], Awaitable[None]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bot = bot
+        self.job_id = job_id
+        self.state = dict(state)
+        self.ttl_s = ttl_s
+        self._on_state = on_state
+        self._clock = clock
+        self._token_dead = False
+
+    @property
+    def token_fresh(self) -> bool:
+        if self._token_dead or not self.state.get(K_TOKEN) or not self.state.get(K_APP):
+            return False
+        born = float(self.state.get(K_AT, "0") or 0)
+        return self._clock() - born < self.ttl_s
+
+    @property
+    def via(self) -> str:
+        return "interaction" if self.token_fresh else "channel"
+
+    async def show(
+        self, content: str, *, uploads: Sequence[Upload] | None, view: discord.ui.View | None
+    ) -> discord.Message:
+        """Make the job's message say `content`; `uploads=None` keeps its attachments, [] removes them.
+
+        Raises discord.HTTPException / aiohttp errors for the caller to retry or report.
+        """
+        if self.token_fresh:
+            try:
+                return await self._edit_original(content, uploads, view)
+            except discord.HTTPException as e:
+                if not token_invalid(e):
+                    raise
+                log.info(
+                    "job %s: interaction token no longer valid (%s); moving to a channel message",
+                    self.job_id,
+                    e,
+                )
+                self._token_dead = True
+        return await self._channel(content, uploads, view)
+
+    async def _edit_original(
+        self, content: str, uploads: Sequence[Upload] | None, view: discord.ui.View | None
+    ) -> discord.Message:
+        webhook = discord.Webhook.partial(int(self.state[K_APP]), self.state[K_TOKEN], client=self.bot)
+        # discord.py quotes a string id; "@original" is only a fallback when the callback
+        # response did not carry the message id.
+        message_id: int | str = int(self.state[K_MESSAGE]) if self.state.get(K_MESSAGE) else "@original"
+        message = await webhook.edit_message(
+            message_id,  # type: ignore[arg-type]
+            content=content,
+            attachments=_files(uploads) if uploads is not None else MISSING,
+            view=view,
+            allowed_mentions=NO_PINGS,
+        )
+        if not self.state.get(K_MESSAGE):
+            self.state[K_MESSAGE] = str(message.id)
+        return message
+
+    def _channel_obj(self) -> discord.PartialMessageable:
+        guild = self.state.get(K_GUILD)
+        return self.bot.get_partial_messageable(
+            int(self.state[K_CHANNEL]), guild_id=int(guild) if guild else None
+        )
+
+    async def _channel(
+        self, content: str, uploads: Sequence[Upload] | None, view: discord.ui.View | None
+    ) -> discord.Message:
+        channel = self._channel_obj()
+        existing = self.state.get(K_CHANNEL_MESSAGE)
+        if existing:
+            try:
+                return await channel.get_partial_message(int(existing)).edit(
+                    content=content,
+                    attachments=_files(uploads) if uploads is not None else MISSING,
+                    view=view,
+                    allowed_mentions=NO_PINGS,
+                )
+            except discord.NotFound:
+                log.info("job %s: channel message %s was deleted; posting a new one", self.job_id, existing)
+        if uploads is None:
+            uploads = []  # a new message cannot keep attachments it never had
+        message = await channel.send(
+            content, files=_files(uploads) or MISSING, view=view or MISSING, allowed_mentions=NO_PINGS
+        )
+        self.state[K_CHANNEL_MESSAGE] = str(message.id)
+        await self._on_state(self.state)
+        if not existing:
+            await self._retire_original()
+        return message
+
+    async def _retire_original(self) -> None:
+        """Point the stale interaction message at the new one (best effort: it may not be editable)."""
+        original = self.state.get(K_MESSAGE)
+        if not original:
+            return
+        try:
+            await (
+                self._channel_obj()
+                .get_partial_message(int(original))
+                .edit(content=CONTINUED, attachments=[], view=None, allowed_mentions=NO_PINGS)
+            )
+        except discord.HTTPException as e:
+            log.debug("job %s: could not retire the interaction message %s: %s", self.job_id, original, e)

@@ -1,0 +1,449 @@
+"""Follow the engine's events, keep each job's message current, deliver every result exactly once.
+
+One background task reads `engine.events(after=cursor)` for all guilds and persists the last event
+id (atomic write) so a restarted bot resumes where it stopped; at start it also asks the engine for
+finished jobs that were never delivered. Each job has a small feed task that coalesces events into
+at most one edit per `progress_interval_s` and, at the end, posts the result, retrying while
+Discord or the engine is unavailable, and only then marks the job delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import aiohttp
+import discord
+
+from bot.jobs import K_APP, K_CHANNEL, K_MAX_BYTES
+from bot.messenger import JobMessages, Upload, too_large
+from bot.progress import EditThrottle, JobSnapshot, render_progress, render_result, render_stopped
+from bot.views import progress_view, result_view
+from spooky.contract import Event, EventType, JobKind, JobState, JobView
+from spooky.engine_client import EngineRequestError, EngineUnavailable
+
+if TYPE_CHECKING:
+    from bot.app import SpookyBot
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Errors after which posting is worth trying again (Discord or the network is down for a while).
+TRANSIENT = (discord.DiscordServerError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+FINAL_EVENTS = (EventType.FINISHED, EventType.FAILED, EventType.CANCELLED)
+
+#: Discord's upload limits by boost tier; a 413 below our guess means the server's is one of these.
+DISCORD_UPLOAD_TIERS = (10 * 1024 * 1024, 50 * 1024 * 1024, 100 * 1024 * 1024)
+
+
+class CursorFile:
+    """The id of the last engine event handled, kept in a small file (written atomically)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> int:
+        try:
+            return int(self.path.read_text(encoding="utf-8").strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            log.warning("event cursor %s is unreadable; starting from the beginning", self.path)
+            return 0
+
+    def save(self, event_id: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".cursor-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(f"{event_id}\n")
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+class Backoff:
+    """1, 2, 4 … `cap` seconds."""
+
+    def __init__(self, first: float = 1.0, cap: float = 30.0) -> None:
+        self.first, self.cap, self._next = first, cap, first
+
+    def next(self) -> float:
+        delay, self._next = self._next, min(self.cap, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+def refit_target(sent_bytes: int, believed_limit: int) -> int:
+    """Byte budget to ask the engine for after Discord refused `sent_bytes` as too large."""
+    lower_tiers = [t for t in DISCORD_UPLOAD_TIERS if t < min(sent_bytes, believed_limit)]
+    if lower_tiers:
+        return int(max(lower_tiers) * 0.95)
+    # No known tier below: the limit is smaller than we were told; halve and try once more.
+    return max(64 * 1024, sent_bytes // 2)
+
+
+class Tracker:
+    """The bot's single follower of engine events."""
+
+    def __init__(
+        self,
+        bot: SpookyBot,
+        *,
+        cursor_path: Path,
+        interval_s: float,
+        ttl_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bot = bot
+        self.cursor = CursorFile(cursor_path)
+        self.interval_s = interval_s
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._feeds: dict[str, JobFeed] = {}
+        self._settled: OrderedDict[str, None] = OrderedDict()  # delivered or not ours: ignore
+        self._task: asyncio.Task[None] | None = None
+        self._last_event = 0
+        self._saved_at = 0.0
+        self.delivered: list[str] = []  # job ids delivered by this process, oldest first
+
+    @property
+    def engine(self):
+        return self.bot.engine
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._last_event = self.cursor.load()
+        self._task = asyncio.create_task(self._run(), name="spooky-tracker")
+
+    async def stop(self) -> None:
+        """Stop following; unfinished deliveries are picked up again by the next start."""
+        tasks = [f.task for f in self._feeds.values()]
+        if self._task is not None:
+            tasks.append(self._task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._feeds.clear()
+        self._task = None
+        if self._last_event:
+            self.cursor.save(self._last_event)
+
+    async def watch(self, job: JobView) -> None:
+        """Start showing a job the bot has just submitted (no-op if already followed)."""
+        if job.id not in self._feeds and job.id not in self._settled:
+            self._feed(job)
+
+    def active(self) -> list[str]:
+        return list(self._feeds)
+
+    # --- following -------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = Backoff()
+        recovered = False
+        while True:
+            try:
+                if not recovered:
+                    await self._recover()
+                    recovered = True
+                async for event in self.engine.events(after=self._last_event):
+                    backoff.reset()
+                    await self._on_event(event)
+                    self._advance(event)
+            except asyncio.CancelledError:
+                raise
+            except EngineUnavailable as e:
+                delay = backoff.next()
+                log.warning("engine event stream unavailable (%s); retrying in %.0f s", e, delay)
+                await asyncio.sleep(delay)
+            except Exception:
+                delay = backoff.next()
+                log.exception("event follower failed; restarting it in %.0f s", delay)
+                await asyncio.sleep(delay)
+            else:
+                # The client's stream ended on its own (it normally reconnects inside): go again.
+                await asyncio.sleep(backoff.next())
+
+    async def _recover(self) -> None:
+        """Post results that finished while the bot was away, and resume unfinished jobs' messages."""
+        jobs = await self.engine.jobs(undelivered=True, limit=100)
+        count = 0
+        for job in jobs:
+            if self._ours(job) and job.id not in self._feeds:
+                self._feed(job)
+                count += 1
+        if count:
+            log.info("resuming %d undelivered job(s) from the engine", count)
+
+    def _advance(self, event: Event) -> None:
+        self._last_event = max(self._last_event, event.id)
+        now = time.monotonic()
+        if event.type in FINAL_EVENTS or now - self._saved_at > 1.0:
+            self.cursor.save(self._last_event)
+            self._saved_at = now
+
+    async def _on_event(self, event: Event) -> None:
+        feed = self._feeds.get(event.job_id)
+        if feed is None:
+            if event.job_id in self._settled:
+                return
+            try:
+                job = await self.engine.job(event.job_id)
+            except EngineRequestError as e:
+                if e.status == 404:
+                    self._settle(event.job_id)
+                    return
+                raise
+            if not self._ours(job) or job.delivered:
+                self._settle(job.id)
+                return
+            feed = self._feeds.get(job.id) or self._feed(job)
+        feed.apply(event)
+
+    def _ours(self, job: JobView) -> bool:
+        client = job.request.client
+        mine = str(self.bot.application_id) if self.bot.application_id else None
+        return bool(client.get(K_CHANNEL)) and (mine is None or client.get(K_APP) == mine)
+
+    def _feed(self, job: JobView) -> JobFeed:
+        feed = JobFeed(self, job)
+        self._feeds[job.id] = feed
+        feed.task = asyncio.create_task(feed.run(), name=f"spooky-job-{job.id}")
+        return feed
+
+    def _settle(self, job_id: str) -> None:
+        self._settled[job_id] = None
+        while len(self._settled) > 10_000:
+            self._settled.popitem(last=False)
+
+    def _finished(self, feed: JobFeed, delivered: bool) -> None:
+        self._feeds.pop(feed.job_id, None)
+        self._settle(feed.job_id)
+        if delivered:
+            self.delivered.append(feed.job_id)
+
+    # --- engine calls that wait out an unavailable engine --------------------------------------
+
+    async def engine_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        backoff = Backoff()
+        while True:
+            try:
+                return await call()
+            except EngineUnavailable as e:
+                delay = backoff.next()
+                log.warning("engine unavailable during %s (%s); retrying in %.0f s", what, e, delay)
+                await asyncio.sleep(delay)
+
+
+class JobFeed:
+    """One job: fold its events, edit its message (throttled), deliver its result."""
+
+    def __init__(self, tracker: Tracker, job: JobView) -> None:
+        self.tracker = tracker
+        self.job_id = job.id
+        self.kind = job.kind
+        self.snapshot = JobSnapshot.from_job(job)
+        self.messages = JobMessages(
+            tracker.bot,
+            job.id,
+            job.request.client,
+            ttl_s=tracker.ttl_s,
+            on_state=self._save_state,
+            clock=tracker.clock,
+        )
+        self.throttle = EditThrottle(tracker.interval_s)
+        self._wake = asyncio.Event()
+        self._wake.set()  # show the current state at once
+        self._shown_still: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def apply(self, event: Event) -> None:
+        if self.snapshot.apply(event):
+            self._wake.set()
+
+    async def run(self) -> None:
+        delivered = False
+        try:
+            while True:
+                await self._wake.wait()
+                # Events arriving during this wait are folded into one edit.
+                await asyncio.sleep(self.throttle.wait_s())
+                self._wake.clear()
+                if self.snapshot.state.terminal:
+                    delivered = await self._deliver()
+                    return
+                await self._show_progress()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "job %s: its message feed failed; the result will be retried on restart", self.job_id
+            )
+        finally:
+            self.tracker._finished(self, delivered)
+
+    async def _save_state(self, state: dict[str, str]) -> None:
+        try:
+            await self.tracker.engine.set_client_state(self.job_id, state)
+        except (EngineUnavailable, EngineRequestError) as e:
+            # Not fatal: the message id is also known in memory; only a restart would lose it.
+            log.warning("job %s: could not store its message ids on the engine: %s", self.job_id, e)
+
+    async def _show_progress(self) -> None:
+        snap = self.snapshot
+        uploads: list[Upload] | None = None
+        if snap.still and snap.still != self._shown_still:
+            try:
+                uploads = [("still.png", await self.tracker.engine.artifact(snap.still))]
+            except (EngineUnavailable, EngineRequestError) as e:
+                log.warning("job %s: could not fetch still %s: %s", self.job_id, snap.still, e)
+        try:
+            await self.messages.show(render_progress(snap), uploads=uploads, view=progress_view(self.job_id))
+        except (discord.HTTPException, *TRANSIENT) as e:
+            # Progress is best effort: the next event or the result will bring the message up to date.
+            log.warning("job %s: progress edit failed: %s", self.job_id, e)
+        else:
+            if uploads:
+                self._shown_still = snap.still
+        finally:
+            self.throttle.mark()
+
+    # --- the result ------------------------------------------------------------------------------
+
+    async def _deliver(self) -> bool:
+        engine = self.tracker.engine
+        job = await self.tracker.engine_call("fetching the job", lambda: engine.job(self.job_id))
+        if job.delivered:
+            return False
+        if not job.state.terminal:
+            # An INTERRUPTED event we read as final but the engine retried: keep following.
+            self.snapshot = JobSnapshot.from_job(job)
+            self._wake.set()
+            return await self._continue()
+        if job.state is JobState.SUCCEEDED:
+            posted = await self._post_result(job)
+        else:
+            posted = await self._post(render_stopped(job), [], None)
+        if not posted:
+            return False
+        await self.tracker.engine_call("marking delivered", lambda: engine.mark_delivered(self.job_id))
+        log.info("job %s (%s, %s) delivered via %s", job.id, job.kind, job.state, self.messages.via)
+        return True
+
+    async def _continue(self) -> bool:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.throttle.wait_s())
+            self._wake.clear()
+            if self.snapshot.state.terminal:
+                return await self._deliver()
+            await self._show_progress()
+
+    async def _artifact(self, artifact_id: str) -> bytes:
+        engine = self.tracker.engine
+        return await self.tracker.engine_call("fetching a result", lambda: engine.artifact(artifact_id))
+
+    async def _post_result(self, job: JobView) -> bool:
+        view = result_view(job.id, job.kind)
+        if job.kind is JobKind.SPOOKY:
+            uploads = [
+                (f"{role}.png", await self._artifact(job.artifacts[role]))
+                for role in ("stylegan", "spooky")
+                if role in job.artifacts
+            ]
+            return await self._post(render_result(job), uploads, view)
+        video_id = job.artifacts.get("video")
+        if video_id is None:
+            return await self._post(render_result(job, note="The engine returned no video."), [], view)
+        data = await self._artifact(video_id)
+        return await self._post(render_result(job), [("nightmare.mp4", data)], view, refit=video_id)
+
+    async def _post(
+        self,
+        content: str,
+        uploads: list[Upload],
+        view: discord.ui.View | None,
+        *,
+        refit: str | None = None,
+    ) -> bool:
+        """Post until it works; a 413 asks the engine for a smaller video once. False = gave up."""
+        backoff = Backoff()
+        refitted = False
+        while True:
+            await asyncio.sleep(self.throttle.wait_s())
+            try:
+                await self.messages.show(content, uploads=uploads, view=view)
+                self.throttle.mark()
+                return True
+            except discord.HTTPException as e:
+                self.throttle.mark()
+                if too_large(e):
+                    sent = sum(len(b) for _, b in uploads)
+                    if refit is not None and not refitted:
+                        refitted = True
+                        uploads, note = await self._refit(refit, sent)
+                        if note:
+                            content = f"{content}\n{note}"
+                        continue
+                    size_mb = sent / 2**20
+                    note = (
+                        f"⚠️ The result ({size_mb:.1f} MB) is over this server's upload limit "
+                        "and could not be made small enough to post."
+                    )
+                    content, uploads = f"{content}\n{note}", []
+                    continue
+                if isinstance(e, discord.DiscordServerError) or e.status == 429:
+                    delay = backoff.next()
+                    log.warning(
+                        "job %s: Discord failed the result post (%s); retrying in %.0f s",
+                        self.job_id,
+                        e,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                log.error("job %s: Discord refused the result (%s); it stays undelivered", self.job_id, e)
+                return False
+            except TRANSIENT as e:
+                self.throttle.mark()
+                delay = backoff.next()
+                log.warning("job %s: could not reach Discord (%r); retrying in %.0f s", self.job_id, e, delay)
+                await asyncio.sleep(delay)
+
+    async def _refit(self, video_id: str, sent: int) -> tuple[list[Upload], str | None]:
+        """Ask the engine to re-encode the video under a smaller budget; explain if it cannot."""
+        believed = int(self.messages.state.get(K_MAX_BYTES) or self.tracker.bot.config.upload_limit_bytes)
+        target = refit_target(sent, believed)
+        engine = self.tracker.engine
+        log.info("job %s: video of %d bytes too large for Discord; asking for %d", self.job_id, sent, target)
+        try:
+            artifact = await self.tracker.engine_call(
+                "refitting the video", lambda: engine.fit(video_id, target)
+            )
+        except EngineRequestError as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            reason = (body.get("error") or {}).get("message") if isinstance(body.get("error"), dict) else None
+            why = reason or f"the engine answered {e.status}"
+            note = (
+                f"⚠️ The video ({sent / 2**20:.1f} MB) is over this server's upload limit and could not be "
+                f"re-encoded under {target / 2**20:.1f} MB: {why}"
+            )
+            return [], note
+        data = await self._artifact(artifact.id)
+        return [("nightmare.mp4", data)], None

@@ -1,0 +1,142 @@
+"""Buttons that survive restarts: stable custom ids `spooky:<action>:<job_id>`, state from the engine.
+
+Each button is a `discord.ui.DynamicItem` registered once in `setup_hook`, so discord.py routes a
+press to it by matching the custom id, whether or not this process sent the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import jobs
+from spooky.contract import MAX_SEED, JobKind
+
+if TYPE_CHECKING:
+    from bot.app import SpookyBot
+
+log = logging.getLogger(__name__)
+
+_JOB = r"(?P<job_id>[A-Za-z0-9_-]{1,80})"
+
+
+def _bot(interaction: discord.Interaction) -> SpookyBot:
+    return interaction.client  # type: ignore[return-value]
+
+
+class _JobButton:
+    """Common part of the buttons (mixed in before DynamicItem, which needs a template per class):
+    the job id lives in the custom id; errors are logged with context."""
+
+    action = ""
+    label = ""
+    emoji = ""
+    style = discord.ButtonStyle.secondary
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(  # type: ignore[call-arg]  # DynamicItem.__init__ via the MRO
+            discord.ui.Button(
+                label=self.label,
+                emoji=self.emoji or None,
+                style=self.style,
+                custom_id=f"spooky:{self.action}:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: Any, /
+    ) -> _JobButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await self.press(interaction)
+        except Exception as exc:
+            await jobs.report_unexpected(interaction, exc, where=f"button {self.action} on job {self.job_id}")
+
+    async def press(self, interaction: discord.Interaction) -> None:
+        raise NotImplementedError
+
+
+class RerollButton(
+    _JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"spooky:reroll:" + _JOB
+):
+    """The same prompt and settings, a new seed."""
+
+    action, label, emoji, style = "reroll", "Reroll", "🎲", discord.ButtonStyle.secondary
+
+    async def press(self, interaction: discord.Interaction) -> None:
+        await jobs.ack(interaction)
+        source = await jobs.fetch_job(interaction, self.job_id)
+        if source is None:
+            return
+        req = source.request
+        await jobs.submit(
+            interaction,
+            kind=JobKind.SPOOKY,
+            prompt=req.prompt,
+            scare_prompt=req.scare_prompt,
+            steps=req.steps,
+            scare_steps=req.scare_steps,
+            size=req.size,
+            seed=secrets.randbelow(MAX_SEED + 1),
+        )
+
+
+class NightmareButton(
+    _JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"spooky:nightmare:" + _JOB
+):
+    """Animate this result's spooky still."""
+
+    action, label, emoji, style = "nightmare", "Nightmare", "🕯️", discord.ButtonStyle.danger
+
+    async def press(self, interaction: discord.Interaction) -> None:
+        await jobs.ack(interaction)
+        source = await jobs.fetch_job(interaction, self.job_id)
+        if source is None:
+            return
+        still = source.artifacts.get("spooky") or source.artifacts.get("stylegan")
+        if still is None:
+            await jobs.tell(interaction, "This render has no finished image to animate; run /spooky again.")
+            return
+        await jobs.submit(
+            interaction,
+            kind=JobKind.NIGHTMARE,
+            prompt=_bot(interaction).settings.pipeline.nightmare_prompt,
+            init_artifact=still,
+        )
+
+
+class CancelButton(
+    _JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"spooky:cancel:" + _JOB
+):
+    """Stop a waiting or running job (its owner or a moderator)."""
+
+    action, label, emoji, style = "cancel", "Cancel", "✖️", discord.ButtonStyle.secondary
+
+    async def press(self, interaction: discord.Interaction) -> None:
+        await jobs.ack(interaction, ephemeral=True)
+        await jobs.cancel(interaction, self.job_id)
+
+
+DYNAMIC_ITEMS = (RerollButton, NightmareButton, CancelButton)
+
+
+def progress_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+def result_view(job_id: str, kind: JobKind) -> discord.ui.View | None:
+    if kind is not JobKind.SPOOKY:
+        return None
+    view = discord.ui.View(timeout=None)
+    view.add_item(NightmareButton(job_id))
+    view.add_item(RerollButton(job_id))
+    return view
