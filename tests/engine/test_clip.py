@@ -141,3 +141,16 @@ def test_wrong_or_corrupt_files(tmp_path: Path, toy_file) -> None:
         zf.writestr("ViT-B-32/constants.pkl", b"")
     with pytest.raises(CorruptWeightsError, match="TorchScript"):
         load_clip(script, model_cfg=TOY)
+
+
+@pytest.mark.real_weights
+def test_published_clip_loads() -> None:
+    from spooky.config import ModelsConfig
+
+    cache = ModelsConfig().cache_dir
+    if find_cached_clip(cache) is None:
+        pytest.skip(f"CLIP weights not in {cache} (spooky weights fetch clip_vit_b_32)")
+    model = load_clip(None, cache_dir=cache)
+    assert (model.image_size, model.embed_dim, model.context_length) == (224, 512, 77)
+    text = model.encode_text(["a photo of a cat", "a photo of a dog"])
+    assert text.shape == (2, 512)

@@ -241,3 +241,19 @@ def test_loading_imports_no_lightning_lpips_or_taming_models(vq_pair) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Working with z of shape" not in result.stdout  # taming's print is silenced
+
+
+@pytest.mark.real_weights
+@pytest.mark.parametrize("name", ["vqgan_wikiart_16384", "vqgan_imagenet_16384"])
+def test_published_vqgan_loads(name: str) -> None:
+    from engine.models.weights import REGISTRY
+    from spooky.config import ModelsConfig
+
+    config_path, ckpt_path = REGISTRY[name].paths(ModelsConfig().cache_dir)
+    if not ckpt_path.is_file():
+        pytest.skip(f"{ckpt_path} not downloaded (spooky weights fetch {name})")
+    model = load_vqgan(config_path, ckpt_path)
+    assert (model.factor, model.n_embed, model.embed_dim, model.kind) == (16, 16384, 256, "vq")
+    with torch.no_grad():
+        z = model.encode(torch.zeros(1, 3, 32, 48))
+        assert model.decode(model.quantize(z)).shape == (1, 3, 32, 48)

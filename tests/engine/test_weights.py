@@ -245,3 +245,22 @@ def test_cli_verify_and_unknown_name(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "mismatch" in capsys.readouterr().out
     assert cli.main(["weights", "fetch", "biggan", "--cache-dir", str(tmp_path)]) == 1
     assert "unknown weights name 'biggan'" in capsys.readouterr().err
+
+
+def test_cli_fetch_downloads_and_records_digest(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entry = weights.WeightsEntry(
+        name="toy_weights",
+        kind="clip",
+        description="a toy file served locally",
+        files=(WeightFile("toy/w.bin", urls=(f"{server.base}/file.bin",)),),
+    )
+    monkeypatch.setitem(REGISTRY, "toy_weights", entry)
+    args = ["weights", "fetch", "toy_weights", "--cache-dir", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 0
+    path = tmp_path / "toy" / "w.bin"
+    assert path.read_bytes() == PAYLOAD
+    assert str(path) in capsys.readouterr().out
+    assert cli.main(["weights", "verify", "toy_weights", "--cache-dir", str(tmp_path)]) == 0
+    assert f"sha256 {DIGEST}" in capsys.readouterr().out
