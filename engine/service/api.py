@@ -1,0 +1,362 @@
+"""The engine's HTTP API (aiohttp): routes of `spooky.contract`, auth, body limit, validation, SSE.
+
+Status codes:
+  200/202  answers; 202 for an accepted submit
+  400      malformed JSON                         ErrorBody code "malformed_json"
+  401      missing or wrong Bearer secret         ErrorBody code "unauthorized"
+  403      cancel by someone not owner/moderator  ErrorBody code "forbidden"
+  404      unknown job, artifact, route           ErrorBody code "not_found"
+  409      cancel of a finished job               ErrorBody code "finished"
+  413      body over engine.max_body_bytes        ErrorBody code "body_too_large"
+  422      unknown field, wrong type, bad value   ErrorBody code "invalid_request" (pydantic details)
+  429/409/422  a limit or check refused a submit  RefusalBody (see scheduler.REFUSAL_STATUS)
+A refused or invalid request changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.service.core import ApiError, EngineCore, Refused, artifact_view, validation_details
+from engine.service.metrics import CONTENT_TYPE
+from engine.service.scheduler import REFUSAL_STATUS
+from spooky.contract import (
+    API_PREFIX,
+    AUTH_HEADER,
+    ArtifactId,
+    CancelRequest,
+    ClientState,
+    ErrorBody,
+    ErrorDetail,
+    EventType,
+    JobList,
+    JobRequest,
+    JobState,
+    LimitsUpdate,
+    RefusalBody,
+    Snowflake,
+)
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+#: A comment line this often keeps idle event streams open through proxies.
+SSE_KEEPALIVE_S = 15.0
+_TERMINAL_EVENTS = {EventType.FINISHED.value, EventType.FAILED.value, EventType.CANCELLED.value}
+CORE = web.AppKey("core", EngineCore)
+
+
+# --- query strings --------------------------------------------------------------------------
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobsQuery(_Query):
+    guild_id: Snowflake | None = None
+    user_id: Snowflake | None = None
+    state: JobState | None = None
+    undelivered: bool = False  # jobs whose result the bot has not marked delivered, in any state
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class QueueQuery(_Query):
+    guild_id: Snowflake | None = None
+    user_id: Snowflake | None = None
+
+
+class EventsQuery(_Query):
+    job_id: ArtifactId | None = None
+    guild_id: Snowflake | None = None
+    after: int = Field(0, ge=0)
+
+
+class UserChannelQuery(_Query):
+    user_id: Snowflake
+    channel_id: Snowflake
+
+
+class FitQuery(_Query):
+    max_bytes: int = Field(..., ge=64 * 1024)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def error_response(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> web.Response:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details or []))
+    return web.json_response(text=body.model_dump_json(), status=status)
+
+
+def model_response(model: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(text=model.model_dump_json(), status=status)
+
+
+def _validate(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ApiError(
+            422, "invalid_request", f"the request does not match {model.__name__}", validation_details(e)
+        ) from e
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()  # raises 413 past client_max_size
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError as e:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from e
+    return _validate(model, data)
+
+
+def _query(request: web.Request, model: type[M]) -> M:
+    return _validate(model, dict(request.query))
+
+
+def _core(request: web.Request) -> EngineCore:
+    return request.app[CORE]
+
+
+# --- middlewares ----------------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error becomes a JSON ErrorBody or RefusalBody."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return error_response(e.status, e.code, e.message, e.details)
+    except Refused as e:
+        r = e.refusal
+        headers = {"Retry-After": str(max(1, round(r.retry_after_s)))} if r.retry_after_s else None
+        return web.json_response(
+            text=RefusalBody(refusal=r).model_dump_json(), status=REFUSAL_STATUS[r.code], headers=headers
+        )
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CORE].settings.engine.max_body_bytes
+        return error_response(
+            413,
+            "body_too_large",
+            f"the request body is larger than the {limit} bytes allowed (engine.max_body_bytes)",
+        )
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")
+        message = {404: f"no route {request.method} {request.path}; see spooky/contract.py"}.get(
+            e.status, e.reason
+        )
+        return error_response(e.status, code, message)
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal", "the engine hit an unexpected error; see its log")
+
+
+def auth_middleware(secret: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    expected = f"Bearer {secret}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != f"{API_PREFIX}/health":
+            given = request.headers.get(AUTH_HEADER, "").encode()
+            # Constant-time compare: the time taken says nothing about how much of the secret matched.
+            if not hmac.compare_digest(given, expected):
+                why = "missing" if not given else "wrong"
+                return error_response(
+                    401, "unauthorized", f"{why} API secret: send 'Authorization: Bearer <engine.secret>'"
+                )
+        return await handler(request)
+
+    return check
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+routes = web.RouteTableDef()
+
+
+@routes.get(f"{API_PREFIX}/health")
+async def health(request: web.Request) -> web.Response:
+    h = await _core(request).health()
+    return model_response(h, 200 if h.status in ("ready", "loading") else 503)
+
+
+@routes.post(f"{API_PREFIX}/jobs")
+async def submit(request: web.Request) -> web.Response:
+    req = await _body(request, JobRequest)
+    answer = await _core(request).submit(req)
+    return model_response(answer, 200 if answer.duplicate else 202)
+
+
+@routes.get(f"{API_PREFIX}/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    q = _query(request, JobsQuery)
+    jobs = await _core(request).jobs(**q.model_dump())
+    return model_response(JobList(jobs=jobs))
+
+
+@routes.get(API_PREFIX + "/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    return model_response(await _core(request).job(request.match_info["job_id"]))
+
+
+@routes.post(API_PREFIX + "/jobs/{job_id}/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    body = await _body(request, CancelRequest)
+    return model_response(await _core(request).cancel(request.match_info["job_id"], body))
+
+
+@routes.patch(API_PREFIX + "/jobs/{job_id}/client")
+async def set_client(request: web.Request) -> web.Response:
+    body = await _body(request, ClientState)
+    return model_response(await _core(request).set_client(request.match_info["job_id"], body.client))
+
+
+@routes.post(API_PREFIX + "/jobs/{job_id}/delivered")
+async def delivered(request: web.Request) -> web.Response:
+    return model_response(await _core(request).mark_delivered(request.match_info["job_id"]))
+
+
+@routes.get(f"{API_PREFIX}/queue")
+async def queue(request: web.Request) -> web.Response:
+    q = _query(request, QueueQuery)
+    return model_response(await _core(request).queue(q.guild_id, q.user_id))
+
+
+@routes.get(f"{API_PREFIX}/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events after `after` (or Last-Event-ID), filtered by job or guild.
+
+    A job's stream ends with `event: end` after its terminal event; other streams run until the
+    client leaves or the engine stops.
+    """
+    q = _query(request, EventsQuery)
+    after = q.after
+    last_header = request.headers.get("Last-Event-ID")
+    if last_header:
+        try:
+            after = max(int(last_header), 0)
+        except ValueError as e:
+            raise ApiError(
+                422, "invalid_request", f"Last-Event-ID must be an event id, got {last_header!r}"
+            ) from e
+    core = _core(request)
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await resp.prepare(request)
+    await resp.write(b"retry: 1000\n\n")
+    last = after
+    try:
+        while not core.closing.is_set():
+            seen = core.hub.latest
+            batch = await core.events_after(last, q.job_id, q.guild_id)
+            for ev in batch:
+                payload = ev.model_dump_json()
+                await resp.write(f"id: {ev.id}\nevent: {ev.type.value}\ndata: {payload}\n\n".encode())
+                last = ev.id
+                if q.job_id is not None and ev.type.value in _TERMINAL_EVENTS:
+                    await resp.write(b"event: end\ndata: {}\n\n")
+                    return resp
+            if batch:
+                continue
+            if not await core.hub.wait_beyond(seen, SSE_KEEPALIVE_S) and not core.closing.is_set():
+                await resp.write(b": keep-alive\n\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass  # the client left, or the engine is stopping
+    return resp
+
+
+@routes.post(f"{API_PREFIX}/uploads")
+async def upload(request: web.Request) -> web.Response:
+    q = _query(request, UserChannelQuery)
+    data = await request.read()
+    return model_response(await _core(request).upload(data, q.user_id, q.channel_id), 201)
+
+
+@routes.get(API_PREFIX + "/artifacts/{artifact_id}")
+async def artifact(request: web.Request) -> web.Response:
+    row, data = await _core(request).artifact(request.match_info["artifact_id"])
+    return web.Response(
+        body=data,
+        content_type=row.media_type,
+        headers={
+            "Cache-Control": "private, max-age=86400",
+            "X-Artifact": artifact_view(row).model_dump_json(),
+        },
+    )
+
+
+@routes.post(API_PREFIX + "/artifacts/{artifact_id}/fit")
+async def fit(request: web.Request) -> web.Response:
+    q = _query(request, FitQuery)
+    return model_response(await _core(request).fit_video(request.match_info["artifact_id"], q.max_bytes))
+
+
+@routes.get(f"{API_PREFIX}/last-image")
+async def last_image(request: web.Request) -> web.Response:
+    q = _query(request, UserChannelQuery)
+    return model_response(await _core(request).last_image(q.user_id, q.channel_id))
+
+
+def _guild(request: web.Request) -> str:
+    guild_id = request.match_info["guild_id"]
+    if not guild_id.isdigit() or len(guild_id) > 20:
+        raise ApiError(
+            422, "invalid_request", f"guild id must be a Discord snowflake (digits), got {guild_id!r}"
+        )
+    return guild_id
+
+
+@routes.get(API_PREFIX + "/guilds/{guild_id}/limits")
+async def get_limits(request: web.Request) -> web.Response:
+    return model_response(await _core(request).limits(_guild(request)))
+
+
+@routes.patch(API_PREFIX + "/guilds/{guild_id}/limits")
+async def patch_limits(request: web.Request) -> web.Response:
+    guild_id = _guild(request)
+    body = await _body(request, LimitsUpdate)
+    return model_response(await _core(request).update_limits(guild_id, body.actor_id, body.changes))
+
+
+@routes.get(API_PREFIX + "/guilds/{guild_id}/limits/log")
+async def get_limits_log(request: web.Request) -> web.Response:
+    changes = await _core(request).limits_log(_guild(request))
+    return web.json_response(text="[" + ",".join(c.model_dump_json() for c in changes) + "]")
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    core = _core(request)
+    core.metrics.queue_length.set(await core.db(core.store.queue_length))
+    core.metrics.update_gpu()
+    return web.Response(body=core.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def build_app(core: EngineCore, secret: str) -> web.Application:
+    """The aiohttp application; `secret` guards every route but /v1/health."""
+    app = web.Application(
+        client_max_size=core.settings.engine.max_body_bytes,
+        middlewares=[errors_middleware, auth_middleware(secret)],
+    )
+    app[CORE] = core
+    app.add_routes(routes)
+    return app

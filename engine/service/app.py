@@ -1,0 +1,187 @@
+"""`EngineService`: the engine's lifecycle around `EngineCore`, the API and the worker.
+
+start: open the store, requeue what a crash left running, serve the API at once (health
+`loading`; submits are accepted and durable), load the models once in a thread, then `ready` and
+the worker starts. stop (SIGTERM): health `draining`, new submits refused, the running job gets
+`drain_timeout_s` to finish, then it is stopped and left queued for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from engine.service.api import build_app
+from engine.service.artifacts import ArtifactFiles
+from engine.service.core import EngineCore, default_limits
+from engine.service.events import EventHub
+from engine.service.store import SQLiteStore
+from spooky.config import Settings
+from spooky.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "engine.sqlite3"
+#: How often old artifacts are swept (and once at start).
+SWEEP_INTERVAL_S = 3600.0
+#: Extra time after drain_timeout_s for the stopped job's last step and the outcome to be written.
+DRAIN_GRACE_S = 30.0
+
+
+def engine_secret(settings: Settings) -> str:
+    """The API secret; a missing one stops the engine with instructions."""
+    secret = settings.engine.secret.get_secret_value() if settings.engine.secret else ""
+    if not secret.strip():
+        raise ConfigError(
+            "the engine has no API secret, so anyone who can reach its port could use it",
+            hint=(
+                'set SPOOKY_ENGINE_SECRET in the environment or `secret = "…"` under [engine] in '
+                "config.toml (e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
+                "and give the bot the same value"
+            ),
+        )
+    return secret
+
+
+class EngineService:
+    """One engine: store, API, model loading, worker, retention sweep, drain."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        models: Any | None = None,
+        port: int | None = None,
+        autoload: bool = True,
+    ) -> None:
+        self.settings = settings
+        # autoload=False keeps the engine in `loading` (API up, submits queued, no worker): for
+        # tests of the API and the queue alone, and for `start_models()` later.
+        self._autoload = autoload
+        self.secret = engine_secret(settings)
+        self._models = models  # preloaded models (tests share one tiny set); None = load_models(cfg)
+        self._port = settings.engine.port if port is None else port
+        data_dir = Path(settings.engine.data_dir).expanduser()
+        self.data_dir = data_dir
+        self.hub = EventHub()
+        self.store = SQLiteStore(
+            data_dir / DB_NAME, default_limits=default_limits(settings.limits), on_events=self.hub.notify
+        )
+        self.files = ArtifactFiles(data_dir / "artifacts")
+        self.core = EngineCore(settings, self.store, self.files, self.hub)
+        self.worker: Any | None = None  # engine.service.worker.Worker once the models are loaded
+        self.renderer: Any | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.port: int | None = None
+        self.ready = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        host = self.settings.engine.host
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{self.port}"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.hub.bind(loop)
+        self.hub.latest = self.store.last_event_id()
+        for event in self.store.recover_interrupted(max_attempts=2):
+            log.warning("job %s was interrupted: %s", event.job_id, event.data.get("reason"))
+        self.files.clean_tmp(older_than_s=0)
+        self._runner = web.AppRunner(build_app(self.core, self.secret), access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.engine.host, self._port)
+        await site.start()
+        sockets = [s for s in (site._server.sockets if site._server else [])]
+        self.port = sockets[0].getsockname()[1] if sockets else self._port
+        log.info("engine API on %s (health: loading)", self.url)
+        if self._autoload:
+            self.start_models()
+        self._tasks.append(asyncio.create_task(self._sweep_loop(), name="spooky-sweep"))
+
+    def start_models(self) -> None:
+        """Load the models in the background; the worker starts when they are ready."""
+        self._tasks.append(asyncio.create_task(self._load(), name="spooky-load"))
+
+    async def _load(self) -> None:
+        from engine.pipeline.render import Renderer
+        from engine.service.worker import Worker, run_in_daemon_thread, validator_for
+
+        core = self.core
+        started = time.monotonic()
+        try:
+            models = self._models
+            if models is None:
+                from engine.models.factory import load_models
+
+                models = await run_in_daemon_thread(lambda: load_models(self.settings.models))
+            renderer = Renderer(models, self.settings.pipeline)
+        except Exception as e:
+            core.status, core.detail = "error", f"models failed to load: {e}"
+            log.exception("models failed to load; the engine stays up with health 'error'")
+            return
+        if core.status != "loading":  # a stop arrived while loading
+            return
+        self.renderer = renderer
+        core.validator = validator_for(renderer)
+        core.device = str(models.device)
+        core.preset = models.preset
+        await core.refresh_estimates()
+        self.worker = Worker(core, renderer)
+        self.worker.start()
+        core.status = "ready"
+        self.ready.set()
+        log.info("models loaded in %.1f s: %s; engine ready", time.monotonic() - started, models.description)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.core.sweep()
+            except Exception:
+                log.exception("artifact retention sweep failed")
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+
+    async def drain(self) -> None:
+        """Refuse new submits and let (or make) the running job stop; it stays queued."""
+        if self.core.status in ("draining", "stopped"):
+            return
+        self.core.status = "draining"
+        timeout = self.settings.engine.drain_timeout_s
+        log.info("draining: waiting up to %.0f s for the running job", timeout)
+        if self.worker is not None:
+            try:
+                await asyncio.wait_for(self.worker.drain(timeout), timeout + DRAIN_GRACE_S)
+            except TimeoutError:
+                log.error(
+                    "the running job did not stop within %.0f s of the drain; exiting anyway", DRAIN_GRACE_S
+                )
+
+    async def stop(self) -> None:
+        await self.drain()
+        self.core.status = "stopped"
+        self.core.closing.set()
+        self.hub.notify(self.hub.latest)  # wake event streams so they end
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.core.close()
+        self.store.close()
+        log.info("engine stopped")
+
+    async def __aenter__(self) -> EngineService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

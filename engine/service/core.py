@@ -1,0 +1,506 @@
+"""What the API does, without HTTP: submit, views, cancel, uploads, artifacts, limits.
+
+All store calls run on one executor thread so the event loop never waits on SQLite's fsync.
+Errors the API turns into 4xx answers are `ApiError`s (status, code) or `Refused` (a `Refusal`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+from engine.service.artifacts import ArtifactFiles, new_id
+from engine.service.events import EventHub
+from engine.service.metrics import Metrics
+from engine.service.scheduler import (
+    Estimator,
+    Placement,
+    Snapshot,
+    check_limits,
+    fair_order,
+    plan,
+    seconds_per_unit,
+    work_units,
+)
+from engine.service.store import ArtifactRow, Counts, JobRow, JobStore, NewJob
+from spooky.config import LimitsConfig, PipelineConfig, Settings
+from spooky.contract import (
+    MAX_SEED,
+    Artifact,
+    CancelRequest,
+    Event,
+    GuildLimits,
+    Health,
+    JobKind,
+    JobRequest,
+    JobState,
+    JobView,
+    LastImage,
+    LimitsChange,
+    QueueView,
+    Refusal,
+    RefusalCode,
+    SubmitResponse,
+)
+from spooky.errors import SpookyError
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+#: How long a cancel of a running job waits for the stage to stop before answering.
+CANCEL_WAIT_S = 10.0
+
+
+class ApiError(SpookyError):
+    """A request the engine answers with a 4xx `ErrorBody`."""
+
+    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.details = details or []
+
+
+class Refused(SpookyError):
+    """A limit or a check refused a request; answered with a `RefusalBody`."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+class Canceller(Protocol):
+    """The worker's side of cancelling a running job."""
+
+    def request_cancel(self, job_id: str, by: str) -> asyncio.Future[None] | None: ...
+
+
+class Validator(Protocol):
+    """The renderer's cheap pre-checks (prompt tokens, size); raises InputError subclasses."""
+
+    def __call__(self, kind: JobKind, spec: dict[str, Any]) -> None: ...
+
+
+def default_limits(cfg: LimitsConfig) -> GuildLimits:
+    return GuildLimits(**cfg.model_dump())
+
+
+def resolve_spec(req: JobRequest, pipeline: PipelineConfig, limits: GuildLimits) -> dict[str, Any]:
+    """The settings a job runs with: the request's values, else the defaults (within the server's range).
+
+    The seed is drawn here, not at run time, so the job view shows it before the job starts and a
+    retry after a crash renders the same picture.
+    """
+    seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    size = list(req.size) if req.size else None  # None: the renderer's canvas for the loaded models
+    if JobKind(req.kind) is JobKind.SPOOKY:
+        return {
+            "prompt": req.prompt,
+            "scare_prompt": req.scare_prompt,
+            "seed": seed,
+            "steps": req.steps if req.steps is not None else min(pipeline.stylegan_steps, limits.max_steps),
+            "scare_steps": (
+                req.scare_steps
+                if req.scare_steps is not None
+                else min(pipeline.scare_steps, limits.max_scare_steps)
+            ),
+            "size": size,
+            "still_every": pipeline.still_every,
+        }
+    return {
+        "prompt": req.prompt,
+        "seed": seed,
+        "frames": req.frames if req.frames is not None else min(pipeline.nightmare_frames, limits.max_frames),
+        "size": size,
+        "max_bytes": req.max_bytes or pipeline.video_max_bytes,
+        "still_every": pipeline.still_every,
+    }
+
+
+def refusal_for_input(e: SpookyError) -> Refusal:
+    """Map the renderer's InputError subclasses onto refusal codes."""
+    code = {
+        "empty_prompt": RefusalCode.BAD_PROMPT,
+        "prompt_too_long": RefusalCode.BAD_PROMPT,
+        "invalid_size": RefusalCode.OUT_OF_RANGE,
+        "invalid_image": RefusalCode.BAD_IMAGE,
+    }.get(e.code, RefusalCode.BAD_PROMPT)
+    return Refusal(code=code, message=str(e))
+
+
+class EngineCore:
+    """The engine's state and operations; `EngineService` wires it to HTTP, the worker and signals."""
+
+    def __init__(self, settings: Settings, store: JobStore, files: ArtifactFiles, hub: EventHub) -> None:
+        self.settings = settings
+        self.store = store
+        self.files = files
+        self.hub = hub
+        self.metrics = Metrics()
+        self.status: str = "loading"  # Health.status
+        self.detail: str | None = None
+        self.preset: str | None = settings.models.preset
+        self.device: str | None = None
+        self.validator: Validator | None = None  # set once the models are loaded
+        self.canceller: Canceller | None = None  # set once the worker runs
+        self.running_job: str | None = None
+        #: Set by the worker: wakes it when a job is queued.
+        self.wake_worker: Callable[[], None] | None = None
+        #: Set when the engine stops: event streams end.
+        self.closing = asyncio.Event()
+        self.estimator = Estimator({k: seconds_per_unit(k, []) for k in JobKind})
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spooky-db")
+
+    async def db(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """Run a store call on the store thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._db.shutdown(wait=True)
+
+    # --- views ------------------------------------------------------------------------------
+
+    async def refresh_estimates(self) -> None:
+        """Recompute seconds per step of each kind from the last finished jobs."""
+        rates = {}
+        for kind in JobKind:
+            samples = await self.db(self.store.recent_durations, kind)
+            rates[kind] = seconds_per_unit(kind, [(d, work_units(kind, spec)) for d, spec in samples])
+        self.estimator = Estimator(rates)
+
+    async def _plan(self) -> tuple[list[JobRow], list[JobRow], dict[str, Placement], float]:
+        """(queued in run order, running, placement by job id, ETA of the whole queue)."""
+        queued, running = await self.db(self.store.active_jobs)
+        order, places, total = plan(queued, running, self.estimator, time.time())
+        return order, running, places, total
+
+    def _describe(self, job: JobRow, queued: list[JobRow], running: list[JobRow]) -> dict[str, Any]:
+        _, places, _ = plan(queued, running, self.estimator, time.time())
+        place = places.get(job.id)
+        return {"position": place.position if place else None, "eta_s": place.eta_s if place else None}
+
+    async def view(self, job: JobRow) -> JobView:
+        if job.state is JobState.QUEUED:
+            _, _, places, _ = await self._plan()
+            place = places.get(job.id)
+            if place is not None:
+                return job.view(place.position, place.eta_s)
+        if job.state is JobState.RUNNING:
+            elapsed = time.time() - (job.started_at or time.time())
+            return job.view(None, round(max(self.estimator.duration(job.kind, job.spec) - elapsed, 1.0), 1))
+        return job.view()
+
+    async def job(self, job_id: str) -> JobView:
+        return await self.view(await self._job(job_id))
+
+    async def _job(self, job_id: str) -> JobRow:
+        job = await self.db(self.store.get_job, job_id)
+        if job is None:
+            raise ApiError(404, "not_found", f"no job with id {job_id!r}; it never existed or was deleted")
+        return job
+
+    async def jobs(self, **filters: Any) -> list[JobView]:
+        rows = await self.db(functools.partial(self.store.list_jobs, **filters))
+        if not any(r.state is JobState.QUEUED for r in rows):
+            return [r.view() for r in rows]
+        _, _, places, _ = await self._plan()
+        return [
+            r.view(places[r.id].position, places[r.id].eta_s) if r.id in places else r.view() for r in rows
+        ]
+
+    async def queue(self, guild_id: str | None = None, user_id: str | None = None) -> QueueView:
+        order, running, places, total = await self._plan()
+        mine = [
+            j
+            for j in [*running, *order]
+            if (guild_id is None or j.guild_id == guild_id) and (user_id is None or j.user_id == user_id)
+        ]
+        views = []
+        for j in mine:
+            place = places.get(j.id)
+            views.append(j.view(place.position, place.eta_s) if place else await self.view(j))
+        return QueueView(
+            length=len(order),
+            running=await self.view(running[0]) if running else None,
+            jobs=views,
+            eta_s=total if (order or running) else 0.0,
+        )
+
+    async def health(self) -> Health:
+        detail = self.files.disk.detail or self.detail
+        return Health(
+            status="draining" if self.status == "stopped" else self.status,  # type: ignore[arg-type]
+            preset=self.preset,
+            device=self.device,
+            queue_length=await self.db(self.store.queue_length),
+            running_job=self.running_job,
+            detail=detail,
+        )
+
+    # --- submit -----------------------------------------------------------------------------
+
+    async def submit(self, req: JobRequest) -> SubmitResponse:
+        """Validate, check the limits and queue, atomically; never waits for the GPU."""
+        started = time.perf_counter()
+        try:
+            response = await self._submit(req)
+        except Refused as e:
+            self.metrics.submits.labels(e.refusal.code.value).inc()
+            raise
+        finally:
+            self.metrics.submit_seconds.observe(time.perf_counter() - started)
+        self.metrics.submits.labels("duplicate" if response.duplicate else "accepted").inc()
+        return response
+
+    async def _submit(self, req: JobRequest) -> SubmitResponse:
+        if req.idempotency_key:
+            existing = await self.db(self.store.find_idempotent, req.idempotency_key)
+            if existing is not None:
+                return SubmitResponse(job=await self.view(existing), duplicate=True)
+        if self.status not in ("loading", "ready"):
+            why = "shutting down" if self.status == "draining" else f"not working ({self.detail})"
+            raise Refused(
+                Refusal(
+                    code=RefusalCode.NOT_READY,
+                    message=f"the render engine is {why}; try again in a minute",
+                    retry_after_s=30.0,
+                )
+            )
+        who = req.requester
+        limits = await self.db(self.store.guild_limits, who.guild_id)
+        spec = resolve_spec(req, self.settings.pipeline, limits)
+        if self.validator is not None:
+            try:
+                await asyncio.to_thread(self.validator, req.kind, spec)
+            except SpookyError as e:
+                raise Refused(refusal_for_input(e)) from e
+        source = await self._nightmare_source(req) if JobKind(req.kind) is JobKind.NIGHTMARE else None
+        max_queue = self.settings.engine.max_queue
+        now = time.time()
+
+        def decide(counts: Counts, limits: GuildLimits) -> Refusal | None:
+            snap = Snapshot(now=now, limits=limits, max_queue=max_queue, **vars(counts))
+            return check_limits(req, spec, snap)
+
+        new = NewJob(id=new_id(), request=req, spec=spec, source_artifact=source, created_at=now)
+        result = await self.db(self.store.submit, new, decide, self._describe)
+        if result.refusal is not None:
+            log.info(
+                "submit refused: %s user=%s guild=%s",
+                result.refusal.code.value,
+                who.user_id,
+                who.guild_id,
+                extra={
+                    "refusal": result.refusal.code.value,
+                    "user_id": who.user_id,
+                    "guild_id": who.guild_id,
+                },
+            )
+            raise Refused(result.refusal)
+        assert result.job is not None
+        if self.wake_worker is not None:
+            self.wake_worker()
+        return SubmitResponse(job=await self.view(result.job), duplicate=result.duplicate)
+
+    async def _nightmare_source(self, req: JobRequest) -> str:
+        if req.init_artifact is not None:
+            row = await self.db(self.store.get_artifact, req.init_artifact)
+            if row is None or not row.media_type.startswith("image/"):
+                raise Refused(
+                    Refusal(
+                        code=RefusalCode.BAD_IMAGE,
+                        message=(
+                            f"there is no image {req.init_artifact!r} on the engine (images are kept "
+                            f"{self.settings.engine.artifact_retention_hours:g} h); attach the image again"
+                        ),
+                    )
+                )
+            return row.id
+        last = await self.db(self.store.last_image, req.requester.user_id, req.requester.channel_id)
+        if last is None:
+            raise Refused(
+                Refusal(
+                    code=RefusalCode.NO_PREVIOUS_IMAGE,
+                    message=(
+                        "you have no image in this channel to animate yet: run /spooky first, "
+                        "or attach an image to /nightmare"
+                    ),
+                )
+            )
+        return last.artifact_id
+
+    # --- cancel and bookkeeping -------------------------------------------------------------
+
+    async def cancel(self, job_id: str, req: CancelRequest) -> JobView:
+        job = await self._job(job_id)
+        if req.actor_id != job.user_id and not req.is_moderator:
+            raise ApiError(403, "forbidden", "only the job's owner or a moderator can cancel it")
+        if job.state.terminal:
+            raise ApiError(409, "finished", f"job {job_id} has already {job.state.value}; nothing to cancel")
+        by = req.actor_id
+        if job.state is JobState.QUEUED:
+            event = await self.db(self.store.cancel_queued, job_id, by)
+            if event is not None:
+                self.metrics.jobs.labels(job.kind.value, "cancelled").inc()
+                return await self.job(job_id)
+        # Running (or claimed between our read and the cancel): stop it at the next step.
+        done = self.canceller.request_cancel(job_id, by) if self.canceller else None
+        if done is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(done), CANCEL_WAIT_S)
+            except TimeoutError:
+                log.warning("job %s did not stop within %.0f s of its cancel", job_id, CANCEL_WAIT_S)
+        return await self.job(job_id)
+
+    async def set_client(self, job_id: str, client: dict[str, str]) -> JobView:
+        try:
+            job = await self.db(self.store.set_client, job_id, client)
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", str(e)) from e
+        if job is None:
+            raise ApiError(404, "not_found", f"no job with id {job_id!r}")
+        return await self.view(job)
+
+    async def mark_delivered(self, job_id: str) -> JobView:
+        job = await self.db(self.store.mark_delivered, job_id)
+        if job is None:
+            raise ApiError(404, "not_found", f"no job with id {job_id!r}")
+        return await self.view(job)
+
+    async def events_after(self, after: int, job_id: str | None, guild_id: str | None) -> list[Event]:
+        return await self.db(self.store.events_after, after, job_id=job_id, guild_id=guild_id)
+
+    # --- artifacts --------------------------------------------------------------------------
+
+    async def upload(self, data: bytes, user_id: str, channel_id: str) -> Artifact:
+        """Check an uploaded image (not an image, too large, bomb: BAD_IMAGE) and keep it as a PNG."""
+        from engine.pipeline.images import load_image, png_bytes  # PIL/torch: engine-only imports
+
+        def convert() -> tuple[bytes, int, int]:
+            image = load_image(data)
+            return png_bytes(
+                image, {"source": "upload", "user_id": user_id, "channel_id": channel_id}
+            ), *image.size
+
+        try:
+            png, width, height = await asyncio.to_thread(convert)
+        except SpookyError as e:
+            raise Refused(Refusal(code=RefusalCode.BAD_IMAGE, message=str(e))) from e
+        row = await asyncio.to_thread(self.files.write, png, "image/png", width=width, height=height)
+        await self.db(self.store.add_artifact, row)
+        return artifact_view(row)
+
+    async def artifact(self, artifact_id: str) -> tuple[ArtifactRow, bytes]:
+        row = await self.db(self.store.get_artifact, artifact_id)
+        if row is None:
+            raise ApiError(404, "not_found", f"no artifact {artifact_id!r}; it never existed or has expired")
+        try:
+            data = await asyncio.to_thread(self.files.read, row)
+        except FileNotFoundError as e:
+            raise ApiError(404, "not_found", f"the file of artifact {artifact_id!r} is gone") from e
+        return row, data
+
+    async def fit_video(self, artifact_id: str, max_bytes: int) -> Artifact:
+        """A copy of an MP4 re-encoded under `max_bytes` (the artifact itself when it already fits)."""
+        from engine.pipeline.video import fit_to_budget, probe
+
+        row, data = await self.artifact(artifact_id)
+        if row.media_type != "video/mp4":
+            raise ApiError(422, "not_a_video", f"artifact {artifact_id!r} is {row.media_type}, not an MP4")
+        if row.bytes <= max_bytes:
+            return artifact_view(row)
+        tmp = self.files.temp_path(f"fit-{new_id()}.mp4")
+
+        def fit() -> ArtifactRow:
+            tmp.write_bytes(data)
+            try:
+                fit_to_budget(tmp, max_bytes)
+                info = probe(tmp)
+                return self.files.adopt(
+                    tmp, "video/mp4", job_id=row.job_id, width=info.width, height=info.height
+                )
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        try:
+            new = await asyncio.to_thread(fit)
+        except SpookyError as e:
+            raise ApiError(422, e.code, str(e)) from e
+        await self.db(self.store.add_artifact, new)
+        return artifact_view(new)
+
+    async def last_image(self, user_id: str, channel_id: str) -> LastImage:
+        last = await self.db(self.store.last_image, user_id, channel_id)
+        if last is None:
+            raise ApiError(404, "not_found", "no image of this user in this channel yet")
+        return last
+
+    async def sweep(self) -> int:
+        """Delete artifacts past the retention limit (last images and inputs of waiting jobs stay)."""
+        cutoff = time.time() - self.settings.engine.artifact_retention_hours * 3600
+        expired = await self.db(self.store.expired_artifacts, cutoff)
+        if expired:
+            # Index first: a row without its file would be served as a broken artifact.
+            await self.db(self.store.delete_artifacts, [r.id for r in expired])
+            await asyncio.to_thread(self.files.delete, expired)
+            log.info(
+                "retention: deleted %d artifact(s) older than %g h",
+                len(expired),
+                self.settings.engine.artifact_retention_hours,
+            )
+        await self.db(self.store.prune_events, cutoff)
+        return len(expired)
+
+    # --- limits -----------------------------------------------------------------------------
+
+    async def limits(self, guild_id: str) -> GuildLimits:
+        return await self.db(self.store.guild_limits, guild_id)
+
+    async def update_limits(self, guild_id: str, actor_id: str, changes: dict[str, Any]) -> GuildLimits:
+        from pydantic import ValidationError
+
+        try:
+            updated = await self.db(self.store.update_limits, guild_id, actor_id, changes)
+        except ValidationError as e:
+            raise ApiError(422, "invalid_limits", "a limit is out of range", validation_details(e)) from e
+        log.info(
+            "limits of guild %s changed by %s: %s",
+            guild_id,
+            actor_id,
+            changes,
+            extra={"guild_id": guild_id, "actor_id": actor_id, "changes": changes},
+        )
+        return updated
+
+    async def limits_log(self, guild_id: str) -> list[LimitsChange]:
+        return await self.db(self.store.limits_log, guild_id)
+
+
+def artifact_view(row: ArtifactRow) -> Artifact:
+    return Artifact(
+        id=row.id,
+        media_type=row.media_type,
+        bytes=row.bytes,
+        job_id=row.job_id,
+        width=row.width,
+        height=row.height,
+    )
+
+
+def validation_details(e: Any) -> list[dict[str, Any]]:
+    """pydantic errors as plain JSON (no exception objects in `ctx`, no doc URLs)."""
+    import json
+
+    return json.loads(e.json(include_url=False))
+
+
+def order_for_claim(queued: list[JobRow], running: list[JobRow]) -> list[JobRow]:
+    """The claim order the worker passes to the store (the same function positions come from)."""
+    return fair_order(queued, running)

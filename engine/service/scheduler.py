@@ -1,0 +1,275 @@
+"""Fair queue order, ETAs and submit-time limits: pure functions over store rows (no I/O).
+
+The worker claims with `fair_order` and the API reports positions with the same function, so a
+position shown to a user is the order the jobs will really run in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from spooky.contract import GuildLimits, JobKind, JobRequest, Refusal, RefusalCode
+
+#: HTTP status of each refusal: 429 = capacity or time (retry later), 409 = the server's state
+#: forbids it (paused, channel, nothing to animate, engine not ready), 422 = the request itself.
+REFUSAL_STATUS: dict[RefusalCode, int] = {
+    RefusalCode.QUEUE_FULL: 429,
+    RefusalCode.SERVER_QUEUE_FULL: 429,
+    RefusalCode.USER_LIMIT: 429,
+    RefusalCode.COOLDOWN: 429,
+    RefusalCode.PAUSED: 409,
+    RefusalCode.CHANNEL_NOT_ALLOWED: 409,
+    RefusalCode.NO_PREVIOUS_IMAGE: 409,
+    RefusalCode.NOT_READY: 409,
+    RefusalCode.BANNED_WORD: 422,
+    RefusalCode.OUT_OF_RANGE: 422,
+    RefusalCode.BAD_PROMPT: 422,
+    RefusalCode.BAD_IMAGE: 422,
+}
+
+
+class Queued(Protocol):
+    """What ordering needs from a job row."""
+
+    seq: int  # insertion order (FIFO)
+    user_id: str
+    guild_id: str | None
+
+
+T = TypeVar("T", bound=Queued)
+
+
+def fair_order(queued: Sequence[T], running: Sequence[Queued] = ()) -> list[T]:
+    """Order waiting jobs: round-robin by user, then round-robin by server, then FIFO.
+
+    A user's k-th waiting job goes after every other user's (k-1)-th, so one user's five jobs do
+    not hold anyone back. A user's running job counts as their first, so while it runs their
+    next job waits behind everyone's first. Within one round, servers take turns the same way
+    (a busy server's users do not crowd out a small server's), and then the earlier job goes first.
+    """
+    user_rank: dict[str, int] = defaultdict(int)
+    for job in running:
+        user_rank[job.user_id] += 1
+    rounds: list[tuple[int, T]] = []
+    for job in sorted(queued, key=lambda j: j.seq):
+        rounds.append((user_rank[job.user_id], job))
+        user_rank[job.user_id] += 1
+    # Within a round, a server's m-th job of that round goes after every other server's (m-1)-th.
+    server_rank: dict[tuple[int, str | None], int] = defaultdict(int)
+    keyed: list[tuple[int, int, int, T]] = []
+    for rnd, job in rounds:  # already FIFO within each round
+        m = server_rank[(rnd, job.guild_id)]
+        server_rank[(rnd, job.guild_id)] += 1
+        keyed.append((rnd, m, job.seq, job))
+    keyed.sort(key=lambda k: k[:3])
+    return [k[3] for k in keyed]
+
+
+# --- work estimates -------------------------------------------------------------------------
+
+
+def work_units(kind: JobKind | str, spec: dict[str, Any]) -> int:
+    """Optimisation steps a job will run: what its duration scales with."""
+    if JobKind(kind) is JobKind.SPOOKY:
+        return int(spec.get("steps", 0)) + int(spec.get("scare_steps", 0))
+    return int(spec.get("frames", 0))
+
+
+#: Prior seconds per step before any job has finished (a mid-range GPU at the default sizes),
+#: and a fixed cost per job (PNG/MP4 encoding, transfers). Measured durations replace them.
+PRIOR_SECONDS_PER_UNIT: dict[JobKind, float] = {JobKind.SPOOKY: 0.5, JobKind.NIGHTMARE: 0.4}
+JOB_OVERHEAD_S = 2.0
+#: The prior counts as this many observed jobs, so a single odd job does not swing the ETA.
+PRIOR_WEIGHT = 2.0
+
+
+def seconds_per_unit(kind: JobKind, samples: Sequence[tuple[float, int]]) -> float:
+    """Running average of seconds per step from recent (duration_s, units) of one kind."""
+    prior = PRIOR_SECONDS_PER_UNIT[kind]
+    total = prior * PRIOR_WEIGHT
+    weight = PRIOR_WEIGHT
+    for duration, units in samples:
+        if units > 0 and duration >= 0:
+            total += max(duration - JOB_OVERHEAD_S, 0.0) / units
+            weight += 1
+    return total / weight
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """Seconds a job is expected to take, from the measured rate of its kind."""
+
+    rates: dict[JobKind, float]
+
+    def duration(self, kind: JobKind | str, spec: dict[str, Any]) -> float:
+        return JOB_OVERHEAD_S + self.rates[JobKind(kind)] * work_units(kind, spec)
+
+
+@dataclass(frozen=True)
+class Placement:
+    position: int  # 1 = next to run
+    eta_s: float  # seconds until this job is expected to finish
+
+
+class Planned(Queued, Protocol):
+    id: str
+    kind: JobKind
+    spec: dict[str, Any]
+    started_at: float | None
+
+
+P = TypeVar("P", bound=Planned)
+
+
+def plan(
+    queued: Sequence[P], running: Sequence[P], estimator: Estimator, now: float
+) -> tuple[list[P], dict[str, Placement], float]:
+    """Fair order of `queued`, each job's position and ETA, and the ETA of the whole queue."""
+    ahead = 0.0
+    for job in running:
+        elapsed = now - (job.started_at or now)
+        ahead += max(estimator.duration(job.kind, job.spec) - elapsed, 1.0)
+    order = fair_order(queued, running)
+    places: dict[str, Placement] = {}
+    for i, job in enumerate(order):
+        ahead += estimator.duration(job.kind, job.spec)
+        places[job.id] = Placement(position=i + 1, eta_s=round(ahead, 1))
+    return order, places, round(ahead, 1)
+
+
+# --- limits ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The counts a submit is judged against, read inside the same write transaction."""
+
+    now: float
+    limits: GuildLimits
+    max_queue: int  # EngineConfig.max_queue: waiting or running jobs across all servers
+    global_active: int
+    guild_active: int  # waiting or running jobs of this server (DMs count as one server)
+    user_active: int  # waiting or running jobs of this user, on any server
+    user_last_submit: float | None  # when this user's last accepted job was submitted, any server
+
+
+def banned_word_in(text: str, banned: Sequence[str]) -> str | None:
+    """The first banned word or phrase that occurs in `text` as a whole word, case-insensitively.
+
+    Whole words, not substrings: banning "ass" must not refuse "glass"; a phrase such as "pale
+    fangs" matches with any run of spaces between its words.
+    """
+    lowered = text.lower()
+    for word in banned:
+        parts = [re.escape(p) for p in word.lower().split()]
+        if parts and re.search(r"(?<!\w)" + r"\s+".join(parts) + r"(?!\w)", lowered):
+            return word
+    return None
+
+
+def _range_refusal(name: str, value: int, low: int, high: int, what: str) -> Refusal | None:
+    if low <= value <= high:
+        return None
+    return Refusal(
+        code=RefusalCode.OUT_OF_RANGE,
+        message=f"{value} {what} is outside this server's range {low}–{high}; pick a value in it",
+        limit=name,
+        value=high,
+        allowed=f"{low}–{high}",
+    )
+
+
+def check_limits(req: JobRequest, spec: dict[str, Any], snap: Snapshot) -> Refusal | None:
+    """The first limit that refuses this request, or None when it may be queued.
+
+    Moderators skip the per-user limits (jobs per user, cooldown) but not the server's state
+    (paused, channels, banned words, ranges) nor the queue capacity.
+    """
+    lim = snap.limits
+    who = req.requester
+    if lim.paused:
+        return Refusal(
+            code=RefusalCode.PAUSED,
+            message=(
+                "rendering is paused on this server; a moderator can resume it with /limits set paused:false"
+            ),
+            limit="paused",
+            value="true",
+        )
+    if lim.allowed_channels and who.channel_id not in lim.allowed_channels:
+        shown = ", ".join(f"<#{c}>" for c in lim.allowed_channels[:10])
+        return Refusal(
+            code=RefusalCode.CHANNEL_NOT_ALLOWED,
+            message=f"this channel is not open for rendering; use {shown}",
+            limit="allowed_channels",
+            allowed=",".join(lim.allowed_channels),
+        )
+    word = banned_word_in(" ".join(p for p in (req.prompt, req.scare_prompt) if p), lim.banned_words)
+    if word is not None:
+        return Refusal(
+            code=RefusalCode.BANNED_WORD,
+            message=f'the prompt contains "{word}", which this server does not allow; rephrase it',
+            limit="banned_words",
+            value=word,
+        )
+    if JobKind(req.kind) is JobKind.SPOOKY:
+        refusal = _range_refusal("max_steps", spec["steps"], 1, lim.max_steps, "steps") or _range_refusal(
+            "max_scare_steps", spec["scare_steps"], 0, lim.max_scare_steps, "scare steps"
+        )
+    else:
+        refusal = _range_refusal("max_frames", spec["frames"], 1, lim.max_frames, "frames")
+    if refusal is not None:
+        return refusal
+    if not who.is_moderator:
+        if snap.user_active >= lim.max_jobs_per_user:
+            return Refusal(
+                code=RefusalCode.USER_LIMIT,
+                message=(
+                    f"you already have {snap.user_active} job(s) waiting or running; this server allows "
+                    f"{lim.max_jobs_per_user} at a time. Wait for one to finish or /cancel one"
+                ),
+                limit="max_jobs_per_user",
+                value=lim.max_jobs_per_user,
+                allowed=f"0–{lim.max_jobs_per_user}",
+            )
+        if snap.user_last_submit is not None and lim.cooldown_s > 0:
+            left = snap.user_last_submit + lim.cooldown_s - snap.now
+            if left > 0:
+                return Refusal(
+                    code=RefusalCode.COOLDOWN,
+                    message=(
+                        f"slow down: this server allows one job every {lim.cooldown_s:g} s; "
+                        f"try again in {left:.0f} s"
+                    ),
+                    limit="cooldown_s",
+                    value=lim.cooldown_s,
+                    retry_after_s=round(left, 1),
+                )
+    if snap.guild_active >= lim.max_queue_per_server:
+        return Refusal(
+            code=RefusalCode.SERVER_QUEUE_FULL,
+            message=(
+                f"this server's queue is full ({snap.guild_active} of {lim.max_queue_per_server} jobs); "
+                "try again when one has finished"
+            ),
+            limit="max_queue_per_server",
+            value=lim.max_queue_per_server,
+            allowed=f"0–{lim.max_queue_per_server}",
+        )
+    if snap.global_active >= snap.max_queue:
+        return Refusal(
+            code=RefusalCode.QUEUE_FULL,
+            message=(
+                f"the render queue is full ({snap.global_active} of {snap.max_queue} jobs "
+                "across all servers); "
+                "try again in a few minutes"
+            ),
+            limit="max_queue",
+            value=snap.max_queue,
+            allowed=f"0–{snap.max_queue}",
+        )
+    return None

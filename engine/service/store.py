@@ -1,0 +1,794 @@
+"""The engine's durable state: jobs, events, artifacts index, last images and server limits.
+
+`JobStore` is the interface the service codes against; `SQLiteStore` is the embedded default: one
+SQLite file in WAL mode, every write in one `BEGIN IMMEDIATE` transaction, committed (fsync'd,
+`synchronous=FULL`) before the API answers. Calls are synchronous and short; the service runs them
+on one executor thread, the render thread calls them directly (a lock serialises the connection).
+
+A PostgreSQL store could later let several engines share one queue. Its claim would be one
+statement that computes the same fair order (see `scheduler.fair_order`) with window functions and
+skips rows another engine holds:
+
+    WITH active AS (SELECT user_id, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY user_id),
+    ranked AS (
+      SELECT j.seq, coalesce(a.n, 0) + row_number() OVER (PARTITION BY j.user_id ORDER BY j.seq) - 1
+               AS user_round, j.guild_id
+      FROM jobs j LEFT JOIN active a USING (user_id) WHERE j.state = 'queued'),
+    ordered AS (
+      SELECT seq, user_round,
+             row_number() OVER (PARTITION BY user_round, guild_id ORDER BY seq) AS server_round
+      FROM ranked)
+    UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = now()
+    WHERE seq = (SELECT j.seq FROM jobs j JOIN ordered o USING (seq)
+                 ORDER BY o.user_round, o.server_round, j.seq
+                 FOR UPDATE OF j SKIP LOCKED LIMIT 1)
+    RETURNING *;
+
+and the submit-time limits would run under `SELECT … FOR UPDATE` of a per-guild row (or an
+advisory lock on the guild id) instead of SQLite's database-wide write lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from spooky.contract import (
+    Event,
+    EventType,
+    GuildLimits,
+    JobKind,
+    JobRequest,
+    JobState,
+    JobView,
+    LastImage,
+    LimitsChange,
+    Progress,
+    Refusal,
+)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,      -- FIFO order
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    guild_id TEXT,
+    channel_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    request TEXT NOT NULL,                      -- the JobRequest as accepted (JSON)
+    spec TEXT NOT NULL,                         -- resolved settings the worker runs (JSON)
+    source_artifact TEXT,                       -- nightmare input, resolved at submit
+    idempotency_key TEXT UNIQUE,
+    client TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    progress TEXT,
+    artifacts TEXT NOT NULL DEFAULT '{}',
+    result TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    error_code TEXT,
+    delivered INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user_id, created_at);
+CREATE INDEX IF NOT EXISTS jobs_guild ON jobs(guild_id, seq);
+
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,       -- strictly increasing, never reused
+    job_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    at REAL NOT NULL,
+    guild_id TEXT,
+    channel_id TEXT,
+    user_id TEXT,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);
+CREATE INDEX IF NOT EXISTS events_guild ON events(guild_id, id);
+
+CREATE TABLE IF NOT EXISTS artifacts (
+    id TEXT PRIMARY KEY,
+    media_type TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    path TEXT NOT NULL,                         -- relative to the artifacts folder
+    job_id TEXT,
+    width INTEGER,
+    height INTEGER,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS artifacts_age ON artifacts(created_at);
+
+CREATE TABLE IF NOT EXISTS last_images (
+    user_id TEXT NOT NULL,
+    channel_id TEXT NOT NULL,
+    artifact_id TEXT NOT NULL,
+    job_id TEXT,
+    at REAL NOT NULL,
+    PRIMARY KEY (user_id, channel_id)
+);
+
+CREATE TABLE IF NOT EXISTS guild_limits (
+    guild_id TEXT PRIMARY KEY,
+    limits TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS limits_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    guild_id TEXT NOT NULL,
+    actor_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    changes TEXT NOT NULL
+);
+"""
+
+ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
+
+
+@dataclass
+class JobRow:
+    """One job as stored."""
+
+    seq: int
+    id: str
+    kind: JobKind
+    state: JobState
+    guild_id: str | None
+    channel_id: str
+    user_id: str
+    request: JobRequest
+    spec: dict[str, Any]
+    source_artifact: str | None
+    idempotency_key: str | None
+    client: dict[str, str]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    progress: dict[str, Any] | None
+    artifacts: dict[str, str]
+    result: dict[str, Any]
+    error: str | None
+    error_code: str | None
+    delivered: bool
+
+    def view(self, position: int | None = None, eta_s: float | None = None) -> JobView:
+        artifacts = dict(self.artifacts)
+        if self.source_artifact:
+            artifacts.setdefault("source", self.source_artifact)
+        request = self.request.model_copy(update={"client": self.client})
+        return JobView(
+            id=self.id,
+            kind=self.kind,
+            state=self.state,
+            request=request,
+            position=position,
+            eta_s=eta_s,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            attempts=self.attempts,
+            progress=Progress(**self.progress) if self.progress else None,
+            artifacts=artifacts,
+            result=self.result,
+            error=self.error,
+            error_code=self.error_code,
+            delivered=self.delivered,
+        )
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    request: JobRequest
+    spec: dict[str, Any]
+    source_artifact: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Active jobs around a submit, read inside its write transaction."""
+
+    global_active: int
+    guild_active: int
+    user_active: int
+    user_last_submit: float | None
+
+
+@dataclass
+class Submitted:
+    job: JobRow | None = None
+    duplicate: bool = False
+    refusal: Refusal | None = None
+
+
+@dataclass(frozen=True)
+class ArtifactRow:
+    id: str
+    media_type: str
+    bytes: int
+    path: str
+    job_id: str | None = None
+    width: int | None = None
+    height: int | None = None
+    created_at: float = field(default_factory=time.time)
+
+
+#: decide(counts, limits) -> a refusal or None; describe(job, queued, running) -> QUEUED event data.
+Decide = Callable[[Counts, GuildLimits], Refusal | None]
+Describe = Callable[[JobRow, list[JobRow], list[JobRow]], dict[str, Any]]
+Order = Callable[[list[JobRow], list[JobRow]], list[JobRow]]
+
+
+class JobStore(Protocol):
+    """What the service needs from a store. Each method is one transaction."""
+
+    def submit(self, new: NewJob, decide: Decide, describe: Describe) -> Submitted: ...
+    def find_idempotent(self, key: str) -> JobRow | None: ...
+    def claim_next(self, order: Order) -> JobRow | None: ...
+    def get_job(self, job_id: str) -> JobRow | None: ...
+    def list_jobs(
+        self,
+        *,
+        guild_id: str | None = None,
+        user_id: str | None = None,
+        state: JobState | None = None,
+        undelivered: bool = False,
+        limit: int = 100,
+    ) -> list[JobRow]: ...
+    def active_jobs(self) -> tuple[list[JobRow], list[JobRow]]: ...
+    def queue_length(self) -> int: ...
+    def record_progress(self, job_id: str, progress: dict[str, Any], still: str | None) -> Event: ...
+    def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        event: EventType,
+        data: dict[str, Any],
+        *,
+        artifacts: dict[str, str] | None = None,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        error_code: str | None = None,
+        last_image: str | None = None,
+    ) -> Event: ...
+    def cancel_queued(self, job_id: str, by: str) -> Event | None: ...
+    def requeue(self, job_id: str, reason: str) -> Event: ...
+    def recover_interrupted(self, max_attempts: int) -> list[Event]: ...
+    def set_client(self, job_id: str, client: dict[str, str]) -> JobRow | None: ...
+    def mark_delivered(self, job_id: str) -> JobRow | None: ...
+    def events_after(
+        self, after: int, *, job_id: str | None = None, guild_id: str | None = None, limit: int = 500
+    ) -> list[Event]: ...
+    def last_event_id(self) -> int: ...
+    def add_artifact(self, row: ArtifactRow) -> None: ...
+    def get_artifact(self, artifact_id: str) -> ArtifactRow | None: ...
+    def last_image(self, user_id: str, channel_id: str) -> LastImage | None: ...
+    def expired_artifacts(self, cutoff: float) -> list[ArtifactRow]: ...
+    def delete_artifacts(self, ids: list[str]) -> None: ...
+    def prune_events(self, cutoff: float) -> int: ...
+    def guild_limits(self, guild_id: str | None) -> GuildLimits: ...
+    def update_limits(self, guild_id: str, actor_id: str, changes: dict[str, Any]) -> GuildLimits: ...
+    def limits_log(self, guild_id: str, limit: int = 100) -> list[LimitsChange]: ...
+    def recent_durations(self, kind: JobKind, n: int = 20) -> list[tuple[float, dict[str, Any]]]: ...
+    def close(self) -> None: ...
+
+
+class SQLiteStore:
+    """`JobStore` on one SQLite file (WAL). Safe to call from several threads."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        default_limits: GuildLimits | None = None,
+        on_events: Callable[[int], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.default_limits = default_limits or GuildLimits()
+        #: Called with the newest event id after every commit that wrote events (any thread).
+        self.on_events = on_events
+        self._lock = threading.RLock()
+        self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._con.row_factory = sqlite3.Row
+        self._con.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the API answers, even across a power cut.
+        self._con.execute("PRAGMA synchronous=FULL")
+        self._con.execute("PRAGMA foreign_keys=ON")
+        with self._lock:
+            self._con.executescript(_SCHEMA)
+        self._con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._pending_event_id = 0
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; BEGIN IMMEDIATE takes the write lock up front (no upgrade races)."""
+        with self._lock:
+            self._pending_event_id = 0
+            self._con.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._con
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._con.execute("COMMIT")
+            newest = self._pending_event_id
+        if newest and self.on_events is not None:
+            self.on_events(newest)
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._con.execute(sql, args).fetchall()
+
+    def _event(self, con: sqlite3.Connection, job: JobRow, type_: EventType, data: dict[str, Any]) -> Event:
+        at = time.time()
+        cur = con.execute(
+            "INSERT INTO events (job_id, type, at, guild_id, channel_id, user_id, data)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (job.id, type_.value, at, job.guild_id, job.channel_id, job.user_id, json.dumps(data)),
+        )
+        event_id = int(cur.lastrowid or 0)
+        self._pending_event_id = max(self._pending_event_id, event_id)
+        return Event(
+            id=event_id,
+            job_id=job.id,
+            type=type_,
+            at=at,
+            guild_id=job.guild_id,
+            channel_id=job.channel_id,
+            user_id=job.user_id,
+            data=data,
+        )
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> JobRow:
+        return JobRow(
+            seq=row["seq"],
+            id=row["id"],
+            kind=JobKind(row["kind"]),
+            state=JobState(row["state"]),
+            guild_id=row["guild_id"],
+            channel_id=row["channel_id"],
+            user_id=row["user_id"],
+            request=JobRequest.model_validate_json(row["request"]),
+            spec=json.loads(row["spec"]),
+            source_artifact=row["source_artifact"],
+            idempotency_key=row["idempotency_key"],
+            client=json.loads(row["client"]),
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            attempts=row["attempts"],
+            progress=json.loads(row["progress"]) if row["progress"] else None,
+            artifacts=json.loads(row["artifacts"]),
+            result=json.loads(row["result"]),
+            error=row["error"],
+            error_code=row["error_code"],
+            delivered=bool(row["delivered"]),
+        )
+
+    def _get(self, con: sqlite3.Connection, job_id: str) -> JobRow | None:
+        row = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._job(row) if row else None
+
+    def _must(self, con: sqlite3.Connection, job_id: str) -> JobRow:
+        job = self._get(con, job_id)
+        if job is None:
+            raise KeyError(job_id)
+        return job
+
+    def _active(self, con: sqlite3.Connection) -> tuple[list[JobRow], list[JobRow]]:
+        rows = [
+            self._job(r) for r in con.execute("SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY seq", ACTIVE)
+        ]
+        return [j for j in rows if j.state is JobState.QUEUED], [
+            j for j in rows if j.state is JobState.RUNNING
+        ]
+
+    def _overrides(self, con: sqlite3.Connection, guild_id: str | None) -> dict[str, Any]:
+        if guild_id is None:
+            return {}
+        row = con.execute("SELECT limits FROM guild_limits WHERE guild_id = ?", (guild_id,)).fetchone()
+        return json.loads(row["limits"]) if row else {}
+
+    def _limits(self, con: sqlite3.Connection, guild_id: str | None) -> GuildLimits:
+        # Only what moderators changed is stored; the rest follows the configured defaults.
+        return GuildLimits.model_validate(
+            {**self.default_limits.model_dump(), **self._overrides(con, guild_id)}
+        )
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def find_idempotent(self, key: str) -> JobRow | None:
+        rows = self._read("SELECT * FROM jobs WHERE idempotency_key = ?", (key,))
+        return self._job(rows[0]) if rows else None
+
+    def submit(self, new: NewJob, decide: Decide, describe: Describe) -> Submitted:
+        """Check the limits and insert, atomically: concurrent submits cannot overshoot a limit."""
+        req = new.request
+        who = req.requester
+        with self._write() as con:
+            if req.idempotency_key:
+                row = con.execute(
+                    "SELECT * FROM jobs WHERE idempotency_key = ?", (req.idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    return Submitted(job=self._job(row), duplicate=True)
+            counts = Counts(
+                global_active=con.execute(
+                    "SELECT count(*) FROM jobs WHERE state IN (?, ?)", ACTIVE
+                ).fetchone()[0],
+                guild_active=con.execute(
+                    "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND guild_id IS ?",
+                    (*ACTIVE, who.guild_id),
+                ).fetchone()[0],
+                user_active=con.execute(
+                    "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND user_id = ?", (*ACTIVE, who.user_id)
+                ).fetchone()[0],
+                user_last_submit=con.execute(
+                    "SELECT max(created_at) FROM jobs WHERE user_id = ?", (who.user_id,)
+                ).fetchone()[0],
+            )
+            refusal = decide(counts, self._limits(con, who.guild_id))
+            if refusal is not None:
+                return Submitted(refusal=refusal)
+            con.execute(
+                "INSERT INTO jobs (id, kind, state, guild_id, channel_id, user_id, request, spec,"
+                " source_artifact, idempotency_key, client, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    new.id,
+                    req.kind.value,
+                    JobState.QUEUED.value,
+                    who.guild_id,
+                    who.channel_id,
+                    who.user_id,
+                    req.model_dump_json(),
+                    json.dumps(new.spec),
+                    new.source_artifact,
+                    req.idempotency_key,
+                    json.dumps(req.client),
+                    new.created_at,
+                ),
+            )
+            job = self._must(con, new.id)
+            queued, running = self._active(con)
+            self._event(con, job, EventType.QUEUED, describe(job, queued, running))
+            return Submitted(job=job)
+
+    def claim_next(self, order: Order) -> JobRow | None:
+        """Mark the first job in `order` RUNNING (attempt + 1) and log STARTED; None when idle."""
+        with self._write() as con:
+            queued, running = self._active(con)
+            if not queued:
+                return None
+            job = order(queued, running)[0]
+            now = time.time()
+            con.execute(
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, started_at = ?, progress = NULL"
+                " WHERE id = ?",
+                (JobState.RUNNING.value, now, job.id),
+            )
+            job = self._must(con, job.id)
+            self._event(con, job, EventType.STARTED, {"attempt": job.attempts})
+            return job
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return self._job(rows[0]) if rows else None
+
+    def list_jobs(
+        self,
+        *,
+        guild_id: str | None = None,
+        user_id: str | None = None,
+        state: JobState | None = None,
+        undelivered: bool = False,
+        limit: int = 100,
+    ) -> list[JobRow]:
+        """The newest `limit` jobs matching every filter given, oldest first."""
+        where, args = [], []
+        if guild_id is not None:
+            where.append("guild_id = ?")
+            args.append(guild_id)
+        if user_id is not None:
+            where.append("user_id = ?")
+            args.append(user_id)
+        if state is not None:
+            where.append("state = ?")
+            args.append(JobState(state).value)
+        if undelivered:
+            where.append("delivered = 0")
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._read(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit))
+        return [self._job(r) for r in reversed(rows)]
+
+    def active_jobs(self) -> tuple[list[JobRow], list[JobRow]]:
+        """(queued, running), FIFO."""
+        with self._lock:
+            return self._active(self._con)
+
+    def queue_length(self) -> int:
+        return self._read("SELECT count(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,))[0][0]
+
+    def record_progress(self, job_id: str, progress: dict[str, Any], still: str | None) -> Event:
+        with self._write() as con:
+            job = self._must(con, job_id)
+            artifacts = dict(job.artifacts)
+            if still:
+                artifacts["still"] = still
+            con.execute(
+                "UPDATE jobs SET progress = ?, artifacts = ? WHERE id = ?",
+                (json.dumps(progress), json.dumps(artifacts), job_id),
+            )
+            return self._event(con, job, EventType.PROGRESS, {**progress, "still": still})
+
+    def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        event: EventType,
+        data: dict[str, Any],
+        *,
+        artifacts: dict[str, str] | None = None,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        error_code: str | None = None,
+        last_image: str | None = None,
+    ) -> Event:
+        """Move a job to a terminal state, remember its last image, log the event: one transaction."""
+        with self._write() as con:
+            job = self._must(con, job_id)
+            merged = {**job.artifacts, **(artifacts or {})}
+            con.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, artifacts = ?, result = ?, error = ?,"
+                " error_code = ? WHERE id = ?",
+                (
+                    state.value,
+                    time.time(),
+                    json.dumps(merged),
+                    json.dumps(result or {}),
+                    error,
+                    error_code,
+                    job_id,
+                ),
+            )
+            if last_image is not None:
+                con.execute(
+                    "INSERT OR REPLACE INTO last_images (user_id, channel_id, artifact_id, job_id, at)"
+                    " VALUES (?,?,?,?,?)",
+                    (job.user_id, job.channel_id, last_image, job.id, time.time()),
+                )
+            return self._event(con, job, event, data)
+
+    def cancel_queued(self, job_id: str, by: str) -> Event | None:
+        """Cancel a job that has not started; None when it is no longer queued."""
+        with self._write() as con:
+            job = self._must(con, job_id)
+            if job.state is not JobState.QUEUED:
+                return None
+            con.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_code = ? WHERE id = ?",
+                (JobState.CANCELLED.value, time.time(), f"cancelled by {by}", "cancelled", job_id),
+            )
+            return self._event(con, job, EventType.CANCELLED, {"by": by})
+
+    def requeue(self, job_id: str, reason: str) -> Event:
+        """Put a running job back in the queue without counting the attempt (engine shutdown)."""
+        with self._write() as con:
+            job = self._must(con, job_id)
+            con.execute(
+                "UPDATE jobs SET state = ?, attempts = max(attempts - 1, 0), started_at = NULL,"
+                " progress = NULL WHERE id = ?",
+                (JobState.QUEUED.value, job_id),
+            )
+            return self._event(con, job, EventType.INTERRUPTED, {"reason": reason, "retried": True})
+
+    def recover_interrupted(self, max_attempts: int) -> list[Event]:
+        """At start: jobs left RUNNING by a crash are requeued, or failed once out of attempts."""
+        events: list[Event] = []
+        with self._write() as con:
+            for row in con.execute(
+                "SELECT * FROM jobs WHERE state = ? ORDER BY seq", (JobState.RUNNING.value,)
+            ):
+                job = self._job(row)
+                retry = job.attempts < max_attempts
+                reason = f"the engine stopped during attempt {job.attempts}" + (
+                    "; the job was put back in the queue"
+                    if retry
+                    else f"; it failed after {job.attempts} attempts"
+                )
+                events.append(
+                    self._event(con, job, EventType.INTERRUPTED, {"reason": reason, "retried": retry})
+                )
+                if retry:
+                    con.execute(
+                        "UPDATE jobs SET state = ?, started_at = NULL, progress = NULL WHERE id = ?",
+                        (JobState.QUEUED.value, job.id),
+                    )
+                else:
+                    error = (
+                        f"interrupted {job.attempts} times (the engine stopped while it ran); "
+                        "not retried again"
+                    )
+                    con.execute(
+                        "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_code = ? WHERE id = ?",
+                        (JobState.FAILED.value, time.time(), error, "interrupted", job.id),
+                    )
+                    events.append(
+                        self._event(con, job, EventType.FAILED, {"reason": error, "code": "interrupted"})
+                    )
+        return events
+
+    def set_client(self, job_id: str, client: dict[str, str]) -> JobRow | None:
+        """Merge the bot's bookkeeping into the job (an empty value removes the key)."""
+        with self._write() as con:
+            job = self._get(con, job_id)
+            if job is None:
+                return None
+            merged = {**job.client, **client}
+            merged = {k: v for k, v in merged.items() if v != ""}
+            if len(merged) > 16:
+                raise ValueError(
+                    f"a job keeps at most 16 client entries; this change would make {len(merged)}"
+                )
+            con.execute("UPDATE jobs SET client = ? WHERE id = ?", (json.dumps(merged), job_id))
+            return self._must(con, job_id)
+
+    def mark_delivered(self, job_id: str) -> JobRow | None:
+        with self._write() as con:
+            if self._get(con, job_id) is None:
+                return None
+            con.execute("UPDATE jobs SET delivered = 1 WHERE id = ?", (job_id,))
+            return self._must(con, job_id)
+
+    def recent_durations(self, kind: JobKind, n: int = 20) -> list[tuple[float, dict[str, Any]]]:
+        rows = self._read(
+            "SELECT finished_at - started_at AS d, spec FROM jobs WHERE kind = ? AND state = ?"
+            " AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+            (JobKind(kind).value, JobState.SUCCEEDED.value, n),
+        )
+        return [(float(r["d"]), json.loads(r["spec"])) for r in rows]
+
+    # --- events -----------------------------------------------------------------------------
+
+    def events_after(
+        self, after: int, *, job_id: str | None = None, guild_id: str | None = None, limit: int = 500
+    ) -> list[Event]:
+        sql, args = "SELECT * FROM events WHERE id > ?", [after]
+        if job_id is not None:
+            sql += " AND job_id = ?"
+            args.append(job_id)
+        if guild_id is not None:
+            sql += " AND guild_id = ?"
+            args.append(guild_id)
+        rows = self._read(sql + " ORDER BY id LIMIT ?", (*args, limit))
+        return [
+            Event(
+                id=r["id"],
+                job_id=r["job_id"],
+                type=EventType(r["type"]),
+                at=r["at"],
+                guild_id=r["guild_id"],
+                channel_id=r["channel_id"],
+                user_id=r["user_id"],
+                data=json.loads(r["data"]),
+            )
+            for r in rows
+        ]
+
+    def last_event_id(self) -> int:
+        return int(self._read("SELECT coalesce(max(id), 0) FROM events")[0][0])
+
+    def prune_events(self, cutoff: float) -> int:
+        """Delete events older than `cutoff` of jobs that have finished."""
+        with self._write() as con:
+            cur = con.execute(
+                "DELETE FROM events WHERE at < ?"
+                " AND job_id NOT IN (SELECT id FROM jobs WHERE state IN (?, ?))",
+                (cutoff, *ACTIVE),
+            )
+            return cur.rowcount
+
+    # --- artifacts --------------------------------------------------------------------------
+
+    def add_artifact(self, row: ArtifactRow) -> None:
+        with self._write() as con:
+            con.execute(
+                "INSERT INTO artifacts (id, media_type, bytes, path, job_id, width, height, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    row.id,
+                    row.media_type,
+                    row.bytes,
+                    row.path,
+                    row.job_id,
+                    row.width,
+                    row.height,
+                    row.created_at,
+                ),
+            )
+
+    def get_artifact(self, artifact_id: str) -> ArtifactRow | None:
+        rows = self._read("SELECT * FROM artifacts WHERE id = ?", (artifact_id,))
+        return ArtifactRow(**dict(rows[0])) if rows else None
+
+    def last_image(self, user_id: str, channel_id: str) -> LastImage | None:
+        rows = self._read(
+            "SELECT l.artifact_id, l.job_id FROM last_images l JOIN artifacts a ON a.id = l.artifact_id"
+            " WHERE l.user_id = ? AND l.channel_id = ?",
+            (user_id, channel_id),
+        )
+        return LastImage(artifact_id=rows[0]["artifact_id"], job_id=rows[0]["job_id"]) if rows else None
+
+    def expired_artifacts(self, cutoff: float) -> list[ArtifactRow]:
+        """Artifacts older than `cutoff` that no last image and no waiting or running job refers to."""
+        rows = self._read(
+            "SELECT * FROM artifacts WHERE created_at < ?"
+            " AND id NOT IN (SELECT artifact_id FROM last_images)"
+            " AND id NOT IN (SELECT source_artifact FROM jobs"
+            "                WHERE state IN (?, ?) AND source_artifact IS NOT NULL)",
+            (cutoff, *ACTIVE),
+        )
+        return [ArtifactRow(**dict(r)) for r in rows]
+
+    def delete_artifacts(self, ids: list[str]) -> None:
+        with self._write() as con:
+            con.executemany("DELETE FROM artifacts WHERE id = ?", [(i,) for i in ids])
+
+    # --- server limits ----------------------------------------------------------------------
+
+    def guild_limits(self, guild_id: str | None) -> GuildLimits:
+        with self._lock:
+            return self._limits(self._con, guild_id)
+
+    def update_limits(self, guild_id: str, actor_id: str, changes: dict[str, Any]) -> GuildLimits:
+        """Apply a partial change (validated as a whole) and log who made it, in one transaction.
+
+        Raises pydantic.ValidationError, with nothing written, when a value is out of range.
+        """
+        with self._write() as con:
+            overrides = self._overrides(con, guild_id)
+            updated = GuildLimits.model_validate({**self.default_limits.model_dump(), **overrides, **changes})
+            now = time.time()
+            applied = {k: updated.model_dump(mode="json")[k] for k in changes}
+            con.execute(
+                "INSERT OR REPLACE INTO guild_limits (guild_id, limits, updated_at) VALUES (?,?,?)",
+                (guild_id, json.dumps({**overrides, **applied}), now),
+            )
+            con.execute(
+                "INSERT INTO limits_log (guild_id, actor_id, at, changes) VALUES (?,?,?,?)",
+                (guild_id, actor_id, now, json.dumps(applied)),
+            )
+            return updated
+
+    def limits_log(self, guild_id: str, limit: int = 100) -> list[LimitsChange]:
+        """The newest `limit` changes of a server, oldest first."""
+        rows = self._read(
+            "SELECT * FROM limits_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?", (guild_id, limit)
+        )
+        return [
+            LimitsChange(
+                guild_id=r["guild_id"], actor_id=r["actor_id"], at=r["at"], changes=json.loads(r["changes"])
+            )
+            for r in reversed(rows)
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()

@@ -1,0 +1,435 @@
+"""Runs one job at a time on the Renderer, in a thread, and records how it ended.
+
+The render thread calls back after every step; the callback is where a cancel, the per-job
+time-out and a shutdown drain stop the job (JobCancelled, within one step), and where progress
+events and stills are written. Every outcome is stored as a result: success, cancel, time-out,
+out-of-memory, full disk or any other exception fail only that job, and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import torch
+from PIL import Image
+
+from engine.pipeline.images import load_image, png_bytes, to_pil
+from engine.pipeline.progress import Progress
+from engine.pipeline.render import NightmareJob, Renderer, SpookyJob
+from engine.service.artifacts import DiskFullError
+from engine.service.core import EngineCore, artifact_view, order_for_claim
+from engine.service.store import ArtifactRow, JobRow
+from spooky.contract import EventType, JobKind, JobState
+from spooky.errors import InputError, JobCancelled, SpookyError
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+StopKind = Literal["cancel", "timeout", "drain"]
+
+#: A job interrupted this many times (engine crashes while it ran) is failed instead of retried.
+MAX_ATTEMPTS = 2
+#: The stages of each kind, in order: where an error between two progress reports happened.
+STAGES = {JobKind.SPOOKY: ("stylegan", "scare"), JobKind.NIGHTMARE: ("nightmare",)}
+
+
+@dataclass
+class JobControl:
+    """Shared between the event loop and the render thread for one running job."""
+
+    job: JobRow
+    deadline: float  # time.monotonic() after which the job times out
+    stop_kind: StopKind | None = None
+    stop_by: str | None = None
+    stage: str = ""
+    step: int = 0
+    total: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    _mark: float = field(default_factory=time.monotonic)
+    _flag: threading.Event = field(default_factory=threading.Event)
+
+    def stop(self, kind: StopKind, by: str | None = None) -> None:
+        if self.stop_kind is None:  # the first reason wins (a cancel during a drain stays a cancel)
+            self.stop_kind, self.stop_by = kind, by
+        self._flag.set()
+
+    def check(self) -> None:
+        """Raise JobCancelled when the job must stop (called from the render thread)."""
+        if not self._flag.is_set() and time.monotonic() > self.deadline:
+            self.stop("timeout")
+        if self._flag.is_set():
+            raise JobCancelled(f"stopped: {self.stop_kind}")
+
+    def note(self, p: Progress) -> None:
+        """Account the time since the last mark to the stage that just stepped."""
+        now = time.monotonic()
+        self.stage_seconds[p.stage] = self.stage_seconds.get(p.stage, 0.0) + (now - self._mark)
+        self._mark = now
+        self.stage, self.step, self.total = p.stage, p.step, p.total
+
+    def close_stage(self, name: str) -> None:
+        """Account the time since the last step (encoding, saving) to `name`."""
+        now = time.monotonic()
+        self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + (now - self._mark)
+        self._mark = now
+
+
+@dataclass
+class Outcome:
+    artifacts: dict[str, str]
+    result: dict[str, Any]
+    last_image: str
+
+
+def run_in_daemon_thread(fn: Callable[[], R]) -> asyncio.Future[R]:
+    """Run `fn` on a daemon thread: a step that hangs can never keep the process from exiting."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[R] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def target() -> None:
+        try:
+            value = fn()
+        except BaseException as e:
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
+                loop.call_soon_threadsafe(settle, False, e)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, True, value)
+
+    threading.Thread(target=target, name="spooky-render", daemon=True).start()
+    return future
+
+
+class Worker:
+    """Claims jobs in fair order and runs them one at a time."""
+
+    def __init__(self, core: EngineCore, renderer: Renderer) -> None:
+        self.core = core
+        self.renderer = renderer
+        self.control: JobControl | None = None
+        self._current: asyncio.Future[None] | None = None
+        self._pending_cancel: dict[str, str] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        core.canceller = self
+        core.wake_worker = self.wake
+
+    # --- control from the event loop -------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="spooky-worker")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def request_cancel(self, job_id: str, by: str) -> asyncio.Future[None] | None:
+        """Stop `job_id` at its next step; the future settles when the job has ended."""
+        control = self.control
+        if control is not None and control.job.id == job_id:
+            control.stop("cancel", by)
+            return self._current
+        # Claimed but not started yet (or about to be claimed): honoured when it starts.
+        self._pending_cancel[job_id] = by
+        return None
+
+    async def drain(self, timeout: float) -> None:
+        """Stop claiming; let the running job finish for up to `timeout` s, then stop it (requeued)."""
+        self._stopping = True
+        self.wake()
+        current = self._current
+        if current is not None and not current.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(current), timeout)
+            except TimeoutError:
+                control = self.control
+                if control is not None:
+                    log.info("drain: job %s still running after %.0f s; stopping it", control.job.id, timeout)
+                    control.stop("drain")
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        core = self.core
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                job = await core.db(core.store.claim_next, order_for_claim)
+            except Exception:
+                log.exception("claiming the next job failed; retrying in 1 s")
+                await asyncio.sleep(1)
+                continue
+            if job is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 5.0)
+                continue
+            self._current = asyncio.get_running_loop().create_future()
+            try:
+                await self._execute(job)
+            except Exception:
+                # The outcome could not even be recorded (store broken?): log, keep serving.
+                log.exception("recording the outcome of job %s failed", job.id)
+            finally:
+                self._current.set_result(None)
+                self._current = None
+                self.control = None
+                core.running_job = None
+                core.metrics.running.set(0)
+
+    async def _execute(self, job: JobRow) -> None:
+        core = self.core
+        control = JobControl(job=job, deadline=time.monotonic() + core.settings.engine.job_timeout_s)
+        self.control = control
+        core.running_job = job.id
+        core.metrics.running.set(1)
+        if job.id in self._pending_cancel:
+            control.stop("cancel", self._pending_cancel.pop(job.id))
+        started = time.monotonic()
+        state, event, data = JobState.FAILED, EventType.FAILED, {}
+        outcome: Outcome | None = None
+        error: str | None = None
+        code: str | None = None
+        try:
+            outcome = await run_in_daemon_thread(lambda: self._render(job, control))
+            state, event = JobState.SUCCEEDED, EventType.FINISHED
+            data = {"artifacts": outcome.artifacts, "result": outcome.result}
+        except JobCancelled:
+            if control.stop_kind == "drain":
+                await core.db(
+                    core.store.requeue, job.id, "the engine is shutting down; the job will run again"
+                )
+                self._log(job, control, started, "requeued")
+                return
+            if control.stop_kind == "timeout":
+                limit = core.settings.engine.job_timeout_s
+                error, code = (
+                    f"timed out after {limit:g} s (engine.job_timeout_s) at {self._where(control)}",
+                    "timeout",
+                )
+            else:
+                state, event = JobState.CANCELLED, EventType.CANCELLED
+                error, code = f"cancelled by {control.stop_by}", "cancelled"
+                data = {"by": control.stop_by, "stage": control.stage, "step": control.step}
+        except torch.cuda.OutOfMemoryError:
+            error, code = (
+                f"out of GPU memory at {self._where(control)}; try fewer cutouts/smaller size",
+                "oom",
+            )
+            log.warning("job %s: %s", job.id, error)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except DiskFullError as e:
+            error, code = str(e), "disk_full"
+        except InputError as e:
+            error, code = str(e), e.code
+        except Exception as e:
+            error, code = (
+                f"{type(e).__name__}: {e}",
+                getattr(e, "code", None) if isinstance(e, SpookyError) else "error",
+            )
+            log.error("job %s failed:\n%s", job.id, "".join(traceback.format_exception(e)))
+        if state is JobState.FAILED:
+            data = {"reason": error, "code": code}
+        elif state is JobState.CANCELLED:
+            pass
+        await core.db(
+            core.store.finish,
+            job.id,
+            state,
+            event,
+            data,
+            artifacts=outcome.artifacts if outcome else None,
+            result=outcome.result if outcome else None,
+            error=error,
+            error_code=code,
+            last_image=outcome.last_image if outcome else None,
+        )
+        outcome_name = {JobState.SUCCEEDED: "succeeded", JobState.CANCELLED: "cancelled"}.get(
+            state, code or "failed"
+        )
+        self._log(job, control, started, outcome_name, error)
+        core.metrics.jobs.labels(job.kind.value, outcome_name).inc()
+        core.metrics.job_seconds.labels(job.kind.value).observe(time.monotonic() - started)
+        for stage, seconds in control.stage_seconds.items():
+            core.metrics.stage_seconds.labels(stage).observe(seconds)
+        if state is JobState.SUCCEEDED:
+            await core.refresh_estimates()
+
+    @staticmethod
+    def _where(control: JobControl) -> str:
+        """The stage a failure happened in, from the last progress report."""
+        stages = STAGES[control.job.kind]
+        if not control.stage:
+            return f"stage '{stages[0]}' (before its first step)"
+        if control.step < control.total:
+            return f"stage '{control.stage}' (step {control.step + 1}/{control.total})"
+        later = stages[stages.index(control.stage) + 1 :] if control.stage in stages else ()
+        if later:
+            return f"stage '{later[0]}' (before its first step)"
+        return f"the end of stage '{control.stage}' (saving the result)"
+
+    def _log(
+        self, job: JobRow, control: JobControl, started: float, outcome: str, error: str | None = None
+    ) -> None:
+        fields = {
+            "job_id": job.id,
+            "kind": job.kind.value,
+            "guild_id": job.guild_id,
+            "user_id": job.user_id,
+            "attempt": job.attempts,
+            "outcome": outcome,
+            "seconds": round(time.monotonic() - started, 3),
+            "stages": {k: round(v, 3) for k, v in control.stage_seconds.items()},
+        }
+        if error:
+            fields["error"] = error
+        text = " ".join(f"{k}={v}" for k, v in fields.items() if k != "stages")
+        stages = ",".join(f"{k}:{v}" for k, v in fields["stages"].items())  # type: ignore[union-attr]
+        log.info("job finished %s stages=%s", text, stages or "-", extra=fields)
+
+    # --- the render thread ------------------------------------------------------------------
+
+    def _save_png(
+        self, image: Image.Image, job: JobRow, role: str, meta: dict[str, Any] | None = None
+    ) -> ArtifactRow:
+        metadata = {"job_id": job.id, "role": role, "prompt": job.spec.get("prompt", "")}
+        metadata.update({k: str(v) for k, v in (meta or {}).items()})
+        row = self.core.files.write(
+            png_bytes(image, metadata), "image/png", job_id=job.id, width=image.width, height=image.height
+        )
+        self.core.store.add_artifact(row)
+        return row
+
+    def _callback(self, job: JobRow, control: JobControl) -> Callable[[Progress], None]:
+        store = self.core.store
+
+        def on_step(p: Progress) -> None:
+            control.check()  # cancel / time-out / drain: stop before doing more work
+            control.note(p)
+            still = None
+            if p.image is not None:
+                still = self._save_png(to_pil(p.image, (0.0, 1.0)), job, f"still-{p.stage}-{p.step}").id
+            store.record_progress(job.id, {"stage": p.stage, "step": p.step, "total": p.total}, still)
+
+        return on_step
+
+    def _render(self, job: JobRow, control: JobControl) -> Outcome:
+        spec = job.spec
+        callback = self._callback(job, control)
+        size = tuple(spec["size"]) if spec.get("size") else None
+        control.check()
+        if job.kind is JobKind.SPOOKY:
+            res = self.renderer.spooky(
+                SpookyJob(
+                    prompt=spec["prompt"],
+                    scare_prompt=spec.get("scare_prompt"),
+                    seed=spec["seed"],
+                    steps=spec["steps"],
+                    scare_steps=spec["scare_steps"],
+                    size=size,  # type: ignore[arg-type]
+                    still_every=spec.get("still_every"),
+                ),
+                callback,
+            )
+            meta = {"seed": res.seed, "settings": res.settings}
+            stylegan = self._save_png(res.stylegan_image, job, "stylegan", meta)
+            spooky = self._save_png(res.spooky_image, job, "spooky", meta)
+            control.close_stage("save")
+            return Outcome(
+                artifacts={"stylegan": stylegan.id, "spooky": spooky.id},
+                result={"seed": res.seed, "settings": res.settings},
+                last_image=spooky.id,
+            )
+        source = self.core.store.get_artifact(job.source_artifact or "")
+        if source is None:
+            raise InputError(
+                f"the image to animate ({job.source_artifact}) is gone from the engine",
+                hint="run /spooky again or attach the image",
+            )
+        image = load_image(self.core.files.path(source))
+        out = self.core.files.temp_path(f"{job.id}.mp4")
+        try:
+            res = self.renderer.nightmare(
+                NightmareJob(
+                    image=image,
+                    prompt=spec["prompt"],
+                    frames=spec["frames"],
+                    seed=spec["seed"],
+                    size=size,  # type: ignore[arg-type]
+                    max_bytes=spec.get("max_bytes"),
+                ),
+                out,
+                callback,
+            )
+            control.close_stage("encode")
+            w, h = res.settings.get("size", (None, None))
+            video = self.core.files.adopt(res.video_path, "video/mp4", job_id=job.id, width=w, height=h)
+            self.core.store.add_artifact(video)
+        finally:
+            out.unlink(missing_ok=True)
+        meta = {"seed": spec["seed"], "settings": res.settings}
+        last = self._save_png(res.last_frame, job, "last_frame", meta)
+        control.close_stage("save")
+        return Outcome(
+            artifacts={"video": video.id, "last_frame": last.id},
+            result={
+                "seed": spec["seed"],
+                "settings": res.settings,
+                "frames": res.frames,
+                "bytes": video.bytes,
+            },
+            last_image=last.id,
+        )
+
+
+def validator_for(renderer: Renderer) -> Callable[[JobKind, dict[str, Any]], None]:
+    """The renderer's submit-time checks (prompt tokens, ranges, size) for a resolved job spec."""
+    placeholder = Image.new("RGB", (renderer.factor, renderer.factor))
+
+    def validate(kind: JobKind, spec: dict[str, Any]) -> None:
+        size = tuple(spec["size"]) if spec.get("size") else None
+        if JobKind(kind) is JobKind.SPOOKY:
+            job: SpookyJob | NightmareJob = SpookyJob(
+                prompt=spec["prompt"],
+                scare_prompt=spec.get("scare_prompt"),
+                seed=spec["seed"],
+                steps=spec["steps"],
+                scare_steps=spec["scare_steps"],
+                size=size,  # type: ignore[arg-type]
+                still_every=spec.get("still_every"),
+            )
+        else:
+            # The real image is checked at upload; the placeholder lets the prompt and frames be checked.
+            job = NightmareJob(
+                image=placeholder,
+                prompt=spec["prompt"],
+                frames=spec["frames"],
+                seed=spec["seed"],
+                size=size,  # type: ignore[arg-type]
+                max_bytes=spec.get("max_bytes"),
+            )
+        renderer.validate(job)
+
+    return validate
+
+
+__all__ = ["MAX_ATTEMPTS", "JobControl", "Worker", "artifact_view", "run_in_daemon_thread", "validator_for"]
