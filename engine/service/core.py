@@ -23,12 +23,11 @@ from engine.service.scheduler import (
     Placement,
     Snapshot,
     check_limits,
-    fair_order,
     plan,
     seconds_per_unit,
     work_units,
 )
-from engine.service.store import ArtifactRow, Counts, JobRow, JobStore, NewJob
+from engine.service.store import ArtifactRow, Counts, JobRow, JobStore, NewJob, QueueSnapshot
 from spooky.config import LimitsConfig, PipelineConfig, Settings
 from spooky.contract import (
     MAX_SEED,
@@ -177,12 +176,12 @@ class EngineCore:
 
     async def _plan(self) -> tuple[list[JobRow], list[JobRow], dict[str, Placement], float]:
         """(queued in run order, running, placement by job id, ETA of the whole queue)."""
-        queued, running = await self.db(self.store.active_jobs)
-        order, places, total = plan(queued, running, self.estimator, time.time())
-        return order, running, places, total
+        snap = await self.db(self.store.queue_snapshot)
+        order, places, total = plan(snap.queued, snap.running, snap.fair, self.estimator, time.time())
+        return order, snap.running, places, total
 
-    def _describe(self, job: JobRow, queued: list[JobRow], running: list[JobRow]) -> dict[str, Any]:
-        _, places, _ = plan(queued, running, self.estimator, time.time())
+    def _describe(self, job: JobRow, snap: QueueSnapshot) -> dict[str, Any]:
+        _, places, _ = plan(snap.queued, snap.running, snap.fair, self.estimator, time.time())
         place = places.get(job.id)
         return {"position": place.position if place else None, "eta_s": place.eta_s if place else None}
 
@@ -499,8 +498,3 @@ def validation_details(e: Any) -> list[dict[str, Any]]:
     import json
 
     return json.loads(e.json(include_url=False))
-
-
-def order_for_claim(queued: list[JobRow], running: list[JobRow]) -> list[JobRow]:
-    """The claim order the worker passes to the store (the same function positions come from)."""
-    return fair_order(queued, running)

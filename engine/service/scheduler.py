@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from spooky.contract import GuildLimits, JobKind, JobRequest, Refusal, RefusalCode
@@ -43,30 +43,57 @@ class Queued(Protocol):
 T = TypeVar("T", bound=Queued)
 
 
-def fair_order(queued: Sequence[T], running: Sequence[Queued] = ()) -> list[T]:
-    """Order waiting jobs: round-robin by user, then round-robin by server, then FIFO.
+@dataclass(frozen=True)
+class FairState:
+    """What the claims so far leave behind, so that positions do not shift as the queue drains.
+
+    Each claimed job is stamped with its round. Without that memory, a user's second job would
+    become their "first waiting job" as soon as their first one started, and jump ahead again.
+    """
+
+    current_round: int = 0  # round of the last claimed job (never decreases)
+    last_round: Mapping[str, int] = field(default_factory=dict)  # user -> round of their last claim
+    served: Mapping[str | None, int] = field(default_factory=dict)  # server -> claims in current_round
+
+
+@dataclass(frozen=True)
+class Slot:
+    round: int  # the user's turn: a user's k-th waiting job is in their first round + k
+    server_rank: int  # within a round, the server's turn
+    seq: int  # FIFO tie-break
+
+
+def fair_slots(queued: Sequence[T], state: FairState = FairState()) -> list[tuple[Slot, T]]:
+    """Waiting jobs in run order with their slots: round-robin by user, then by server, then FIFO.
 
     A user's k-th waiting job goes after every other user's (k-1)-th, so one user's five jobs do
-    not hold anyone back. A user's running job counts as their first, so while it runs their
-    next job waits behind everyone's first. Within one round, servers take turns the same way
-    (a busy server's users do not crowd out a small server's), and then the earlier job goes first.
+    not hold anyone back; a user who was served in the current round (their job is running or
+    just ran) starts in the next one, and a newcomer joins the current one. Within one round,
+    servers take turns the same way (one busy server does not crowd out a small one), and then
+    the earlier job goes first. Claiming the first job does not reorder the others.
     """
-    user_rank: dict[str, int] = defaultdict(int)
-    for job in running:
-        user_rank[job.user_id] += 1
-    rounds: list[tuple[int, T]] = []
+    next_round: dict[str, int] = {}
+    by_round: list[tuple[int, T]] = []
     for job in sorted(queued, key=lambda j: j.seq):
-        rounds.append((user_rank[job.user_id], job))
-        user_rank[job.user_id] += 1
-    # Within a round, a server's m-th job of that round goes after every other server's (m-1)-th.
-    server_rank: dict[tuple[int, str | None], int] = defaultdict(int)
-    keyed: list[tuple[int, int, int, T]] = []
-    for rnd, job in rounds:  # already FIFO within each round
-        m = server_rank[(rnd, job.guild_id)]
-        server_rank[(rnd, job.guild_id)] += 1
-        keyed.append((rnd, m, job.seq, job))
-    keyed.sort(key=lambda k: k[:3])
-    return [k[3] for k in keyed]
+        user = job.user_id
+        if user not in next_round:
+            next_round[user] = max(state.last_round.get(user, -1) + 1, state.current_round)
+        by_round.append((next_round[user], job))
+        next_round[user] += 1
+    taken: dict[tuple[int, str | None], int] = defaultdict(int)
+    slots: list[tuple[Slot, T]] = []
+    for rnd, job in by_round:  # FIFO, so each server's jobs of a round get increasing ranks
+        key = (rnd, job.guild_id)
+        base = state.served.get(job.guild_id, 0) if rnd == state.current_round else 0
+        slots.append((Slot(rnd, base + taken[key], job.seq), job))
+        taken[key] += 1
+    slots.sort(key=lambda s: (s[0].round, s[0].server_rank, s[0].seq))
+    return slots
+
+
+def fair_order(queued: Sequence[T], state: FairState = FairState()) -> list[T]:
+    """`fair_slots` without the slots: the order jobs will run in."""
+    return [job for _, job in fair_slots(queued, state)]
 
 
 # --- work estimates -------------------------------------------------------------------------
@@ -126,14 +153,14 @@ P = TypeVar("P", bound=Planned)
 
 
 def plan(
-    queued: Sequence[P], running: Sequence[P], estimator: Estimator, now: float
+    queued: Sequence[P], running: Sequence[P], state: FairState, estimator: Estimator, now: float
 ) -> tuple[list[P], dict[str, Placement], float]:
     """Fair order of `queued`, each job's position and ETA, and the ETA of the whole queue."""
     ahead = 0.0
     for job in running:
         elapsed = now - (job.started_at or now)
         ahead += max(estimator.duration(job.kind, job.spec) - elapsed, 1.0)
-    order = fair_order(queued, running)
+    order = fair_order(queued, state)
     places: dict[str, Placement] = {}
     for i, job in enumerate(order):
         ahead += estimator.duration(job.kind, job.spec)

@@ -5,27 +5,31 @@ SQLite file in WAL mode, every write in one `BEGIN IMMEDIATE` transaction, commi
 `synchronous=FULL`) before the API answers. Calls are synchronous and short; the service runs them
 on one executor thread, the render thread calls them directly (a lock serialises the connection).
 
-A PostgreSQL store could later let several engines share one queue. Its claim would be one
-statement that computes the same fair order (see `scheduler.fair_order`) with window functions and
-skips rows another engine holds:
+A PostgreSQL store could later let several engines share one queue. Its claim would compute the
+same fair order as `scheduler.fair_slots` (round per user, then rank per server within the round,
+then FIFO; `:r` is the current round, `coalesce(max(claim_round), 0)`) in a sub-select, and lock
+the first candidate no other engine holds:
 
-    WITH active AS (SELECT user_id, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY user_id),
+    WITH last AS (SELECT user_id, max(claim_round) AS l FROM jobs GROUP BY user_id),
+    waiting AS (
+      SELECT j.seq, j.guild_id,
+             greatest(coalesce(last.l + 1, 0), :r)
+               + row_number() OVER (PARTITION BY j.user_id ORDER BY j.seq) - 1 AS rnd
+      FROM jobs j LEFT JOIN last USING (user_id) WHERE j.state = 'queued'),
+    served AS (SELECT guild_id, count(*) AS n FROM jobs WHERE claim_round = :r GROUP BY guild_id),
     ranked AS (
-      SELECT j.seq, coalesce(a.n, 0) + row_number() OVER (PARTITION BY j.user_id ORDER BY j.seq) - 1
-               AS user_round, j.guild_id
-      FROM jobs j LEFT JOIN active a USING (user_id) WHERE j.state = 'queued'),
-    ordered AS (
-      SELECT seq, user_round,
-             row_number() OVER (PARTITION BY user_round, guild_id ORDER BY seq) AS server_round
-      FROM ranked)
-    UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = now()
-    WHERE seq = (SELECT j.seq FROM jobs j JOIN ordered o USING (seq)
-                 ORDER BY o.user_round, o.server_round, j.seq
-                 FOR UPDATE OF j SKIP LOCKED LIMIT 1)
-    RETURNING *;
+      SELECT w.seq, w.rnd,
+             CASE WHEN w.rnd = :r THEN coalesce(s.n, 0) ELSE 0 END
+               + row_number() OVER (PARTITION BY w.rnd, w.guild_id ORDER BY w.seq) - 1 AS srank
+      FROM waiting w LEFT JOIN served s ON s.guild_id IS NOT DISTINCT FROM w.guild_id)
+    SELECT j.*, c.rnd FROM jobs j JOIN ranked c USING (seq)
+    ORDER BY c.rnd, c.srank, c.seq
+    FOR UPDATE OF j SKIP LOCKED LIMIT 1;
+    -- then: UPDATE jobs SET state = 'running', claim_round = <rnd>, attempts = attempts + 1,
+    --       started_at = now() WHERE seq = <seq>;   (same transaction)
 
-and the submit-time limits would run under `SELECT … FOR UPDATE` of a per-guild row (or an
-advisory lock on the guild id) instead of SQLite's database-wide write lock.
+Submit-time limits would take `pg_advisory_xact_lock` on the guild and on the user (and a global
+one for engine.max_queue) instead of SQLite's database-wide write lock.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine.service.scheduler import FairState, fair_slots
 from spooky.contract import (
     Event,
     EventType,
@@ -74,6 +79,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    claim_round INTEGER,                        -- fair-queue round it was claimed in (scheduler)
     progress TEXT,
     artifacts TEXT NOT NULL DEFAULT '{}',
     result TEXT NOT NULL DEFAULT '{}',
@@ -84,6 +90,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_guild ON jobs(guild_id, seq);
+CREATE INDEX IF NOT EXISTS jobs_round ON jobs(claim_round, guild_id);
+CREATE INDEX IF NOT EXISTS jobs_user_round ON jobs(user_id, claim_round);
 
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,       -- strictly increasing, never reused
@@ -208,6 +216,15 @@ class Counts:
     user_last_submit: float | None
 
 
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """Waiting jobs (FIFO), running jobs, and the fair-queue memory: what ordering needs."""
+
+    queued: list[JobRow]
+    running: list[JobRow]
+    fair: FairState
+
+
 @dataclass
 class Submitted:
     job: JobRow | None = None
@@ -227,10 +244,9 @@ class ArtifactRow:
     created_at: float = field(default_factory=time.time)
 
 
-#: decide(counts, limits) -> a refusal or None; describe(job, queued, running) -> QUEUED event data.
+#: decide(counts, limits) -> a refusal or None; describe(job, snapshot) -> QUEUED event data.
 Decide = Callable[[Counts, GuildLimits], Refusal | None]
-Describe = Callable[[JobRow, list[JobRow], list[JobRow]], dict[str, Any]]
-Order = Callable[[list[JobRow], list[JobRow]], list[JobRow]]
+Describe = Callable[[JobRow, QueueSnapshot], dict[str, Any]]
 
 
 class JobStore(Protocol):
@@ -238,7 +254,7 @@ class JobStore(Protocol):
 
     def submit(self, new: NewJob, decide: Decide, describe: Describe) -> Submitted: ...
     def find_idempotent(self, key: str) -> JobRow | None: ...
-    def claim_next(self, order: Order) -> JobRow | None: ...
+    def claim_next(self) -> JobRow | None: ...
     def get_job(self, job_id: str) -> JobRow | None: ...
     def list_jobs(
         self,
@@ -249,7 +265,7 @@ class JobStore(Protocol):
         undelivered: bool = False,
         limit: int = 100,
     ) -> list[JobRow]: ...
-    def active_jobs(self) -> tuple[list[JobRow], list[JobRow]]: ...
+    def queue_snapshot(self) -> QueueSnapshot: ...
     def queue_length(self) -> int: ...
     def record_progress(self, job_id: str, progress: dict[str, Any], still: str | None) -> Event: ...
     def finish(
@@ -393,13 +409,34 @@ class SQLiteStore:
             raise KeyError(job_id)
         return job
 
-    def _active(self, con: sqlite3.Connection) -> tuple[list[JobRow], list[JobRow]]:
+    def _snapshot(self, con: sqlite3.Connection) -> QueueSnapshot:
         rows = [
             self._job(r) for r in con.execute("SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY seq", ACTIVE)
         ]
-        return [j for j in rows if j.state is JobState.QUEUED], [
-            j for j in rows if j.state is JobState.RUNNING
-        ]
+        queued = [j for j in rows if j.state is JobState.QUEUED]
+        current = con.execute("SELECT coalesce(max(claim_round), 0) FROM jobs").fetchone()[0]
+        users = sorted({j.user_id for j in queued})
+        last_round = {}
+        for i in range(0, len(users), 500):  # SQLite caps the number of bound parameters
+            chunk = users[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            last_round.update(
+                con.execute(
+                    f"SELECT user_id, max(claim_round) FROM jobs WHERE user_id IN ({marks})"
+                    " AND claim_round IS NOT NULL GROUP BY user_id",
+                    chunk,
+                ).fetchall()
+            )
+        served = dict(
+            con.execute(
+                "SELECT guild_id, count(*) FROM jobs WHERE claim_round = ? GROUP BY guild_id", (current,)
+            ).fetchall()
+        )
+        return QueueSnapshot(
+            queued=queued,
+            running=[j for j in rows if j.state is JobState.RUNNING],
+            fair=FairState(current_round=current, last_round=last_round, served=served),
+        )
 
     def _overrides(self, con: sqlite3.Connection, guild_id: str | None) -> dict[str, Any]:
         if guild_id is None:
@@ -467,22 +504,21 @@ class SQLiteStore:
                 ),
             )
             job = self._must(con, new.id)
-            queued, running = self._active(con)
-            self._event(con, job, EventType.QUEUED, describe(job, queued, running))
+            self._event(con, job, EventType.QUEUED, describe(job, self._snapshot(con)))
             return Submitted(job=job)
 
-    def claim_next(self, order: Order) -> JobRow | None:
-        """Mark the first job in `order` RUNNING (attempt + 1) and log STARTED; None when idle."""
+    def claim_next(self) -> JobRow | None:
+        """Mark the first job in fair order RUNNING (attempt + 1) and log STARTED; None when idle."""
         with self._write() as con:
-            queued, running = self._active(con)
-            if not queued:
+            snap = self._snapshot(con)
+            if not snap.queued:
                 return None
-            job = order(queued, running)[0]
+            slot, job = fair_slots(snap.queued, snap.fair)[0]
             now = time.time()
             con.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, started_at = ?, progress = NULL"
-                " WHERE id = ?",
-                (JobState.RUNNING.value, now, job.id),
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, started_at = ?, progress = NULL,"
+                " claim_round = ? WHERE id = ?",
+                (JobState.RUNNING.value, now, slot.round, job.id),
             )
             job = self._must(con, job.id)
             self._event(con, job, EventType.STARTED, {"attempt": job.attempts})
@@ -518,10 +554,9 @@ class SQLiteStore:
         rows = self._read(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit))
         return [self._job(r) for r in reversed(rows)]
 
-    def active_jobs(self) -> tuple[list[JobRow], list[JobRow]]:
-        """(queued, running), FIFO."""
+    def queue_snapshot(self) -> QueueSnapshot:
         with self._lock:
-            return self._active(self._con)
+            return self._snapshot(self._con)
 
     def queue_length(self) -> int:
         return self._read("SELECT count(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,))[0][0]
@@ -594,7 +629,7 @@ class SQLiteStore:
             job = self._must(con, job_id)
             con.execute(
                 "UPDATE jobs SET state = ?, attempts = max(attempts - 1, 0), started_at = NULL,"
-                " progress = NULL WHERE id = ?",
+                " progress = NULL, claim_round = NULL WHERE id = ?",
                 (JobState.QUEUED.value, job_id),
             )
             return self._event(con, job, EventType.INTERRUPTED, {"reason": reason, "retried": True})
@@ -618,7 +653,8 @@ class SQLiteStore:
                 )
                 if retry:
                     con.execute(
-                        "UPDATE jobs SET state = ?, started_at = NULL, progress = NULL WHERE id = ?",
+                        "UPDATE jobs SET state = ?, started_at = NULL, progress = NULL, claim_round = NULL"
+                        " WHERE id = ?",
                         (JobState.QUEUED.value, job.id),
                     )
                 else:

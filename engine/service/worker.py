@@ -25,7 +25,7 @@ from engine.pipeline.images import load_image, png_bytes, to_pil
 from engine.pipeline.progress import Progress
 from engine.pipeline.render import NightmareJob, Renderer, SpookyJob
 from engine.service.artifacts import DiskFullError
-from engine.service.core import EngineCore, artifact_view, order_for_claim
+from engine.service.core import EngineCore
 from engine.service.store import ArtifactRow, JobRow
 from spooky.contract import EventType, JobKind, JobState
 from spooky.errors import InputError, JobCancelled, SpookyError
@@ -173,7 +173,7 @@ class Worker:
         while not self._stopping:
             self._wake.clear()
             try:
-                job = await core.db(core.store.claim_next, order_for_claim)
+                job = await core.db(core.store.claim_next)
             except Exception:
                 log.exception("claiming the next job failed; retrying in 1 s")
                 await asyncio.sleep(1)
@@ -430,6 +430,3 @@ def validator_for(renderer: Renderer) -> Callable[[JobKind, dict[str, Any]], Non
         renderer.validate(job)
 
     return validate
-
-
-__all__ = ["MAX_ATTEMPTS", "JobControl", "Worker", "artifact_view", "run_in_daemon_thread", "validator_for"]
