@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import stat
 import sys
 import urllib.error
@@ -39,8 +40,9 @@ log = logging.getLogger(__name__)
 
 #: File in engine.data_dir holding the secret `spooky up` generated (mode 0600).
 SECRET_FILE = "engine.secret"
-#: Extra seconds the engine gets after its drain timeout before it is killed.
-STOP_GRACE_S = 15.0
+#: Extra seconds the engine gets after its drain timeout before it is killed: the engine itself
+#: allows the stopped job 30 s more (engine.service.app.DRAIN_GRACE_S) to write its outcome.
+STOP_GRACE_S = 45.0
 BOT_STOP_TIMEOUT_S = 15.0
 #: Modules that must import for each child's sub-command to exist.
 ENGINE_COMMAND_MODULE = "engine.cli.serve"
@@ -209,6 +211,13 @@ def run_up(args: argparse.Namespace) -> int:
     )
     bot = ChildSpec("bot", [*base, "bot", *config_args], env=child_env, stop_timeout_s=BOT_STOP_TIMEOUT_S)
 
+    # Something already answering there would pass our health check for an engine that is not ours.
+    if _listening(settings):
+        raise ConfigError(
+            f"something already listens on {engine_url} (another engine?), so this engine could not "
+            "bind its port",
+            hint="stop that process, or set another [engine] port (and bot.engine_url)",
+        )
     sup = Supervisor()
     with sup.handling_signals():
         sup.start(engine)
@@ -258,6 +267,15 @@ def local_engine_url(settings: Settings) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{settings.engine.port}"
+
+
+def _listening(settings: Settings) -> bool:
+    host = urlsplit(local_engine_url(settings)).hostname or "127.0.0.1"
+    try:
+        with socket.create_connection((host, settings.engine.port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def probe_health(url: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
