@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engine.service.artifacts import DiskFullError
 from engine.service.core import ApiError, EngineCore, Refused, artifact_view, validation_details
 from engine.service.metrics import CONTENT_TYPE
 from engine.service.scheduler import REFUSAL_STATUS
@@ -147,6 +148,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return web.json_response(
             text=RefusalBody(refusal=r).model_dump_json(), status=REFUSAL_STATUS[r.code], headers=headers
         )
+    except DiskFullError as e:
+        return error_response(507, e.code, str(e))
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CORE].settings.engine.max_body_bytes
         return error_response(
@@ -258,6 +261,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 422, "invalid_request", f"Last-Event-ID must be an event id, got {last_header!r}"
             ) from e
     core = _core(request)
+    job = await core.job(q.job_id) if q.job_id is not None else None  # 404 for an unknown job
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
@@ -277,6 +281,10 @@ async def events(request: web.Request) -> web.StreamResponse:
                     return resp
             if batch:
                 continue
+            if job is not None and job.state.terminal:
+                # Reconnected after the terminal event (the `end` line was lost): nothing will follow.
+                await resp.write(b"event: end\ndata: {}\n\n")
+                return resp
             if not await core.hub.wait_beyond(seen, SSE_KEEPALIVE_S) and not core.closing.is_set():
                 await resp.write(b": keep-alive\n\n")
     except (ConnectionResetError, asyncio.CancelledError):

@@ -21,7 +21,8 @@ from engine.service.api import build_app
 from engine.service.artifacts import ArtifactFiles
 from engine.service.core import EngineCore, default_limits
 from engine.service.events import EventHub
-from engine.service.store import SQLiteStore
+from engine.service.store import MAX_ATTEMPTS, SQLiteStore
+from engine.service.threads import run_in_daemon_thread
 from spooky.config import Settings
 from spooky.errors import ConfigError
 
@@ -92,7 +93,7 @@ class EngineService:
         loop = asyncio.get_running_loop()
         self.hub.bind(loop)
         self.hub.latest = self.store.last_event_id()
-        for event in self.store.recover_interrupted(max_attempts=2):
+        for event in self.store.recover_interrupted(MAX_ATTEMPTS):
             log.warning("job %s was interrupted: %s", event.job_id, event.data.get("reason"))
         self.files.clean_tmp(older_than_s=0)
         self._runner = web.AppRunner(build_app(self.core, self.secret), access_log=None, shutdown_timeout=2.0)
@@ -110,19 +111,25 @@ class EngineService:
         """Load the models in the background; the worker starts when they are ready."""
         self._tasks.append(asyncio.create_task(self._load(), name="spooky-load"))
 
-    async def _load(self) -> None:
+    def _build_renderer(self) -> Any:
+        """Import torch and the pipeline, load the models (on a thread: the API keeps answering)."""
         from engine.pipeline.render import Renderer
-        from engine.service.worker import Worker, run_in_daemon_thread, validator_for
 
+        models = self._models
+        if models is None:
+            from engine.models.factory import load_models
+
+            models = load_models(self.settings.models)
+        return Renderer(models, self.settings.pipeline)
+
+    async def _load(self) -> None:
         core = self.core
         started = time.monotonic()
         try:
-            models = self._models
-            if models is None:
-                from engine.models.factory import load_models
+            renderer = await run_in_daemon_thread(self._build_renderer, "spooky-load")
+            from engine.service.worker import Worker, validator_for  # torch is imported by now
 
-                models = await run_in_daemon_thread(lambda: load_models(self.settings.models))
-            renderer = Renderer(models, self.settings.pipeline)
+            models = renderer.models
         except Exception as e:
             core.status, core.detail = "error", f"models failed to load: {e}"
             log.exception("models failed to load; the engine stays up with health 'error'")

@@ -350,10 +350,15 @@ class EngineCore:
                 self.metrics.jobs.labels(job.kind.value, "cancelled").inc()
                 return await self.job(job_id)
         # Running (or claimed between our read and the cancel): stop it at the next step.
-        done = self.canceller.request_cancel(job_id, by) if self.canceller else None
-        if done is not None:
+        if self.canceller is not None:
+            done = self.canceller.request_cancel(job_id, by)
+            deadline = time.monotonic() + CANCEL_WAIT_S
             try:
-                await asyncio.wait_for(asyncio.shield(done), CANCEL_WAIT_S)
+                if done is not None:
+                    await asyncio.wait_for(asyncio.shield(done), CANCEL_WAIT_S)
+                else:  # claimed but not started: the worker honours the cancel as it starts
+                    while not (await self._job(job_id)).state.terminal and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
             except TimeoutError:
                 log.warning("job %s did not stop within %.0f s of its cancel", job_id, CANCEL_WAIT_S)
         return await self.job(job_id)

@@ -143,6 +143,9 @@ CREATE TABLE IF NOT EXISTS limits_log (
 """
 
 ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
+#: A job found running at start this many times (the engine died while it ran) fails instead of
+#: running again: once is bad luck, twice is likely the job itself.
+MAX_ATTEMPTS = 2
 
 
 @dataclass

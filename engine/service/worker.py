@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -27,16 +27,14 @@ from engine.pipeline.render import NightmareJob, Renderer, SpookyJob
 from engine.service.artifacts import DiskFullError
 from engine.service.core import EngineCore
 from engine.service.store import ArtifactRow, JobRow
+from engine.service.threads import run_in_daemon_thread
 from spooky.contract import EventType, JobKind, JobState
 from spooky.errors import InputError, JobCancelled, SpookyError
 
 log = logging.getLogger(__name__)
-R = TypeVar("R")
 
 StopKind = Literal["cancel", "timeout", "drain"]
 
-#: A job interrupted this many times (engine crashes while it ran) is failed instead of retried.
-MAX_ATTEMPTS = 2
 #: The stages of each kind, in order: where an error between two progress reports happened.
 STAGES = {JobKind.SPOOKY: ("stylegan", "scare"), JobKind.NIGHTMARE: ("nightmare",)}
 
@@ -87,33 +85,6 @@ class Outcome:
     artifacts: dict[str, str]
     result: dict[str, Any]
     last_image: str
-
-
-def run_in_daemon_thread(fn: Callable[[], R]) -> asyncio.Future[R]:
-    """Run `fn` on a daemon thread: a step that hangs can never keep the process from exiting."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[R] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def target() -> None:
-        try:
-            value = fn()
-        except BaseException as e:
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
-                loop.call_soon_threadsafe(settle, False, e)
-        else:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, True, value)
-
-    threading.Thread(target=target, name="spooky-render", daemon=True).start()
-    return future
 
 
 class Worker:
@@ -209,7 +180,7 @@ class Worker:
         error: str | None = None
         code: str | None = None
         try:
-            outcome = await run_in_daemon_thread(lambda: self._render(job, control))
+            outcome = await run_in_daemon_thread(lambda: self._render(job, control), "spooky-render")
             state, event = JobState.SUCCEEDED, EventType.FINISHED
             data = {"artifacts": outcome.artifacts, "result": outcome.result}
         except JobCancelled:

@@ -289,3 +289,27 @@ async def test_metrics_are_prometheus_text(tmp_path: Path):
         assert "spooky_queue_length 1.0" in text
         assert 'spooky_submits_total{outcome="accepted"} 1.0' in text
         assert "spooky_submit_seconds_count 1.0" in text
+
+
+async def test_an_engine_without_a_secret_refuses_to_start(tmp_path: Path):
+    from engine.service.app import EngineService
+    from spooky.errors import ConfigError
+
+    settings = make_settings(tmp_path, engine={"secret": None})
+    with pytest.raises(ConfigError) as e:
+        EngineService(settings)
+    assert "SPOOKY_ENGINE_SECRET" in str(e.value) and "[engine]" in str(e.value)
+
+
+async def test_event_streams_of_unknown_and_finished_jobs(tmp_path: Path):
+    async with running_engine(make_settings(tmp_path), autoload=False) as (_, client):
+        with pytest.raises(EngineRequestError) as e:
+            async for _ in client.events(job_id="AAAAAAAAAAAA"):
+                pass
+        assert e.value.status == 404
+        job = (await client.submit(request())).job
+        await client.cancel(job.id, actor_id="1")
+        events = [e async for e in client.events(job_id=job.id)]
+        assert [e.type.value for e in events] == ["queued", "cancelled"]
+        # Resuming after the terminal event ends at once instead of waiting for ever.
+        assert [e async for e in client.events(job_id=job.id, after=events[-1].id)] == []
