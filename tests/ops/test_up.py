@@ -44,10 +44,11 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **extra}
 
 
-def start_up(cfg: Path, log: Path, *args: str, **env: str) -> subprocess.Popen:
+def start_up(cfg: Path, log: Path, *args: str, log_json: bool = False, **env: str) -> subprocess.Popen:
+    flags = ["--log-json"] if log_json else []
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "spooky.cli", "up", "--config", str(cfg), *args],
+            [sys.executable, "-m", "spooky.cli", *flags, "up", "--config", str(cfg), *args],
             cwd=ROOT,
             env=clean_env(**env),
             stdout=out,
@@ -99,7 +100,7 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
 @pytest.mark.slow
 def test_engine_only_generates_the_secret_serves_and_stops_cleanly(tmp_path: Path):
     port, log = free_port(), tmp_path / "up.log"
-    proc = start_up(write_config(tmp_path, port), log, "--no-bot")
+    proc = start_up(write_config(tmp_path, port), log, "--no-bot", log_json=True)
     try:
         health = wait_health(proc, port, log)
         assert health["preset"] == "tiny"
@@ -117,6 +118,10 @@ def test_engine_only_generates_the_secret_serves_and_stops_cleanly(tmp_path: Pat
     assert "engine stopped" in text and "bot not started (--no-bot)" in text
     assert secret not in text  # never printed
     assert probe_health(f"http://127.0.0.1:{port}/v1/health", timeout_s=1) is None  # the port is free
+    # --log-json reached the engine child too: both processes wrote JSON lines.
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    loggers = {r["logger"] for r in records}
+    assert "spooky.ops" in loggers and any(name.startswith("engine.") for name in loggers)
 
 
 @pytest.mark.slow
