@@ -180,20 +180,27 @@ def run_up(args: argparse.Namespace) -> int:
     _require_command(ENGINE_COMMAND_MODULE, "engine", "engine")
     if with_bot:
         _require_command(BOT_COMMAND_MODULE, "bot", "bot")
-        if settings.bot.token is None:
+        if settings.bot.token is None or not settings.bot.token.get_secret_value().strip():
             raise ConfigError(
                 f"no Discord bot token: set {ENV_DISCORD_TOKEN} in the environment or [bot] token in "
                 "config.toml",
                 hint="or run `spooky up --no-bot` to start the engine alone",
             )
+    engine_url = local_engine_url(settings)
+    # Something already answering there would pass our health check for an engine that is not ours.
+    if _listening(settings):
+        raise ConfigError(
+            f"something already listens on {engine_url} (another engine?), so this engine could not "
+            "bind its port",
+            hint="stop that process, or set another [engine] port (and bot.engine_url)",
+        )
 
     secret, source = ensure_engine_secret(settings, env)
     log.info("engine secret: %s", source)  # where it came from, never the value
     child_env = {**env, ENV_ENGINE_SECRET: secret}
     if getattr(args, "log_json", False):
         child_env[ENV_LOG_FORMAT] = "json"
-    engine_url = local_engine_url(settings)
-    if with_bot and settings.bot.engine_url.rstrip("/") != engine_url:
+    if with_bot and not _same_endpoint(settings.bot.engine_url, engine_url):
         log.warning(
             "bot.engine_url is %s but this engine listens on %s: the bot started here uses the latter",
             settings.bot.engine_url,
@@ -211,13 +218,6 @@ def run_up(args: argparse.Namespace) -> int:
     )
     bot = ChildSpec("bot", [*base, "bot", *config_args], env=child_env, stop_timeout_s=BOT_STOP_TIMEOUT_S)
 
-    # Something already answering there would pass our health check for an engine that is not ours.
-    if _listening(settings):
-        raise ConfigError(
-            f"something already listens on {engine_url} (another engine?), so this engine could not "
-            "bind its port",
-            hint="stop that process, or set another [engine] port (and bot.engine_url)",
-        )
     sup = Supervisor()
     with sup.handling_signals():
         sup.start(engine)
@@ -267,6 +267,16 @@ def local_engine_url(settings: Settings) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{settings.engine.port}"
+
+
+def _same_endpoint(a: str, b: str) -> bool:
+    """Two URLs that reach the same local port (localhost and 127.0.0.1 count as one)."""
+    ua, ub = urlsplit(a), urlsplit(b)
+
+    def host(u: Any) -> str:
+        return "loopback" if u.hostname in _LOOPBACK else (u.hostname or "")
+
+    return (ua.scheme, host(ua), ua.port or 80) == (ub.scheme, host(ub), ub.port or 80)
 
 
 def _listening(settings: Settings) -> bool:

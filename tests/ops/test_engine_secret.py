@@ -9,7 +9,7 @@ import pytest
 
 from spooky.config import load_settings
 from spooky.errors import ConfigError
-from spooky.ops import SECRET_FILE, ensure_engine_secret, local_engine_url
+from spooky.ops import SECRET_FILE, _same_endpoint, ensure_engine_secret, local_engine_url
 
 
 def settings_for(tmp_path: Path, env: dict[str, str] | None = None, extra: str = ""):
@@ -70,3 +70,16 @@ def test_an_empty_secret_file_is_an_error_that_says_what_to_do(tmp_path: Path):
 )
 def test_local_engine_url(tmp_path: Path, host: str, url: str):
     assert local_engine_url(settings_for(tmp_path, extra=f'host = "{host}"\n')) == url
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("http://localhost:8765", "http://127.0.0.1:8765", True),
+        ("http://127.0.0.1:8765/", "http://127.0.0.1:8765", True),
+        ("http://127.0.0.1:8766", "http://127.0.0.1:8765", False),
+        ("http://gpu-box:8765", "http://127.0.0.1:8765", False),
+    ],
+)
+def test_same_endpoint(a: str, b: str, same: bool):
+    assert _same_endpoint(a, b) is same

@@ -160,6 +160,7 @@ def test_a_taken_port_is_refused_before_starting(tmp_path: Path):
         r = spooky("up", "--no-bot", "--config", str(write_config(tmp_path, port)))
     assert r.returncode == 1, r.stderr
     assert f"something already listens on http://127.0.0.1:{port}" in r.stderr
+    assert not (tmp_path / "data").exists()  # refused before generating a secret
 
 
 def test_config_check_output_is_what_up_reads(tmp_path: Path):
