@@ -66,7 +66,7 @@ def test_every_setting_is_in_the_example_with_a_comment(section: str, key: str):
 
 
 def test_example_has_no_secret_values():
-    for (section, key) in (("engine", "secret"), ("bot", "token")):
+    for section, key in (("engine", "secret"), ("bot", "token")):
         assert getattr(getattr(load_settings(EXAMPLE, env={}), section), key) is None
 
 

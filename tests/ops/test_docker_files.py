@@ -283,9 +283,7 @@ def test_volume_paths_match_the_settings(tmp_path: Path):
     for path in engine_volumes | bot_volumes:
         assert f"Docker: {path}" in example, f"config.example.toml does not mention the Docker path {path}"
     for service, volumes in (("engine", engine_volumes), ("bot", bot_volumes)):
-        targets = {
-            v.split(":")[1] for v in SERVICES[service]["volumes"] if isinstance(v, str) and ":" in v
-        }
+        targets = {v.split(":")[1] for v in SERVICES[service]["volumes"] if isinstance(v, str) and ":" in v}
         assert targets == volumes, f"compose mounts {targets} on {service}; the image declares {volumes}"
         named = {v.split(":")[0] for v in SERVICES[service]["volumes"] if isinstance(v, str)}
         assert named <= set(COMPOSE.get("volumes", {})), f"{service} uses undeclared volumes"

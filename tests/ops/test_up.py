@@ -31,9 +31,9 @@ def free_port() -> int:
 def write_config(tmp_path: Path, port: int, bot: str = "") -> Path:
     cfg = tmp_path / "config.toml"
     cfg.write_text(
-        "[models]\npreset = \"tiny\"\ndevice = \"cpu\"\n"
-        f"[engine]\nport = {port}\ndata_dir = \"{tmp_path / 'data'}\"\ndrain_timeout_s = 5\n"
-        f"[bot]\nengine_url = \"http://127.0.0.1:{port}\"\n{bot}",
+        '[models]\npreset = "tiny"\ndevice = "cpu"\n'
+        f'[engine]\nport = {port}\ndata_dir = "{tmp_path / "data"}"\ndrain_timeout_s = 5\n'
+        f'[bot]\nengine_url = "http://127.0.0.1:{port}"\n{bot}',
         encoding="utf-8",
     )
     return cfg
