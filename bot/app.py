@@ -119,7 +119,7 @@ class SpookyBot(commands.Bot):
         """For a Discord-compatible API without an explicit gateway, ask it where its gateway is."""
         if self.config.gateway_url or self.config.api_base.rstrip("/") == DISCORD_API:
             return
-        url = await self.http.get_gateway()
+        _, url, _ = await self.http.get_bot_gateway()
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url).with_query(None)
         log.info("gateway of %s is %s", self.config.api_base, url)
 

@@ -89,11 +89,8 @@ async def report_unexpected(interaction: discord.Interaction, error: BaseExcepti
 
 
 def describe_request_error(e: EngineRequestError) -> str:
-    """An engine 4xx (not a refusal) as a sentence; the engine's own message when it has one."""
-    body = e.body if isinstance(e.body, dict) else {}
-    detail = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
-    message = detail.get("message") or str(e)
-    return f"The render engine could not take this request: {message}"
+    """An engine 4xx (not a refusal) as a sentence, with the engine's own message."""
+    return f"The render engine could not take this request: {e.body.error.message}"
 
 
 def _client_state(interaction: discord.Interaction, *, max_bytes: int | None) -> dict[str, str]:

@@ -434,12 +434,10 @@ class JobFeed:
         log.info("job %s: video of %d bytes too large for Discord; asking for %d", self.job_id, sent, target)
         try:
             artifact = await self.tracker.engine_call(
-                "refitting the video", lambda: engine.fit(video_id, target)
+                "refitting the video", lambda: engine.fit_artifact(video_id, target)
             )
         except EngineRequestError as e:
-            body = e.body if isinstance(e.body, dict) else {}
-            reason = (body.get("error") or {}).get("message") if isinstance(body.get("error"), dict) else None
-            why = reason or f"the engine answered {e.status}"
+            why = e.body.error.message
             note = (
                 f"⚠️ The video ({sent / 2**20:.1f} MB) is over this server's upload limit and could not be "
                 f"re-encoded under {target / 2**20:.1f} MB: {why}"

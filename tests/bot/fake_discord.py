@@ -38,6 +38,7 @@ PERM_ALL_MEMBER = (
 PERM_MANAGE_GUILD = 1 << 5
 
 EPHEMERAL, LOADING = 1 << 6, 1 << 7
+DISCORD_EPOCH_MS = 1420070400000
 
 
 def _now_iso() -> str:
@@ -79,9 +80,15 @@ class Fault:
     times: int = 1
     drop: bool = False
     code: int = 0
+    filename: str | None = None  # only requests uploading a file of this name
 
-    def matches(self, method: str, path: str) -> bool:
-        return self.times > 0 and (self.method in (None, method)) and bool(self.path_re.search(path))
+    def matches(self, rec: Recorded) -> bool:
+        return (
+            self.times > 0
+            and self.method in (None, rec.method)
+            and bool(self.path_re.search(rec.path))
+            and (self.filename is None or any(name == self.filename for name, _ in rec.files))
+        )
 
 
 @dataclass
@@ -134,7 +141,7 @@ class FakeDiscord:
         upload_limit_bytes: int | None = None,
         bot_token: str = "fake-bot-token",
     ) -> None:
-        self._ids = itertools.count(int(time.time() * 1000 - 1420070400000) << 22)
+        self._seq = itertools.count()
         self.bot_token = bot_token
         self.token_lifetime_s = token_lifetime_s
         self.ack_deadline_s = ack_deadline_s
@@ -164,7 +171,9 @@ class FakeDiscord:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def snowflake(self) -> str:
-        return str(next(self._ids))
+        """A Discord id: milliseconds since the Discord epoch, then a counter (ids carry their time)."""
+        ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+        return str((ms << 22) | (next(self._seq) & 0x3FFFFF))
 
     @property
     def base_url(self) -> str:
@@ -206,19 +215,24 @@ class FakeDiscord:
         times: int = 1,
         drop: bool = False,
         code: int = 0,
+        filename: str | None = None,
     ) -> Fault:
-        fault = Fault(method, re.compile(path_re), status, times, drop, code)
+        """Fail the next `times` matching requests with `status` (or a dropped connection)."""
+        fault = Fault(method, re.compile(path_re), status, times, drop, code, filename)
         self.faults.append(fault)
         return fault
 
-    def add_attachment(self, filename: str, content_type: str, data: bytes) -> dict[str, Any]:
-        """Host a file and return the attachment object an interaction's `resolved` carries."""
+    def add_attachment(
+        self, filename: str, content_type: str, data: bytes, *, size: int | None = None
+    ) -> dict[str, Any]:
+        """Host a file and return the attachment object an interaction's `resolved` carries
+        (`size` overrides the announced size, to announce a large file without hosting one)."""
         att_id = self.snowflake()
         self.files[att_id] = data
         return {
             "id": att_id,
             "filename": filename,
-            "size": len(data),
+            "size": len(data) if size is None else size,
             "url": f"{self.base_url}/cdn/{att_id}/{filename}",
             "proxy_url": f"{self.base_url}/cdn/{att_id}/{filename}",
             "content_type": content_type,
@@ -565,7 +579,7 @@ class FakeDiscord:
     async def _route(self, request: web.Request, rec: Recorded) -> web.StreamResponse:
         method, path = rec.method, rec.path
         for fault in self.faults:
-            if fault.matches(method, path):
+            if fault.matches(rec):
                 fault.times -= 1
                 if fault.drop:
                     assert request.transport is not None
@@ -691,7 +705,7 @@ class FakeDiscord:
                 return _error(404, 10008, "Unknown Message")
             body = rec.json if isinstance(rec.json, dict) else {}
             original = self.messages.get(inter.original_id or "")
-            if original is not None and original["flags"] & LOADING:
+            if original is not None and not original.get("deleted") and original["flags"] & LOADING:
                 # Discord: the first follow-up after a deferred response replaces the loading message.
                 body = {k: v for k, v in body.items() if k != "flags"} | {
                     "flags": original["flags"] & ~LOADING

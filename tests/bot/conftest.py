@@ -1,0 +1,202 @@
+"""Fixtures of the bot tests: the real engine (tiny preset, a child process), the fake Discord, bots.
+
+The engine runs once per session as `python -m spooky.cli engine` so the bot under test shares
+nothing with it but HTTP, as in production. Each test gets its own fake Discord (hence its own
+application, guild and limits) and its own bot data folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_discord import FakeDiscord
+
+from bot.app import SpookyBot
+from spooky.config import Settings
+from spooky.contract import JobState
+from spooky.engine_client import EngineClient, EngineRequestError
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "bot-tests-secret"
+
+#: Pipeline of the session's engine: toy sizes, but enough steps for progress edits and stills.
+ENGINE_TOML = """
+[models]
+preset = "tiny"
+device = "cpu"
+
+[pipeline]
+stylegan_steps = 4
+still_every = 2
+scare_steps = 2
+cutouts = 2
+nightmare_frames = 6
+# A large step makes consecutive frames differ, so videos have a size worth fitting.
+nightmare_lr = 1.0
+
+[engine]
+port = {port}
+data_dir = "{data}"
+drain_timeout_s = 2
+
+[limits]
+cooldown_s = 0
+max_jobs_per_user = 50
+max_queue_per_server = 200
+max_steps = 400
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class EngineProcess:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def _health(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url + "/v1/health", timeout=2) as resp:
+            return json.loads(resp.read())["status"]
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    """The real engine on the tiny preset, ready to render."""
+    tmp = tmp_path_factory.mktemp("engine")
+    port = free_port()
+    cfg = tmp / "config.toml"
+    cfg.write_text(ENGINE_TOML.format(port=port, data=tmp / "data"), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
+    # One torch thread: the tests share two cores with the engine, and threads fight over them.
+    env |= {"SPOOKY_ENGINE_SECRET": SECRET, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log = tmp / "engine.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spooky.cli", "engine", "--config", str(cfg)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    handle = EngineProcess(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.monotonic() + 180
+        while _health(handle.url) != "ready":
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the engine did not become ready:\n{handle.output()}")
+            time.sleep(0.2)
+        yield handle
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    server = FakeDiscord()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def engine_client(engine: EngineProcess) -> AsyncIterator[EngineClient]:
+    async with EngineClient(engine.url, SECRET) as client:
+        yield client
+
+
+@dataclass
+class Bots:
+    """Starts bots against the fake Discord and the engine; closes them all at the end."""
+
+    fake: FakeDiscord
+    engine_url: str
+    data_dir: Path
+    running: list[tuple[SpookyBot, asyncio.Task[None], EngineClient]] = field(default_factory=list)
+
+    def settings(self, **bot: Any) -> Settings:
+        section = {
+            "token": self.fake.bot_token,
+            "engine_url": self.engine_url,
+            "api_base": self.fake.api_base,
+            "gateway_url": self.fake.gateway_url,
+            "data_dir": str(self.data_dir),
+        } | bot
+        return Settings.model_validate({"bot": section, "engine": {"secret": SECRET}})
+
+    async def start(self, **bot: Any) -> SpookyBot:
+        settings = self.settings(**bot)
+        client = EngineClient(settings.bot.engine_url, SECRET, timeout=5.0)
+        instance = SpookyBot(settings, client)
+        sessions = self.fake.ready_sent
+        task = asyncio.create_task(instance.start(self.fake.bot_token))
+        self.running.append((instance, task, client))
+        async with asyncio.timeout(30):
+            while self.fake.ready_sent == sessions or not self.fake.commands:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
+        return instance
+
+    async def stop(self, instance: SpookyBot) -> None:
+        for entry in list(self.running):
+            if entry[0] is instance:
+                await self._close(*entry)
+                self.running.remove(entry)
+
+    async def _close(self, instance: SpookyBot, task: asyncio.Task[None], client: EngineClient) -> None:
+        await instance.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.close()
+
+    async def close_all(self) -> None:
+        for entry in self.running:
+            await self._close(*entry)
+        self.running.clear()
+
+
+@pytest.fixture
+async def bots(
+    fake: FakeDiscord, engine: EngineProcess, engine_client: EngineClient, tmp_path: Path
+) -> AsyncIterator[Bots]:
+    runner = Bots(fake, engine.url, tmp_path / "bot")
+    yield runner
+    await runner.close_all()
+    # Leave the shared engine idle for the next test: cancel what this test's guild left behind.
+    for job in await engine_client.jobs(guild_id=fake.guild_id, limit=1000):
+        if job.state in (JobState.QUEUED, JobState.RUNNING):
+            with contextlib.suppress(EngineRequestError):
+                await engine_client.cancel(job.id, fake.moderator.id, is_moderator=True)

@@ -1,0 +1,343 @@
+"""The bot end to end: real discord.py client, fake Discord API, real engine (tiny preset)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import random
+
+from bot_helpers import (
+    RENDER_TIMEOUT_S,
+    buttons,
+    ephemeral_replies,
+    filenames,
+    final_of,
+    job_id_of,
+    original,
+    probe_video,
+    uploaded,
+    webhook_edits,
+)
+from conftest import Bots
+from fake_discord import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, FakeDiscord
+from PIL import Image
+
+from bot.messenger import CONTINUED
+from spooky.contract import JobState
+from spooky.engine_client import EngineClient
+
+MOD = PERM_ALL_MEMBER | PERM_MANAGE_GUILD
+
+
+async def test_spooky_progress_result_and_buttons(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    bot = await bots.start()
+    prompt = "dracula @everyone <@&123> **bold** @here"
+    inter = await fake.invoke("spooky", {"prompt": prompt, "seed": 7, "steps": 60})
+
+    # Acknowledged at once with a public "thinking…" that becomes the progress message.
+    await asyncio.wait_for(inter.acked.wait(), 3)
+    assert inter.callback_type == 5
+    assert not (inter.callback or {}).get("data", {}).get("flags", 0) & 64
+
+    final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
+    edits = webhook_edits(fake, inter)
+    # Edited in place, never more often than progress_interval_s (a little slack for the network).
+    gaps = [b.at - a.at for a, b in itertools.pairwise(edits)]
+    assert gaps and min(gaps) >= bot.config.progress_interval_s - 0.05, gaps
+    progress = [r for r in edits[:-1] if isinstance(r.json, dict)]
+    assert any("still.png" in uploaded(r) for r in edits[:-1]), "no progress edit carried a still"
+    with_steps = [r.json["content"] for r in progress if "step" in r.json.get("content", "")]
+    assert (with_steps and "█" in with_steps[-1]) or "░" in with_steps[-1]
+    assert all(any(b.startswith("spooky:cancel:") for b in _ids(r.json)) for r in progress)
+
+    # The result: both stills, the seed, Nightmare and Reroll.
+    assert filenames(final) == ["stylegan.png", "spooky.png"]
+    for att in final["attachments"]:
+        assert fake.files[att["id"]].startswith(b"\x89PNG")
+    assert "seed **7**" in final["content"]
+    job_id = job_id_of(final)
+    assert sorted(buttons(final)) == [f"spooky:nightmare:{job_id}", f"spooky:reroll:{job_id}"]
+    job = await engine_client.job(job_id)
+    assert job.state is JobState.SUCCEEDED and job.delivered and job.result["seed"] == 7
+
+    # The echoed prompt pings no one and shows as typed.
+    for body in fake.message_payloads():
+        assert body.get("allowed_mentions") == {"parse": []}, body
+    assert "@everyone" not in final["content"] and "@here" not in final["content"]
+    assert "<@&123>" not in final["content"]
+    assert "\\*\\*bold\\*\\*" in final["content"]
+
+    # Reroll: same prompt, new seed, a new progress message of its own.
+    reroll = await fake.click(final["id"], f"spooky:reroll:{job_id}")
+    await asyncio.wait_for(reroll.acked.wait(), 3)
+    assert reroll.callback_type == 5
+    rerolled = await fake.wait_for(lambda: final_of(fake, reroll), RENDER_TIMEOUT_S)
+    again = await engine_client.job(job_id_of(rerolled))
+    assert again.request.prompt == job.request.prompt and again.result["seed"] != 7
+    assert filenames(rerolled) == ["stylegan.png", "spooky.png"]
+
+    # Nightmare: animates the spooky still into an H.264 MP4 with the configured frames.
+    nightmare = await fake.click(final["id"], f"spooky:nightmare:{job_id}")
+    await asyncio.wait_for(nightmare.acked.wait(), 3)
+    video_msg = await fake.wait_for(lambda: final_of(fake, nightmare), RENDER_TIMEOUT_S)
+    assert filenames(video_msg) == ["nightmare.mp4"]
+    codec, frames, _ = probe_video(fake.files[video_msg["attachments"][0]["id"]])
+    assert (codec, frames) == ("h264", 6)
+    assert buttons(video_msg) == []
+
+
+def _ids(body: dict) -> list[str]:
+    return [c.get("custom_id", "") for row in body.get("components", []) for c in row.get("components", [])]
+
+
+async def test_cancel_button_and_command(bots: Bots, fake: FakeDiscord, engine_client: EngineClient) -> None:
+    await bots.start()
+    inter = await fake.invoke("spooky", {"prompt": "slow ghost", "steps": 60})
+    running = await fake.wait_for(
+        lambda: (m := original(fake, inter)) and "step" in m["content"] and buttons(m) and m, RENDER_TIMEOUT_S
+    )
+    job_id = job_id_of(running)
+
+    # Someone else may not cancel it.
+    stranger = await fake.click(running["id"], f"spooky:cancel:{job_id}", user=fake.other)
+    refused = await fake.wait_for(lambda: ephemeral_replies(fake, stranger), 30)
+    assert "Only the person who asked" in refused[0]
+    assert (await engine_client.job(job_id)).state in (JobState.QUEUED, JobState.RUNNING)
+
+    # Its owner may: the job stops, the message says so and loses its buttons.
+    owner = await fake.click(running["id"], f"spooky:cancel:{job_id}", user=fake.member)
+    done = await fake.wait_for(lambda: ephemeral_replies(fake, owner), 30)
+    assert "Cancelled" in done[0]
+    stopped = await fake.wait_for(lambda: final_of(fake, inter), 30)
+    assert "Cancelled" in stopped["content"] and buttons(stopped) == [] and filenames(stopped) == []
+    assert (await engine_client.job(job_id)).state is JobState.CANCELLED
+
+    # /cancel without an argument stops the member's latest job.
+    second = await fake.invoke("spooky", {"prompt": "another slow ghost", "steps": 60})
+    shown = await fake.wait_for(lambda: (m := original(fake, second)) and buttons(m) and m, RENDER_TIMEOUT_S)
+    cancel = await fake.invoke("cancel", {})
+    await asyncio.wait_for(cancel.acked.wait(), 3)
+    reply = await fake.wait_for(lambda: ephemeral_replies(fake, cancel), 30)
+    assert "Cancelled the render of “another slow ghost”" in reply[0]
+    assert (await engine_client.job(job_id_of(shown))).state is JobState.CANCELLED
+
+    # Nothing left to cancel.
+    empty = await fake.invoke("cancel", {})
+    assert "nothing to cancel" in (await fake.wait_for(lambda: ephemeral_replies(fake, empty), 30))[0]
+
+
+async def test_limits_for_moderators_only(bots: Bots, fake: FakeDiscord, engine_client: EngineClient) -> None:
+    await bots.start()
+    before = await engine_client.limits(fake.guild_id)
+    definition = fake.commands["limits"]
+    assert str(definition["default_member_permissions"]) == str(PERM_MANAGE_GUILD)
+    assert definition.get("contexts") == [0] or definition.get("dm_permission") is False
+
+    # A member who invokes it anyway (e.g. a server overrode the default permissions) is refused.
+    member = await fake.invoke("limits set", {"cooldown": 999}, user=fake.member)
+    await asyncio.wait_for(member.acked.wait(), 3)
+    assert "Only moderators" in (await fake.wait_for(lambda: ephemeral_replies(fake, member), 10))[0]
+    shown = await fake.invoke("limits show", {}, user=fake.member)
+    assert "Only moderators" in (await fake.wait_for(lambda: ephemeral_replies(fake, shown), 10))[0]
+    assert await engine_client.limits(fake.guild_id) == before
+
+    # A moderator changes them; the engine stores and enforces them at once.
+    changed = await fake.invoke(
+        "limits set",
+        {"cooldown": 5, "max_steps": 3, "ban_word": "Pumpkin", "allow_channel": fake.channel_ids[0]},
+        user=fake.moderator,
+        permissions=MOD,
+    )
+    reply = (await fake.wait_for(lambda: ephemeral_replies(fake, changed), 10))[0]
+    assert "Updated" in reply and "pumpkin" in reply
+    after = await engine_client.limits(fake.guild_id)
+    assert (after.cooldown_s, after.max_steps, after.banned_words) == (5, 3, ["pumpkin"])
+    assert after.allowed_channels == [fake.channel_ids[0]]
+    log = await engine_client.limits_log(fake.guild_id)
+    assert log and log[-1].actor_id == fake.moderator.id
+
+    show = await fake.invoke("limits show", {}, user=fake.moderator, permissions=MOD)
+    text = (await fake.wait_for(lambda: ephemeral_replies(fake, show), 10))[0]
+    assert "up to 3" in text and "`pumpkin`" in text and f"<#{fake.channel_ids[0]}>" in text
+
+    # Refusals come back as the engine wrote them, to the asker only; the public message is removed.
+    banned = await fake.invoke("spooky", {"prompt": "a PUMPKIN head"})
+    text = (await fake.wait_for(lambda: ephemeral_replies(fake, banned), 30))[0]
+    assert "pumpkin" in text.lower()
+    assert original(fake, banned)["deleted"]
+    too_many = await fake.invoke("spooky", {"prompt": "a ghost", "steps": 50})
+    text = (await fake.wait_for(lambda: ephemeral_replies(fake, too_many), 30))[0]
+    assert "50" in text and "3" in text
+    elsewhere = await fake.invoke("spooky", {"prompt": "a ghost"}, channel_id=fake.channel_ids[1])
+    assert (await fake.wait_for(lambda: ephemeral_replies(fake, elsewhere), 30))[0]
+
+
+async def test_result_after_token_expiry_goes_to_the_channel(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    fake.token_lifetime_s = 3.0  # Discord: 15 min; scaled down
+    await bots.start(interaction_ttl_s=1.0)
+    inter = await fake.invoke("spooky", {"prompt": "a very old vampire", "steps": 60})
+    first = await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m) and m, 30)
+    job_id = job_id_of(first)
+
+    final = await fake.wait_for(lambda: final_of(fake, inter, job_id), RENDER_TIMEOUT_S)
+    assert final["via"] == "channel" and filenames(final) == ["stylegan.png", "spooky.png"]
+    assert sorted(buttons(final)) == [f"spooky:nightmare:{job_id}", f"spooky:reroll:{job_id}"]
+    posts = [r for r in fake.requests if r.method == "POST" and r.path.startswith("/channels/")]
+    assert posts, "no channel message was posted"
+    # The bot stopped using the webhook before Discord would have refused the token.
+    assert not [r for r in fake.requests_for(inter.token) if r.status == 401]
+    # The stale interaction message points to the new one (right after the new one is posted).
+    await fake.wait_for(lambda: original(fake, inter)["content"] == CONTINUED, 10)
+    assert (await engine_client.job(job_id)).delivered
+    for body in fake.message_payloads():
+        assert body.get("allowed_mentions") == {"parse": []}
+
+
+def _noise_png(side: int) -> bytes:
+    rnd = random.Random(side)
+    image = Image.frombytes("RGB", (side, side), rnd.randbytes(side * side * 3))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def test_nightmare_attachment_checks_and_refit(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    await bots.start()
+    # Nothing to animate yet: a hint.
+    bare = await fake.invoke("nightmare", {})
+    hint = (await fake.wait_for(lambda: ephemeral_replies(fake, bare), 30))[0]
+    assert "/spooky" in hint and "attach" in hint
+
+    # Refused at the edge, before any download: not an image, too large.
+    text = fake.add_attachment("notes.txt", "text/plain", b"hello")
+    wrong = await fake.invoke("nightmare", {"image": text})
+    assert "PNG, JPEG, WebP or GIF" in (await fake.wait_for(lambda: ephemeral_replies(fake, wrong), 30))[0]
+    huge = fake.add_attachment("big.png", "image/png", b"x", size=9 * 1024 * 1024)
+    big = await fake.invoke("nightmare", {"image": huge})
+    assert "8 MB" in (await fake.wait_for(lambda: ephemeral_replies(fake, big), 30))[0]
+    # Claims to be a PNG but is not: the engine's check refuses it.
+    fake_png = fake.add_attachment("evil.png", "image/png", b"\x89PNG\r\n\x1a\n not really")
+    evil = await fake.invoke("nightmare", {"image": fake_png})
+    assert (await fake.wait_for(lambda: ephemeral_replies(fake, evil), 30))[0]
+    assert not [r for r in fake.requests if r.status == 413]
+
+    # A real image whose video is over this server's (smaller than announced) upload limit.
+    fake.upload_limit_bytes = 100 * 1024
+    image = fake.add_attachment("face.png", "image/png", _noise_png(128))
+    inter = await fake.invoke("nightmare", {"image": image, "frames": 30})
+    final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
+    too_large = [r for r in fake.requests if r.status == 413]
+    assert too_large and "nightmare.mp4" in uploaded(too_large[0]), (
+        "the first video post was not over the limit"
+    )
+    assert filenames(final) == ["nightmare.mp4"], final["content"]
+    data = fake.files[final["attachments"][0]["id"]]
+    assert len(data) <= fake.upload_limit_bytes < too_large[0].upload_bytes
+    codec, frames, size = probe_video(data)
+    assert (codec, frames, size) == ("h264", 30, (128, 128))
+
+
+async def test_restart_mid_job_still_delivers_and_buttons_work(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    first_bot = await bots.start()
+    inter = await fake.invoke("spooky", {"prompt": "restless spirit", "steps": 200})
+    progress = await fake.wait_for(lambda: (m := original(fake, inter)) and "step" in m["content"] and m, 60)
+    job_id = job_id_of(progress)
+    await bots.stop(first_bot)
+
+    # The job finishes while no bot is running.
+    async with asyncio.timeout(RENDER_TIMEOUT_S):
+        while not (await engine_client.job(job_id)).state.terminal:
+            await asyncio.sleep(0.2)
+    assert not (await engine_client.job(job_id)).delivered
+
+    await bots.start()
+    final = await fake.wait_for(lambda: final_of(fake, inter), 60)
+    assert filenames(final) == ["stylegan.png", "spooky.png"]
+    assert (await engine_client.job(job_id)).delivered
+
+    # A button of a message sent before the restart is handled by the new process.
+    reroll = await fake.click(final["id"], f"spooky:reroll:{job_id}")
+    await asyncio.wait_for(reroll.acked.wait(), 3)
+    shown = await fake.wait_for(lambda: (m := original(fake, reroll)) and buttons(m) and m, 30)
+    again = await engine_client.job(job_id_of(shown))
+    assert again.id != job_id and again.request.prompt == "restless spirit"
+    assert (
+        again.request.steps == 200 and again.request.seed != (await engine_client.job(job_id)).result["seed"]
+    )
+
+
+async def test_result_survives_discord_outage(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    await bots.start()
+    # The result post fails: twice the connection drops, once a 503; the bot keeps trying.
+    fake.inject(r"^/webhooks/", method="PATCH", drop=True, times=2, filename="spooky.png")
+    fake.inject(r"^/webhooks/", method="PATCH", status=503, times=1, filename="spooky.png")
+    inter = await fake.invoke("spooky", {"prompt": "a storm of bats"})
+    first = await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m) and m, 30)
+    job_id = job_id_of(first)
+    failed = await fake.wait_for(
+        lambda: [r for r in fake.requests if r.status in (-1, 503)], RENDER_TIMEOUT_S
+    )
+    assert failed
+    # Not marked delivered while Discord fails.
+    if not final_of(fake, inter):
+        assert not (await engine_client.job(job_id)).delivered
+    final = await fake.wait_for(lambda: final_of(fake, inter), 60)
+    assert filenames(final) == ["stylegan.png", "spooky.png"]
+    attempts = [r for r in fake.requests if "spooky.png" in uploaded(r)]
+    assert [r.status for r in attempts] == [-1, -1, 503, 200]
+    await fake.wait_for(lambda: True, 1)
+    async with asyncio.timeout(10):
+        while not (await engine_client.job(job_id)).delivered:
+            await asyncio.sleep(0.1)
+
+
+async def test_engine_down_is_said_at_once(bots: Bots, fake: FakeDiscord) -> None:
+    from conftest import free_port
+
+    await bots.start(engine_url=f"http://127.0.0.1:{free_port()}")
+    inter = await fake.invoke("spooky", {"prompt": "anyone home?"})
+    await asyncio.wait_for(inter.acked.wait(), 3)
+    reply = (await fake.wait_for(lambda: ephemeral_replies(fake, inter), 5))[0]
+    assert reply == "The render engine is not reachable right now; try again in a minute."
+    assert original(fake, inter)["deleted"]
+    queue = await fake.invoke("queue", {})
+    assert "not reachable" in (await fake.wait_for(lambda: ephemeral_replies(fake, queue), 5))[0]
+
+
+async def test_hundred_concurrent_commands_are_acknowledged_in_time(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    await bots.start()
+    # Paused: every /spooky goes through defer → submit → refusal, without queueing renders.
+    await engine_client.update_limits(fake.guild_id, fake.moderator.id, {"paused": True})
+    inters = await asyncio.gather(*(fake.invoke("spooky", {"prompt": f"ghost {i}"}) for i in range(100)))
+    await asyncio.wait_for(asyncio.gather(*(i.acked.wait() for i in inters)), 30)
+    latencies = sorted(i.ack_latency or 0.0 for i in inters)
+    print(f"ack latency of 100 concurrent commands: p50 {latencies[49]:.3f} s, max {latencies[-1]:.3f} s")
+    # Discord's rule: the first response within 3 s. Measured here well under 1 s.
+    assert latencies[-1] < 3.0
+    assert all(i.callback_type == 5 for i in inters)
+    await fake.wait_for(lambda: all(ephemeral_replies(fake, i) for i in inters), 60)
+    assert all("paused" in ephemeral_replies(fake, i)[0].lower() for i in inters)
+
+
+async def test_queue_shows_position(bots: Bots, fake: FakeDiscord) -> None:
+    await bots.start()
+    inter = await fake.invoke("spooky", {"prompt": "queued ghoul", "steps": 30})
+    await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m), 30)
+    queue = await fake.invoke("queue", {})
+    await asyncio.wait_for(queue.acked.wait(), 3)
+    assert (queue.callback or {}).get("data", {}).get("flags", 0) & 64  # ephemeral
+    text = (await fake.wait_for(lambda: ephemeral_replies(fake, queue), 30))[0]
+    assert "Render queue" in text and "queued ghoul" in text

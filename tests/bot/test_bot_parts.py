@@ -1,0 +1,130 @@
+"""The bot's small parts on their own: text safety, progress rendering, throttle, cursor, refit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.progress import EditThrottle, JobSnapshot, bar, render_progress
+from bot.text import duration, escape
+from bot.tracker import CursorFile, refit_target
+from spooky.contract import Event, EventType, JobKind, JobState
+
+ROOT = Path(__file__).resolve().parents[2]
+MiB = 1024 * 1024
+
+
+def test_escape_defuses_every_mention_and_markdown() -> None:
+    text = escape("@everyone @here <@&123> <@!12345678901234567> **bold** _x_ `code` ||spoiler||")
+    assert "@everyone" not in text and "@here" not in text
+    assert "<@&123>" not in text and "<@!12345678901234567>" not in text
+    assert "\\*\\*bold\\*\\*" in text and "\\_x\\_" in text and "\\`code\\`" in text and "\\|\\|" in text
+
+
+def test_escape_flattens_and_shortens() -> None:
+    assert escape("a\n\n  b\tc") == "a b c"
+    long = escape("x" * 500, limit=50)
+    assert len(long) == 50 and long.endswith("…")
+
+
+def test_duration_is_readable() -> None:
+    assert (duration(None), duration(4.4), duration(125), duration(3900)) == (
+        "unknown",
+        "4 s",
+        "2 min",
+        "1 h 5 min",
+    )
+
+
+def test_bar_is_clamped() -> None:
+    assert bar(0, 0, width=4) == "`░░░░` 0%"
+    assert bar(1, 2, width=4) == "`██░░` 50%"
+    assert bar(9, 2, width=4) == "`████` 100%"
+
+
+def _event(n: int, kind: EventType, **data: object) -> Event:
+    return Event(id=n, job_id="job1", type=kind, data=dict(data))
+
+
+def test_snapshot_folds_events_into_the_message() -> None:
+    snap = JobSnapshot("job1", JobKind.SPOOKY, "a **ghost**", "42")
+    snap.apply(_event(1, EventType.QUEUED, position=3, eta_s=90))
+    text = render_progress(snap)
+    assert "position **3**" in text and "2 min" in text and "\\*\\*ghost\\*\\*" in text
+    snap.apply(_event(2, EventType.STARTED, attempt=1))
+    snap.apply(_event(3, EventType.PROGRESS, stage="scare", step=2, total=8, still="art12345"))
+    text = render_progress(snap)
+    assert "Making it scary: step 2/8" in text and "25%" in text
+    assert snap.still == "art12345"
+    snap.apply(_event(4, EventType.PROGRESS, stage="scare", step=3, total=8, still=None))
+    assert snap.still == "art12345"  # a step without a still keeps the last one
+    snap.apply(_event(5, EventType.INTERRUPTED, reason="engine restarted", retried=True))
+    assert snap.state is JobState.QUEUED and "restarted" in render_progress(snap)
+    snap.apply(_event(6, EventType.FAILED, reason="out of memory"))
+    assert snap.state is JobState.FAILED and snap.error == "out of memory"
+
+
+def test_throttle_spaces_edits() -> None:
+    now = [100.0]
+    throttle = EditThrottle(1.5, clock=lambda: now[0])
+    assert throttle.wait_s() == 0
+    throttle.mark()
+    now[0] += 0.5
+    assert throttle.wait_s() == pytest.approx(1.0)
+    now[0] += 2
+    assert throttle.wait_s() == 0
+
+
+def test_cursor_file_is_written_atomically(tmp_path: Path) -> None:
+    cursor = CursorFile(tmp_path / "bot" / "engine-events.cursor")
+    assert cursor.load() == 0
+    cursor.save(41)
+    cursor.save(42)
+    assert cursor.load() == 42
+    assert sorted(p.name for p in cursor.path.parent.iterdir()) == ["engine-events.cursor"]
+    cursor.path.write_text("garbage")
+    assert cursor.load() == 0
+
+
+def test_refit_target_prefers_discord_tiers_then_halves() -> None:
+    # Believed 50 MiB (boosted), Discord refused 30 MiB: the server is back at 10 MiB.
+    assert refit_target(30 * MiB, 50 * MiB) == int(10 * MiB * 0.95)
+    # Under the smallest tier: the limit is unknown, ask for half (never below the engine's floor).
+    assert refit_target(300_000, 10 * MiB) == 150_000
+    assert refit_target(100_000, 10 * MiB) == 64 * 1024
+
+
+def test_bot_imports_no_torch_and_no_engine() -> None:
+    code = (
+        "import sys\n"
+        "import bot.app, bot.cli, bot.tracker, bot.cogs.render, bot.cogs.queue, bot.cogs.limits\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.split('.')[0] == 'engine')\n"
+        "print(','.join(bad))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == ""
+
+
+def test_cli_refuses_to_start_without_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN" and not k.startswith("SPOOKY_")}
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "spooky.cli", "bot"],
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1
+    assert "no Discord bot token" in out.stderr and "DISCORD_TOKEN" in out.stderr
