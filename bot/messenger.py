@@ -36,6 +36,11 @@ def token_invalid(e: discord.HTTPException) -> bool:
     return e.status == 401 or e.code in (50027, 10015, 10062)
 
 
+def message_gone(e: discord.HTTPException) -> bool:
+    """Someone deleted the message (Unknown Message)."""
+    return e.code == 10008
+
+
 def too_large(e: discord.HTTPException) -> bool:
     return e.status == 413 or e.code == 40005
 
@@ -87,13 +92,15 @@ class JobMessages:
             try:
                 return await self._edit_original(content, uploads, view)
             except discord.HTTPException as e:
-                if not token_invalid(e):
+                if token_invalid(e):
+                    log.info(
+                        "job %s: interaction token no longer valid (%s); using the channel", self.job_id, e
+                    )
+                elif message_gone(e):
+                    log.info("job %s: its message was deleted; posting a new one in the channel", self.job_id)
+                    self.state.pop(K_MESSAGE, None)
+                else:
                     raise
-                log.info(
-                    "job %s: interaction token no longer valid (%s); moving to a channel message",
-                    self.job_id,
-                    e,
-                )
                 self._token_dead = True
         return await self._channel(content, uploads, view)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import logging
 import random
 
+import pytest
 from bot_helpers import (
     RENDER_TIMEOUT_S,
     buttons,
@@ -23,6 +25,7 @@ from conftest import Bots
 from fake_discord import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, FakeDiscord
 from PIL import Image
 
+from bot.errors import UNEXPECTED
 from bot.messenger import CONTINUED
 from spooky.contract import JobState
 from spooky.engine_client import EngineClient
@@ -341,3 +344,36 @@ async def test_queue_shows_position(bots: Bots, fake: FakeDiscord) -> None:
     assert (queue.callback or {}).get("data", {}).get("flags", 0) & 64  # ephemeral
     text = (await fake.wait_for(lambda: ephemeral_replies(fake, queue), 30))[0]
     assert "Render queue" in text and "queued ghoul" in text
+
+
+async def test_deleted_progress_message_gets_a_new_result_message(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    await bots.start()
+    inter = await fake.invoke("spooky", {"prompt": "vanishing ghost", "steps": 60})
+    first = await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m) and m, 30)
+    job_id = job_id_of(first)
+    first["deleted"] = True  # someone removed the progress message
+    final = await fake.wait_for(lambda: final_of(fake, inter, job_id), RENDER_TIMEOUT_S)
+    assert final["via"] == "channel" and filenames(final) == ["stylegan.png", "spooky.png"]
+    async with asyncio.timeout(10):
+        while not (await engine_client.job(job_id)).delivered:
+            await asyncio.sleep(0.1)
+
+
+async def test_unexpected_error_is_logged_with_context_and_user_told(
+    bots: Bots, fake: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    await bots.start()
+    # Discord rejects the bot's first follow-up: nothing the command expects.
+    fake.inject(r"^/webhooks/\d+/[^/]+$", method="POST", status=400, code=50035, times=1)
+    with caplog.at_level(logging.ERROR, logger="bot"):
+        inter = await fake.invoke("queue", {})
+        reply = await fake.wait_for(lambda: ephemeral_replies(fake, inter), 30)
+    assert reply == [UNEXPECTED]
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR and r.name.startswith("bot")]
+    text = record.getMessage()
+    assert (
+        "/queue" in text and fake.member.id in text and fake.guild_id in text and fake.channel_ids[0] in text
+    )
+    assert record.exc_info is not None
