@@ -27,7 +27,17 @@ from engine.service.scheduler import (
     seconds_per_unit,
     work_units,
 )
-from engine.service.store import ArtifactRow, Counts, JobRow, JobStore, NewJob, QueueSnapshot
+from engine.service.store import (
+    ArtifactRow,
+    Counts,
+    Decide,
+    JobRow,
+    JobStore,
+    NewJob,
+    QueueEntry,
+    QueueSnapshot,
+    Submitted,
+)
 from spooky.config import LimitsConfig, PipelineConfig, Settings
 from spooky.contract import (
     MAX_SEED,
@@ -133,6 +143,40 @@ def refusal_for_input(e: SpookyError) -> Refusal:
     return Refusal(code=code, message=str(e))
 
 
+class GroupCommit:
+    """Submits that arrive while a write is in progress go to the store together: one
+    transaction and one fsync for the lot, judged one after another inside it."""
+
+    MAX_BATCH = 256
+
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+        self._pending: list[tuple[NewJob, Decide, asyncio.Future[Submitted]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, new: NewJob, decide: Decide) -> Submitted:
+        future: asyncio.Future[Submitted] = asyncio.get_running_loop().create_future()
+        self._pending.append((new, decide, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="spooky-submits")
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
+            core = self.core
+            try:
+                results = await core.db(core.store.submit_many, [(n, d) for n, d, _ in batch], core._describe)
+            except Exception as e:  # nothing was written: every submit of the batch gets the error
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (*_, future), result in zip(batch, results, strict=True):
+                if not future.done():  # the caller may have gone; the job is stored all the same
+                    future.set_result(result)
+
+
 class EngineCore:
     """The engine's state and operations; `EngineService` wires it to HTTP, the worker and signals."""
 
@@ -155,6 +199,7 @@ class EngineCore:
         self.closing = asyncio.Event()
         self.estimator = Estimator({k: seconds_per_unit(k, []) for k in JobKind})
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spooky-db")
+        self._submits = GroupCommit(self)
 
     async def db(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Run a store call on the store thread."""
@@ -174,7 +219,7 @@ class EngineCore:
             rates[kind] = seconds_per_unit(kind, [(d, work_units(kind, spec)) for d, spec in samples])
         self.estimator = Estimator(rates)
 
-    async def _plan(self) -> tuple[list[JobRow], list[JobRow], dict[str, Placement], float]:
+    async def _plan(self) -> tuple[list[QueueEntry], list[QueueEntry], dict[str, Placement], float]:
         """(queued in run order, running, placement by job id, ETA of the whole queue)."""
         snap = await self.db(self.store.queue_snapshot)
         order, places, total = plan(snap.queued, snap.running, snap.fair, self.estimator, time.time())
@@ -221,13 +266,15 @@ class EngineCore:
             for j in [*running, *order]
             if (guild_id is None or j.guild_id == guild_id) and (user_id is None or j.user_id == user_id)
         ]
+        rows = await self.db(self.store.get_jobs, [j.id for j in mine])
         views = []
-        for j in mine:
-            place = places.get(j.id)
-            views.append(j.view(place.position, place.eta_s) if place else await self.view(j))
+        for row in rows:
+            place = places.get(row.id)
+            views.append(row.view(place.position, place.eta_s) if place else await self.view(row))
+        running_row = await self.db(self.store.get_job, running[0].id) if running else None
         return QueueView(
             length=len(order),
-            running=await self.view(running[0]) if running else None,
+            running=await self.view(running_row) if running_row else None,
             jobs=views,
             eta_s=total if (order or running) else 0.0,
         )
@@ -289,7 +336,7 @@ class EngineCore:
             return check_limits(req, spec, snap)
 
         new = NewJob(id=new_id(), request=req, spec=spec, source_artifact=source, created_at=now)
-        result = await self.db(self.store.submit, new, decide, self._describe)
+        result = await self._submits.submit(new, decide)
         if result.refusal is not None:
             log.info(
                 "submit refused: %s user=%s guild=%s",
@@ -304,9 +351,13 @@ class EngineCore:
             )
             raise Refused(result.refusal)
         assert result.job is not None
+        if result.duplicate:  # the same key raced us into the transaction
+            return SubmitResponse(job=await self.view(result.job), duplicate=True)
         if self.wake_worker is not None:
             self.wake_worker()
-        return SubmitResponse(job=await self.view(result.job), duplicate=result.duplicate)
+        # The QUEUED event already holds the position and ETA, planned inside the insert's transaction.
+        data = result.event.data if result.event else {}
+        return SubmitResponse(job=result.job.view(data.get("position"), data.get("eta_s")))
 
     async def _nightmare_source(self, req: JobRequest) -> str:
         if req.init_artifact is not None:

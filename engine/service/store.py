@@ -90,6 +90,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_guild ON jobs(guild_id, seq);
+CREATE INDEX IF NOT EXISTS jobs_state_guild ON jobs(state, guild_id);
+CREATE INDEX IF NOT EXISTS jobs_state_user ON jobs(state, user_id);
 CREATE INDEX IF NOT EXISTS jobs_round ON jobs(claim_round, guild_id);
 CREATE INDEX IF NOT EXISTS jobs_user_round ON jobs(user_id, claim_round);
 
@@ -220,11 +222,25 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class QueueEntry:
+    """The columns ordering and ETAs need: no request parsing, so snapshots stay cheap."""
+
+    seq: int
+    id: str
+    kind: JobKind
+    state: JobState
+    user_id: str
+    guild_id: str | None
+    spec: dict[str, Any]
+    started_at: float | None
+
+
+@dataclass(frozen=True)
 class QueueSnapshot:
     """Waiting jobs (FIFO), running jobs, and the fair-queue memory: what ordering needs."""
 
-    queued: list[JobRow]
-    running: list[JobRow]
+    queued: list[QueueEntry]
+    running: list[QueueEntry]
     fair: FairState
 
 
@@ -233,6 +249,7 @@ class Submitted:
     job: JobRow | None = None
     duplicate: bool = False
     refusal: Refusal | None = None
+    event: Event | None = None  # the QUEUED event of a new job (its data: position, eta_s)
 
 
 @dataclass(frozen=True)
@@ -256,9 +273,11 @@ class JobStore(Protocol):
     """What the service needs from a store. Each method is one transaction."""
 
     def submit(self, new: NewJob, decide: Decide, describe: Describe) -> Submitted: ...
+    def submit_many(self, batch: list[tuple[NewJob, Decide]], describe: Describe) -> list[Submitted]: ...
     def find_idempotent(self, key: str) -> JobRow | None: ...
     def claim_next(self) -> JobRow | None: ...
     def get_job(self, job_id: str) -> JobRow | None: ...
+    def get_jobs(self, job_ids: list[str]) -> list[JobRow]: ...
     def list_jobs(
         self,
         *,
@@ -414,7 +433,21 @@ class SQLiteStore:
 
     def _snapshot(self, con: sqlite3.Connection) -> QueueSnapshot:
         rows = [
-            self._job(r) for r in con.execute("SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY seq", ACTIVE)
+            QueueEntry(
+                seq=r["seq"],
+                id=r["id"],
+                kind=JobKind(r["kind"]),
+                state=JobState(r["state"]),
+                user_id=r["user_id"],
+                guild_id=r["guild_id"],
+                spec=json.loads(r["spec"]),
+                started_at=r["started_at"],
+            )
+            for r in con.execute(
+                "SELECT seq, id, kind, state, user_id, guild_id, spec, started_at FROM jobs"
+                " WHERE state IN (?, ?) ORDER BY seq",
+                ACTIVE,
+            )
         ]
         queued = [j for j in rows if j.state is JobState.QUEUED]
         current = con.execute("SELECT coalesce(max(claim_round), 0) FROM jobs").fetchone()[0]
@@ -461,54 +494,71 @@ class SQLiteStore:
 
     def submit(self, new: NewJob, decide: Decide, describe: Describe) -> Submitted:
         """Check the limits and insert, atomically: concurrent submits cannot overshoot a limit."""
+        return self.submit_many([(new, decide)], describe)[0]
+
+    def submit_many(self, batch: list[tuple[NewJob, Decide]], describe: Describe) -> list[Submitted]:
+        """Several submits in one transaction and one fsync (group commit).
+
+        Each is judged after the ones before it in the batch, exactly as if they had come one by
+        one, so limits stay exact; the answers go out only after the commit.
+        """
+        with self._write() as con:
+            snap = self._snapshot(con)
+            return [self._submit_one(con, new, decide, describe, snap) for new, decide in batch]
+
+    def _submit_one(
+        self, con: sqlite3.Connection, new: NewJob, decide: Decide, describe: Describe, snap: QueueSnapshot
+    ) -> Submitted:
         req = new.request
         who = req.requester
-        with self._write() as con:
-            if req.idempotency_key:
-                row = con.execute(
-                    "SELECT * FROM jobs WHERE idempotency_key = ?", (req.idempotency_key,)
-                ).fetchone()
-                if row is not None:
-                    return Submitted(job=self._job(row), duplicate=True)
-            counts = Counts(
-                global_active=con.execute(
-                    "SELECT count(*) FROM jobs WHERE state IN (?, ?)", ACTIVE
-                ).fetchone()[0],
-                guild_active=con.execute(
-                    "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND guild_id IS ?",
-                    (*ACTIVE, who.guild_id),
-                ).fetchone()[0],
-                user_active=con.execute(
-                    "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND user_id = ?", (*ACTIVE, who.user_id)
-                ).fetchone()[0],
-                user_last_submit=con.execute(
-                    "SELECT max(created_at) FROM jobs WHERE user_id = ?", (who.user_id,)
-                ).fetchone()[0],
-            )
-            refusal = decide(counts, self._limits(con, who.guild_id))
-            if refusal is not None:
-                return Submitted(refusal=refusal)
-            con.execute(
-                "INSERT INTO jobs (id, kind, state, guild_id, channel_id, user_id, request, spec,"
-                " source_artifact, idempotency_key, client, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    new.id,
-                    req.kind.value,
-                    JobState.QUEUED.value,
-                    who.guild_id,
-                    who.channel_id,
-                    who.user_id,
-                    req.model_dump_json(),
-                    json.dumps(new.spec),
-                    new.source_artifact,
-                    req.idempotency_key,
-                    json.dumps(req.client),
-                    new.created_at,
-                ),
-            )
-            job = self._must(con, new.id)
-            self._event(con, job, EventType.QUEUED, describe(job, self._snapshot(con)))
-            return Submitted(job=job)
+        if req.idempotency_key:
+            row = con.execute(
+                "SELECT * FROM jobs WHERE idempotency_key = ?", (req.idempotency_key,)
+            ).fetchone()
+            if row is not None:
+                return Submitted(job=self._job(row), duplicate=True)
+        counts = Counts(
+            global_active=con.execute("SELECT count(*) FROM jobs WHERE state IN (?, ?)", ACTIVE).fetchone()[
+                0
+            ],
+            guild_active=con.execute(
+                "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND guild_id IS ?", (*ACTIVE, who.guild_id)
+            ).fetchone()[0],
+            user_active=con.execute(
+                "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND user_id = ?", (*ACTIVE, who.user_id)
+            ).fetchone()[0],
+            user_last_submit=con.execute(
+                "SELECT max(created_at) FROM jobs WHERE user_id = ?", (who.user_id,)
+            ).fetchone()[0],
+        )
+        refusal = decide(counts, self._limits(con, who.guild_id))
+        if refusal is not None:
+            return Submitted(refusal=refusal)
+        con.execute(
+            "INSERT INTO jobs (id, kind, state, guild_id, channel_id, user_id, request, spec,"
+            " source_artifact, idempotency_key, client, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                new.id,
+                req.kind.value,
+                JobState.QUEUED.value,
+                who.guild_id,
+                who.channel_id,
+                who.user_id,
+                req.model_dump_json(),
+                json.dumps(new.spec),
+                new.source_artifact,
+                req.idempotency_key,
+                json.dumps(req.client),
+                new.created_at,
+            ),
+        )
+        job = self._must(con, new.id)
+        # The batch's snapshot grows with each insert (nothing is claimed inside this transaction).
+        snap.queued.append(
+            QueueEntry(job.seq, job.id, job.kind, job.state, job.user_id, job.guild_id, job.spec, None)
+        )
+        event = self._event(con, job, EventType.QUEUED, describe(job, snap))
+        return Submitted(job=job, event=event)
 
     def claim_next(self) -> JobRow | None:
         """Mark the first job in fair order RUNNING (attempt + 1) and log STARTED; None when idle."""
@@ -516,20 +566,28 @@ class SQLiteStore:
             snap = self._snapshot(con)
             if not snap.queued:
                 return None
-            slot, job = fair_slots(snap.queued, snap.fair)[0]
-            now = time.time()
+            slot, first = fair_slots(snap.queued, snap.fair)[0]
             con.execute(
                 "UPDATE jobs SET state = ?, attempts = attempts + 1, started_at = ?, progress = NULL,"
                 " claim_round = ? WHERE id = ?",
-                (JobState.RUNNING.value, now, slot.round, job.id),
+                (JobState.RUNNING.value, time.time(), slot.round, first.id),
             )
-            job = self._must(con, job.id)
+            job = self._must(con, first.id)
             self._event(con, job, EventType.STARTED, {"attempt": job.attempts})
             return job
 
     def get_job(self, job_id: str) -> JobRow | None:
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return self._job(rows[0]) if rows else None
+
+    def get_jobs(self, job_ids: list[str]) -> list[JobRow]:
+        """The jobs with these ids (unknown ids are left out), in the order given."""
+        found: dict[str, JobRow] = {}
+        for i in range(0, len(job_ids), 500):
+            chunk = job_ids[i : i + 500]
+            rows = self._read(f"SELECT * FROM jobs WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+            found.update((r["id"], self._job(r)) for r in rows)
+        return [found[i] for i in job_ids if i in found]
 
     def list_jobs(
         self,

@@ -1,0 +1,240 @@
+"""Engine service figures against a real `spooky engine` process on the tiny preset.
+
+  submit     submit -> 202 latency (p50/p99) of --concurrency simultaneous submits from as many
+             users, measured by the client (HTTP + validation + limits + SQLite commit with fsync)
+  events     event delivery latency: Event.at (set by the engine when it commits the event) to
+             the moment the client's SSE reader has parsed it (same machine, same clock)
+  throughput jobs per minute: --jobs spooky jobs (--steps/--scare-steps, --cutouts) run back to
+             back, from the first STARTED to the last FINISHED event
+
+    python benchmarks/bench_service.py
+    python benchmarks/bench_service.py --concurrency 100 --rounds 3 --jobs 6 --json bench_service.json
+
+Not a test: it prints figures. Run it on an idle machine for numbers worth comparing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from spooky.contract import EventType, JobKind, JobRequest, Requester  # noqa: E402
+from spooky.engine_client import EngineClient, EngineUnavailable  # noqa: E402
+
+SECRET = "bench-secret"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(folder: Path, port: int, args: argparse.Namespace) -> Path:
+    cfg = folder / "config.toml"
+    cfg.write_text(
+        f"""
+[engine]
+secret = "{SECRET}"
+port = {port}
+data_dir = "{folder / "data"}"
+max_queue = {max(1000, args.concurrency * args.rounds + args.jobs + 10)}
+drain_timeout_s = 0
+
+[models]
+preset = "tiny"
+device = "{args.device}"
+
+[pipeline]
+cutouts = {args.cutouts}
+still_every = {args.still_every}
+
+[limits]
+cooldown_s = 0
+max_jobs_per_user = 100
+max_queue_per_server = 1000
+""",
+        encoding="utf-8",
+    )
+    return cfg
+
+
+def job(user: str, args: argparse.Namespace, key: str | None = None) -> JobRequest:
+    return JobRequest(
+        kind=JobKind.SPOOKY,
+        prompt="dracula pale fangs",
+        steps=args.steps,
+        scare_steps=args.scare_steps,
+        requester=Requester(user_id=user, channel_id="200", guild_id=str(100 + int(user) % 4)),
+        idempotency_key=key,
+    )
+
+
+async def wait_ready(client: EngineClient, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the engine exited with {proc.returncode}")
+        try:
+            if (await client.health()).status == "ready":
+                return
+        except EngineUnavailable:
+            pass
+        await asyncio.sleep(0.2)
+    raise SystemExit("the engine did not become ready")
+
+
+async def bench_submit(client: EngineClient, args: argparse.Namespace) -> dict[str, Any]:
+    """Rounds of `concurrency` simultaneous submits; the accepted jobs are cancelled after each round."""
+    latencies: list[float] = []
+    for rnd in range(args.rounds):
+
+        async def one(i: int, rnd: int = rnd) -> tuple[float, str]:
+            req = job(str(1000 + i), args, key=f"bench-{rnd}-{i}")
+            t0 = time.perf_counter()
+            answer = await client.submit(req)
+            return time.perf_counter() - t0, answer.job.id
+
+        results = await asyncio.gather(*(one(i) for i in range(args.concurrency)))
+        latencies += [t for t, _ in results]
+        # Clear the queue so the throughput run starts empty (moderator cancel, as a bot would).
+        for _, job_id in results:
+            await client.cancel(job_id, actor_id="1", is_moderator=True)
+    return {
+        "submits": len(latencies),
+        "concurrency": args.concurrency,
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "max_ms": max(latencies) * 1000,
+        "mean_ms": statistics.fmean(latencies) * 1000,
+    }
+
+
+async def bench_jobs(client: EngineClient, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run `jobs` jobs back to back while an SSE reader measures delivery latency of every event."""
+    delays: list[float] = []
+    finished: dict[str, float] = {}
+    started: dict[str, float] = {}
+    ids: set[str] = set()
+    since = time.time()
+    stream_ready = asyncio.Event()
+
+    async def read() -> None:
+        stream = client.events()
+        stream_ready.set()
+        async for event in stream:
+            if event.at < since:
+                continue  # history from the submit rounds, replayed from the store: not live delivery
+            delays.append(time.time() - event.at)
+            if event.job_id in ids:
+                if event.type is EventType.STARTED:
+                    started[event.job_id] = time.monotonic()
+                if event.type in (EventType.FINISHED, EventType.FAILED):
+                    finished[event.job_id] = time.monotonic()
+                    if len(finished) == len(ids) == args.jobs:
+                        return
+
+    reader = asyncio.create_task(read())
+    await stream_ready.wait()
+    await asyncio.sleep(1.0)  # let the reader replay the history before live events are timed
+    for i in range(args.jobs):
+        ids.add((await client.submit(job(str(i), args))).job.id)
+    await asyncio.wait_for(reader, args.timeout)
+    span = max(finished.values()) - min(started.values())
+    failed = [j for j in ids if (await client.job(j)).error]
+    events = {
+        "events": len(delays),
+        "p50_ms": percentile(delays, 0.5) * 1000,
+        "p99_ms": percentile(delays, 0.99) * 1000,
+        "max_ms": max(delays) * 1000,
+    }
+    throughput = {
+        "jobs": args.jobs,
+        "failed": len(failed),
+        "seconds": span,
+        "jobs_per_minute": 60 * args.jobs / span,
+        "job": f"spooky, {args.steps}+{args.scare_steps} steps, {args.cutouts} cutouts, tiny preset",
+    }
+    return events, throughput
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+        folder = Path(tmp)
+        port = free_port()
+        cfg = write_config(folder, port, args)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
+        with open(folder / "engine.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "spooky.cli", "engine", "--config", str(cfg)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            async with EngineClient(f"http://127.0.0.1:{port}", SECRET, timeout=60) as client:
+                await wait_ready(client, proc)
+                submit = await bench_submit(client, args)
+                events, throughput = await bench_jobs(client, args)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    return {"submit": submit, "events": events, "throughput": throughput, "cpus": os.cpu_count()}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", type=int, default=100, help="simultaneous submits per round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of simultaneous submits")
+    p.add_argument("--jobs", type=int, default=6, help="jobs run for the throughput figure")
+    p.add_argument("--steps", type=int, default=10, help="stage-1 steps per job")
+    p.add_argument("--scare-steps", type=int, default=5, help="stage-2 steps per job")
+    p.add_argument("--cutouts", type=int, default=8, help="CLIP cutouts per step")
+    p.add_argument("--still-every", type=int, default=5, help="a PNG still every N steps")
+    p.add_argument("--device", default="auto", help="models.device of the engine")
+    p.add_argument("--timeout", type=float, default=900, help="give up on the throughput run after this")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    figures = asyncio.run(main(args))
+    s, e, t = figures["submit"], figures["events"], figures["throughput"]
+    print(
+        f"submit -> 202   ({s['submits']} submits, {s['concurrency']} at a time): "
+        f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.1f} ms"
+    )
+    print(
+        f"event delivery  ({e['events']} events): p50 {e['p50_ms']:.2f} ms, p99 {e['p99_ms']:.2f} ms, "
+        f"max {e['max_ms']:.2f} ms"
+    )
+    print(
+        f"throughput      ({t['job']}): {t['jobs_per_minute']:.1f} jobs/min "
+        f"({t['jobs']} jobs in {t['seconds']:.1f} s, {t['failed']} failed)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
