@@ -98,7 +98,7 @@ def _ids(body: dict) -> list[str]:
 
 async def test_cancel_button_and_command(bots: Bots, fake: FakeDiscord, engine_client: EngineClient) -> None:
     await bots.start()
-    inter = await fake.invoke("spooky", {"prompt": "slow ghost", "steps": 60})
+    inter = await fake.invoke("spooky", {"prompt": "slow ghost", "steps": 400})
     running = await fake.wait_for(
         lambda: (m := original(fake, inter)) and "step" in m["content"] and buttons(m) and m, RENDER_TIMEOUT_S
     )
@@ -119,7 +119,7 @@ async def test_cancel_button_and_command(bots: Bots, fake: FakeDiscord, engine_c
     assert (await engine_client.job(job_id)).state is JobState.CANCELLED
 
     # /cancel without an argument stops the member's latest job.
-    second = await fake.invoke("spooky", {"prompt": "another slow ghost", "steps": 60})
+    second = await fake.invoke("spooky", {"prompt": "another slow ghost", "steps": 400})
     shown = await fake.wait_for(lambda: (m := original(fake, second)) and buttons(m) and m, RENDER_TIMEOUT_S)
     cancel = await fake.invoke("cancel", {})
     await asyncio.wait_for(cancel.acked.wait(), 3)
@@ -183,7 +183,7 @@ async def test_result_after_token_expiry_goes_to_the_channel(
 ) -> None:
     fake.token_lifetime_s = 3.0  # Discord: 15 min; scaled down
     await bots.start(interaction_ttl_s=1.0)
-    inter = await fake.invoke("spooky", {"prompt": "a very old vampire", "steps": 60})
+    inter = await fake.invoke("spooky", {"prompt": "a very old vampire", "steps": 120})
     first = await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m) and m, 30)
     job_id = job_id_of(first)
 
@@ -337,7 +337,7 @@ async def test_hundred_concurrent_commands_are_acknowledged_in_time(
 
 async def test_queue_shows_position(bots: Bots, fake: FakeDiscord) -> None:
     await bots.start()
-    inter = await fake.invoke("spooky", {"prompt": "queued ghoul", "steps": 30})
+    inter = await fake.invoke("spooky", {"prompt": "queued ghoul", "steps": 400})
     await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m), 30)
     queue = await fake.invoke("queue", {})
     await asyncio.wait_for(queue.acked.wait(), 3)
@@ -350,7 +350,7 @@ async def test_deleted_progress_message_gets_a_new_result_message(
     bots: Bots, fake: FakeDiscord, engine_client: EngineClient
 ) -> None:
     await bots.start()
-    inter = await fake.invoke("spooky", {"prompt": "vanishing ghost", "steps": 60})
+    inter = await fake.invoke("spooky", {"prompt": "vanishing ghost", "steps": 200})
     first = await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m) and m, 30)
     job_id = job_id_of(first)
     first["deleted"] = True  # someone removed the progress message
@@ -377,3 +377,30 @@ async def test_unexpected_error_is_logged_with_context_and_user_told(
         "/queue" in text and fake.member.id in text and fake.guild_id in text and fake.channel_ids[0] in text
     )
     assert record.exc_info is not None
+
+
+async def test_result_that_cannot_fit_says_why(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    await bots.start()
+    fake.upload_limit_bytes = 1024  # smaller than any still: nothing can be attached
+    inter = await fake.invoke("spooky", {"prompt": "a huge ghost"})
+    final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
+    assert filenames(final) == []
+    assert "over this server's upload limit" in final["content"]
+    assert [r.status for r in fake.requests if "spooky.png" in uploaded(r)] == [413]
+    async with asyncio.timeout(10):
+        while not (await engine_client.job(job_id_of(final))).delivered:
+            await asyncio.sleep(0.1)
+
+
+async def test_token_refused_early_falls_back_to_the_channel(bots: Bots, fake: FakeDiscord) -> None:
+    fake.token_lifetime_s = 0.5  # Discord says 50027 although the bot thinks the token is fresh
+    await bots.start()
+    inter = await fake.invoke("spooky", {"prompt": "impatient ghost", "steps": 30})
+    first = await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m) and m, 30)
+    final = await fake.wait_for(lambda: final_of(fake, inter, job_id_of(first)), RENDER_TIMEOUT_S)
+    assert final["via"] == "channel" and filenames(final) == ["stylegan.png", "spooky.png"]
+    refused = [r for r in fake.requests_for(inter.token) if r.status == 401]
+    # Refused once; after that the bot no longer uses the dead token.
+    assert len(refused) == 1
