@@ -168,3 +168,20 @@ def test_config_check_fails_with_the_key_on_error(tmp_path: Path):
 def test_config_check_on_a_missing_file_fails(tmp_path: Path):
     r = _check("--config", str(tmp_path / "nope.toml"), env={})
     assert r.returncode == 1 and "config file not found" in r.stderr
+
+
+def test_warnings_name_what_to_change(tmp_path: Path):
+    from spooky.ops import settings_warnings
+
+    cfg = _write(
+        tmp_path,
+        '[models]\npreset = "tiny"\n[engine]\nhost = "0.0.0.0"\nport = 9000\n'
+        '[bot]\nengine_url = "http://127.0.0.1:8765"\n',
+    )
+    warnings = "\n".join(settings_warnings(load_settings(cfg, env={}), {}))
+    assert "'tiny'" in warnings and "noise" in warnings
+    assert "engine.host is '0.0.0.0'" in warnings and "SPOOKY_ENGINE_SECRET" in warnings
+    assert "uses port 8765 but engine.port is 9000" in warnings
+    assert "DISCORD_TOKEN" in warnings
+    quiet = _write(tmp_path, '[engine]\nsecret = "s"\n[bot]\ntoken = "t"\n')
+    assert settings_warnings(load_settings(quiet, env={}), {}) == []
