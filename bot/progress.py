@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from bot.text import duration, escape
 from spooky.contract import Event, EventType, JobKind, JobState, JobView
@@ -45,7 +44,6 @@ class JobSnapshot:
     still: str | None = None  # artifact id of the latest still
     error: str | None = None
     retried: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_job(cls, job: JobView) -> JobSnapshot:

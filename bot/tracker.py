@@ -28,7 +28,7 @@ from bot.messenger import JobMessages, Upload, too_large
 from bot.progress import EditThrottle, JobSnapshot, render_progress, render_result, render_stopped
 from bot.views import progress_view, result_view
 from spooky.contract import Event, EventType, JobKind, JobState, JobView
-from spooky.engine_client import EngineRequestError, EngineUnavailable
+from spooky.engine_client import EngineClient, EngineRequestError, EngineUnavailable
 
 if TYPE_CHECKING:
     from bot.app import SpookyBot
@@ -122,7 +122,7 @@ class Tracker:
         self.delivered: list[str] = []  # job ids delivered by this process, oldest first
 
     @property
-    def engine(self):
+    def engine(self) -> EngineClient:
         return self.bot.engine
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -148,9 +148,6 @@ class Tracker:
         """Start showing a job the bot has just submitted (no-op if already followed)."""
         if job.id not in self._feeds and job.id not in self._settled:
             self._feed(job)
-
-    def active(self) -> list[str]:
-        return list(self._feeds)
 
     # --- following -------------------------------------------------------------------------------
 
@@ -257,7 +254,6 @@ class JobFeed:
     def __init__(self, tracker: Tracker, job: JobView) -> None:
         self.tracker = tracker
         self.job_id = job.id
-        self.kind = job.kind
         self.snapshot = JobSnapshot.from_job(job)
         self.messages = JobMessages(
             tracker.bot,

@@ -316,6 +316,11 @@ async def test_engine_down_is_said_at_once(bots: Bots, fake: FakeDiscord) -> Non
     assert original(fake, inter)["deleted"]
     queue = await fake.invoke("queue", {})
     assert "not reachable" in (await fake.wait_for(lambda: ephemeral_replies(fake, queue), 5))[0]
+    # A blank prompt is refused at the edge (transformer), before any engine call.
+    blank = await fake.invoke("spooky", {"prompt": "   "})
+    await asyncio.wait_for(blank.acked.wait(), 3)
+    assert blank.callback_type == 4  # answered directly, ephemeral
+    assert "The prompt is empty" in (await fake.wait_for(lambda: ephemeral_replies(fake, blank), 5))[0]
 
 
 async def test_hundred_concurrent_commands_are_acknowledged_in_time(
