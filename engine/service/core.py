@@ -225,10 +225,10 @@ class EngineCore:
         order, places, total = plan(snap.queued, snap.running, snap.fair, self.estimator, time.time())
         return order, snap.running, places, total
 
-    def _describe(self, job: JobRow, snap: QueueSnapshot) -> dict[str, Any]:
+    def _describe(self, snap: QueueSnapshot) -> dict[str, dict[str, Any]]:
+        """QUEUED event data of every waiting job: its position and ETA."""
         _, places, _ = plan(snap.queued, snap.running, snap.fair, self.estimator, time.time())
-        place = places.get(job.id)
-        return {"position": place.position if place else None, "eta_s": place.eta_s if place else None}
+        return {job_id: {"position": p.position, "eta_s": p.eta_s} for job_id, p in places.items()}
 
     async def view(self, job: JobRow) -> JobView:
         if job.state is JobState.QUEUED:

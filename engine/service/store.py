@@ -264,9 +264,10 @@ class ArtifactRow:
     created_at: float = field(default_factory=time.time)
 
 
-#: decide(counts, limits) -> a refusal or None; describe(job, snapshot) -> QUEUED event data.
+#: decide(counts, limits) -> a refusal or None;
+#: describe(snapshot) -> QUEUED event data (position, ETA) by job id, for the waiting jobs.
 Decide = Callable[[Counts, GuildLimits], Refusal | None]
-Describe = Callable[[JobRow, QueueSnapshot], dict[str, Any]]
+Describe = Callable[[QueueSnapshot], dict[str, dict[str, Any]]]
 
 
 class JobStore(Protocol):
@@ -503,12 +504,15 @@ class SQLiteStore:
         one, so limits stay exact; the answers go out only after the commit.
         """
         with self._write() as con:
-            snap = self._snapshot(con)
-            return [self._submit_one(con, new, decide, describe, snap) for new, decide in batch]
+            results = [self._submit_one(con, new, decide) for new, decide in batch]
+            # Positions as they are when the batch commits, which is when the answers go out.
+            data = describe(self._snapshot(con))
+            for result in results:
+                if result.job is not None and not result.duplicate:
+                    result.event = self._event(con, result.job, EventType.QUEUED, data.get(result.job.id, {}))
+            return results
 
-    def _submit_one(
-        self, con: sqlite3.Connection, new: NewJob, decide: Decide, describe: Describe, snap: QueueSnapshot
-    ) -> Submitted:
+    def _submit_one(self, con: sqlite3.Connection, new: NewJob, decide: Decide) -> Submitted:
         req = new.request
         who = req.requester
         if req.idempotency_key:
@@ -552,13 +556,7 @@ class SQLiteStore:
                 new.created_at,
             ),
         )
-        job = self._must(con, new.id)
-        # The batch's snapshot grows with each insert (nothing is claimed inside this transaction).
-        snap.queued.append(
-            QueueEntry(job.seq, job.id, job.kind, job.state, job.user_id, job.guild_id, job.spec, None)
-        )
-        event = self._event(con, job, EventType.QUEUED, describe(job, snap))
-        return Submitted(job=job, event=event)
+        return Submitted(job=self._must(con, new.id))
 
     def claim_next(self) -> JobRow | None:
         """Mark the first job in fair order RUNNING (attempt + 1) and log STARTED; None when idle."""
