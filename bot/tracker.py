@@ -42,6 +42,10 @@ TRANSIENT = (discord.DiscordServerError, aiohttp.ClientError, OSError, asyncio.T
 
 FINAL_EVENTS = (EventType.FINISHED, EventType.FAILED, EventType.CANCELLED)
 
+#: How often the engine is asked for undelivered results the event stream did not bring (a missed
+#: or skipped event, an engine whose database was reset behind the bot's cursor).
+SWEEP_INTERVAL_S = 60.0
+
 #: Discord's upload limits by boost tier; a 413 below our guess means the server's is one of these.
 DISCORD_UPLOAD_TIERS = (10 * 1024 * 1024, 50 * 1024 * 1024, 100 * 1024 * 1024)
 
@@ -117,6 +121,7 @@ class Tracker:
         self._feeds: dict[str, JobFeed] = {}
         self._settled: OrderedDict[str, None] = OrderedDict()  # delivered or not ours: ignore
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._last_event = 0
         self._saved_at = 0.0
         self.delivered: list[str] = []  # job ids delivered by this process, oldest first
@@ -130,17 +135,17 @@ class Tracker:
     async def start(self) -> None:
         self._last_event = self.cursor.load()
         self._task = asyncio.create_task(self._run(), name="spooky-tracker")
+        self._sweeper = asyncio.create_task(self._sweep(), name="spooky-tracker-sweep")
 
     async def stop(self) -> None:
         """Stop following; unfinished deliveries are picked up again by the next start."""
-        tasks = [f.task for f in self._feeds.values()]
-        if self._task is not None:
-            tasks.append(self._task)
+        tasks = [f.task for f in self._feeds.values() if f.task is not None]
+        tasks += [t for t in (self._task, self._sweeper) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._feeds.clear()
-        self._task = None
+        self._task = self._sweeper = None
         if self._last_event:
             self.cursor.save(self._last_event)
 
@@ -177,16 +182,43 @@ class Tracker:
                 # The client's stream ended on its own (it normally reconnects inside): go again.
                 await asyncio.sleep(backoff.next())
 
-    async def _recover(self) -> None:
+    async def _recover(self) -> int:
         """Post results that finished while the bot was away, and resume unfinished jobs' messages."""
         jobs = await self.engine.jobs(undelivered=True, limit=100)
-        count = 0
-        for job in jobs:
-            if self._ours(job) and job.id not in self._feeds:
-                self._feed(job)
-                count += 1
-        if count:
-            log.info("resuming %d undelivered job(s) from the engine", count)
+        new = [j for j in jobs if self._ours(j) and j.id not in self._feeds and j.id not in self._settled]
+        for job in new:
+            self._feed(job)
+        if new:
+            log.info("following %d undelivered job(s) from the engine", len(new))
+        # A followed job that finished without its final event reaching us.
+        stale = [
+            j
+            for j in jobs
+            if j.state.terminal and (f := self._feeds.get(j.id)) and not f.snapshot.state.terminal
+        ]
+        for job in stale:
+            self._feeds[job.id].catch_up(job)
+        return sum(j.state.terminal for j in new) + len(stale)
+
+    async def _sweep(self) -> None:
+        """Safety net: now and then, pick up finished jobs that no event announced."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                found = await self._recover()
+            except EngineUnavailable as e:
+                log.debug("undelivered-jobs sweep skipped: %s", e)
+                continue
+            except Exception:
+                log.exception("undelivered-jobs sweep failed")
+                continue
+            if found:
+                log.warning(
+                    "%d finished job(s) found by the sweep, not by the event stream (is the cursor %d "
+                    "ahead of an engine whose database was reset?)",
+                    found,
+                    self._last_event,
+                )
 
     def _advance(self, event: Event) -> None:
         self._last_event = max(self._last_event, event.id)
@@ -272,6 +304,11 @@ class JobFeed:
     def apply(self, event: Event) -> None:
         if self.snapshot.apply(event):
             self._wake.set()
+
+    def catch_up(self, job: JobView) -> None:
+        """Take the engine's view of the job when its events did not arrive."""
+        self.snapshot = JobSnapshot.from_job(job)
+        self._wake.set()
 
     async def run(self) -> None:
         delivered = False

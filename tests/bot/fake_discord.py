@@ -166,6 +166,7 @@ class FakeDiscord:
         self._ws: list[tuple[web.WebSocketResponse, list[int]]] = []
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -327,7 +328,11 @@ class FakeDiscord:
                 frame = json.loads(msg.data)
                 op = frame.get("op")
                 if op == 1:
-                    await ws.send_str(json.dumps({"op": 11, "d": None, "s": None, "t": None}))
+                    # A little later, as over a network: discord.py's heartbeat thread notes the send
+                    # time only after the send returns, and an instant ACK reads as a huge latency.
+                    ack = asyncio.create_task(self._ack_later(ws))
+                    self._tasks.add(ack)
+                    ack.add_done_callback(self._tasks.discard)
                 elif op == 2:
                     if frame["d"].get("token") != self.bot_token:
                         await ws.close(code=4004, message=b"Authentication failed.")
@@ -346,6 +351,11 @@ class FakeDiscord:
             if not self._ws:
                 self.identified.clear()
         return ws
+
+    async def _ack_later(self, ws: web.WebSocketResponse) -> None:
+        await asyncio.sleep(0.05)
+        if not ws.closed:
+            await ws.send_str(json.dumps({"op": 11, "d": None, "s": None, "t": None}))
 
     async def _dispatch(self, ws: web.WebSocketResponse, seq: list[int], event: str, data: Any) -> None:
         seq[0] += 1

@@ -25,6 +25,7 @@ from conftest import Bots
 from fake_discord import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, FakeDiscord
 from PIL import Image
 
+from bot import tracker as tracker_module
 from bot.errors import UNEXPECTED
 from bot.messenger import CONTINUED
 from spooky.contract import JobState
@@ -409,3 +410,17 @@ async def test_token_refused_early_falls_back_to_the_channel(bots: Bots, fake: F
     refused = [r for r in fake.requests_for(inter.token) if r.status == 401]
     # Refused once; after that the bot no longer uses the dead token.
     assert len(refused) == 1
+
+
+async def test_sweep_delivers_what_the_event_stream_never_announced(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bot's cursor is far ahead of the engine's events (an engine whose database was reset).
+    monkeypatch.setattr(tracker_module, "SWEEP_INTERVAL_S", 0.5)
+    bots.data_dir.mkdir(parents=True)
+    (bots.data_dir / "engine-events.cursor").write_text("999999999\n")
+    bot = await bots.start()
+    inter = await fake.invoke("spooky", {"prompt": "an unannounced ghost"})
+    final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
+    assert filenames(final) == ["stylegan.png", "spooky.png"]
+    await fake.wait_for(lambda: bot.tracker.delivered == [job_id_of(final)], 10)
