@@ -109,6 +109,7 @@ async def wait_ready(client: EngineClient, proc: subprocess.Popen, timeout: floa
 async def bench_submit(client: EngineClient, args: argparse.Namespace) -> dict[str, Any]:
     """Rounds of `concurrency` simultaneous submits; the accepted jobs are cancelled after each round."""
     latencies: list[float] = []
+    per_round: list[float] = []
     for rnd in range(args.rounds):
 
         async def one(i: int, rnd: int = rnd) -> tuple[float, str]:
@@ -119,6 +120,7 @@ async def bench_submit(client: EngineClient, args: argparse.Namespace) -> dict[s
 
         results = await asyncio.gather(*(one(i) for i in range(args.concurrency)))
         latencies += [t for t, _ in results]
+        per_round.append(percentile([t for t, _ in results], 0.5) * 1000)
         # Clear the queue so the throughput run starts empty (moderator cancel, as a bot would).
         for _, job_id in results:
             await client.cancel(job_id, actor_id="1", is_moderator=True)
@@ -129,6 +131,7 @@ async def bench_submit(client: EngineClient, args: argparse.Namespace) -> dict[s
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "max_ms": max(latencies) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000,
+        "p50_ms_by_round": per_round,
     }
 
 
@@ -226,7 +229,8 @@ if __name__ == "__main__":
     s, e, t = figures["submit"], figures["events"], figures["throughput"]
     print(
         f"submit -> 202   ({s['submits']} submits, {s['concurrency']} at a time): "
-        f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.1f} ms"
+        f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.1f} ms "
+        f"(p50 by round: {', '.join(f'{x:.0f}' for x in s['p50_ms_by_round'])} ms)"
     )
     print(
         f"event delivery  ({e['events']} events): p50 {e['p50_ms']:.2f} ms, p99 {e['p99_ms']:.2f} ms, "

@@ -98,6 +98,7 @@ class Worker:
         self._pending_cancel: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        self._drain_now = False  # the drain's wait is over: stop whatever runs
         self._task: asyncio.Task[None] | None = None
         core.canceller = self
         core.wake_worker = self.wake
@@ -124,16 +125,17 @@ class Worker:
         """Stop claiming; let the running job finish for up to `timeout` s, then stop it (requeued)."""
         self._stopping = True
         self.wake()
-        current = self._current
-        if current is not None and not current.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(current), timeout)
-            except TimeoutError:
-                control = self.control
-                if control is not None:
-                    log.info("drain: job %s still running after %.0f s; stopping it", control.job.id, timeout)
-                    control.stop("drain")
-        if self._task is not None:
+        if self._task is None:
+            return
+        try:
+            # The loop ends after the job in hand (if any): that is the job we wait for.
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._drain_now = True
+            control = self.control
+            if control is not None:
+                log.info("drain: job %s still running after %.0f s; stopping it", control.job.id, timeout)
+                control.stop("drain")
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
@@ -174,6 +176,8 @@ class Worker:
         core.metrics.running.set(1)
         if job.id in self._pending_cancel:
             control.stop("cancel", self._pending_cancel.pop(job.id))
+        elif self._drain_now:
+            control.stop("drain")  # claimed just as the drain ran out of time
         started = time.monotonic()
         state, event, data = JobState.FAILED, EventType.FAILED, {}
         outcome: Outcome | None = None

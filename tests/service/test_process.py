@@ -21,7 +21,7 @@ from spooky.engine_client import EngineClient, EngineRefused, EngineUnavailable
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-DRAIN_TIMEOUT_S = 5
+DRAIN_TIMEOUT_S = 3
 
 
 def free_port() -> int:
@@ -51,6 +51,7 @@ scare_steps = 1
 
 [limits]
 cooldown_s = 0
+max_steps = 1000
 """,
         encoding="utf-8",
     )
@@ -122,7 +123,7 @@ async def test_kill_restart_loses_nothing_and_sigterm_drains(tmp_path: Path):
         engines.append(Engine(cfg, log))
         await engines[-1].wait_up(client)
         # Submits are durable from the first moment the API answers, models loaded or not.
-        long_id = (await client.submit(request(user="1", steps=12, scare_steps=0))).job.id
+        long_id = (await client.submit(request(user="1", steps=30, scare_steps=0))).job.id
         queued = [(await client.submit(request(user=u))).job.id for u in ("2", "3")]
         collector = asyncio.create_task(collect())
         await asyncio.wait_for(first_progress.wait(), 120)
@@ -166,7 +167,8 @@ async def test_kill_restart_loses_nothing_and_sigterm_drains(tmp_path: Path):
         assert check.returncode == 0 and '"ready"' in check.stdout, check.stderr
 
         # SIGTERM during a job: draining, new submits refused, exit within the bound, job kept.
-        drained_id = (await client.submit(request(user="4", steps=60, scare_steps=0))).job.id
+        # 1000 steps: far longer than the drain timeout on any machine.
+        drained_id = (await client.submit(request(user="4", steps=1000, scare_steps=0))).job.id
         while (await client.job(drained_id)).progress is None:
             await asyncio.sleep(0.1)
         sent = time.monotonic()

@@ -31,8 +31,10 @@ async def events_until_done(client: EngineClient, job_id: str, timeout: float = 
 
 
 async def test_cancel_queued_and_running_jobs(tmp_path: Path, tiny_models):
-    async with running_engine(make_settings(tmp_path), tiny_models) as (_, client):
-        long = (await client.submit(request(user="1", steps=40, scare_steps=0))).job
+    settings = make_settings(tmp_path, limits={"max_steps": 1000})
+    async with running_engine(settings, tiny_models) as (_, client):
+        # 1000 steps: still running when the cancel comes, however fast the machine.
+        long = (await client.submit(request(user="1", steps=1000, scare_steps=0))).job
         waiting = (await client.submit(request(user="2"))).job
         after = (await client.submit(request(user="3"))).job
         stream = client.events(job_id=long.id)
@@ -55,7 +57,7 @@ async def test_cancel_queued_and_running_jobs(tmp_path: Path, tiny_models):
         # Stopped within one step: at most one step's progress was recorded after the cancel.
         late = [e for e in rest if e.type is EventType.PROGRESS and e.at > asked_at]
         assert len(late) <= 1
-        assert stopped.progress is not None and stopped.progress.step < 40
+        assert stopped.progress is not None and stopped.progress.step < 1000
 
         with pytest.raises(EngineRequestError) as e:
             await client.cancel(long.id, actor_id="1")
