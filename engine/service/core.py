@@ -103,8 +103,8 @@ def default_limits(cfg: LimitsConfig) -> GuildLimits:
 def resolve_spec(req: JobRequest, pipeline: PipelineConfig, limits: GuildLimits) -> dict[str, Any]:
     """The settings a job runs with: the request's values, else the defaults (within the server's range).
 
-    The seed is drawn here, not at run time, so the job view shows it before the job starts and a
-    retry after a crash renders the same picture.
+    The seed is drawn here, not at run time, so a retry after a crash renders the same picture;
+    the job's result reports it.
     """
     seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
     size = list(req.size) if req.size else None  # None: the renderer's canvas for the loaded models
@@ -133,13 +133,14 @@ def resolve_spec(req: JobRequest, pipeline: PipelineConfig, limits: GuildLimits)
 
 
 def refusal_for_input(e: SpookyError) -> Refusal:
-    """Map the renderer's InputError subclasses onto refusal codes."""
+    """Map the renderer's InputError subclasses onto refusal codes (a plain InputError is a range)."""
     code = {
         "empty_prompt": RefusalCode.BAD_PROMPT,
         "prompt_too_long": RefusalCode.BAD_PROMPT,
+        "bad_prompt": RefusalCode.BAD_PROMPT,
         "invalid_size": RefusalCode.OUT_OF_RANGE,
         "invalid_image": RefusalCode.BAD_IMAGE,
-    }.get(e.code, RefusalCode.BAD_PROMPT)
+    }.get(e.code, RefusalCode.OUT_OF_RANGE)
     return Refusal(code=code, message=str(e))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from PIL import Image
 
 from engine.pipeline.images import load_image, png_bytes, to_pil
 from engine.pipeline.progress import Progress
+from engine.pipeline.prompts import parse_prompts
 from engine.pipeline.render import NightmareJob, Renderer, SpookyJob
 from engine.service.artifacts import DiskFullError
 from engine.service.core import EngineCore
@@ -183,6 +185,7 @@ class Worker:
         outcome: Outcome | None = None
         error: str | None = None
         code: str | None = None
+        oom = False
         try:
             outcome = await run_in_daemon_thread(lambda: self._render(job, control), "spooky-render")
             state, event = JobState.SUCCEEDED, EventType.FINISHED
@@ -202,7 +205,7 @@ class Worker:
                 )
             else:
                 state, event = JobState.CANCELLED, EventType.CANCELLED
-                error, code = f"cancelled by {control.stop_by}", "cancelled"
+                error, code = f"cancelled by {control.stop_by or 'the engine'}", "cancelled"
                 data = {"by": control.stop_by, "stage": control.stage, "step": control.step}
         except torch.cuda.OutOfMemoryError:
             error, code = (
@@ -210,8 +213,7 @@ class Worker:
                 "oom",
             )
             log.warning("job %s: %s", job.id, error)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            oom = True
         except DiskFullError as e:
             error, code = str(e), "disk_full"
         except InputError as e:
@@ -222,10 +224,12 @@ class Worker:
                 getattr(e, "code", None) if isinstance(e, SpookyError) else "error",
             )
             log.error("job %s failed:\n%s", job.id, "".join(traceback.format_exception(e)))
+        if oom and torch.cuda.is_available():
+            # Outside the except block: the exception's frames (and the tensors they hold) are gone.
+            gc.collect()
+            torch.cuda.empty_cache()
         if state is JobState.FAILED:
             data = {"reason": error, "code": code}
-        elif state is JobState.CANCELLED:
-            pass
         await core.db(
             core.store.finish,
             job.id,
@@ -376,11 +380,26 @@ class Worker:
         )
 
 
+class BadPromptError(InputError):
+    """A weighted prompt that cannot be parsed (a weight that is not finite, all weights zero)."""
+
+    code = "bad_prompt"
+
+
 def validator_for(renderer: Renderer) -> Callable[[JobKind, dict[str, Any]], None]:
     """The renderer's submit-time checks (prompt tokens, ranges, size) for a resolved job spec."""
     placeholder = Image.new("RGB", (renderer.factor, renderer.factor))
 
     def validate(kind: JobKind, spec: dict[str, Any]) -> None:
+        # Prompt syntax first, so its errors are told apart from the ranges' (both are InputError).
+        for text in (spec["prompt"], spec.get("scare_prompt")):
+            if text:
+                try:
+                    parse_prompts(text)
+                except InputError as e:
+                    if e.code != InputError.code:
+                        raise
+                    raise BadPromptError(e.message, hint=e.hint) from e
         size = tuple(spec["size"]) if spec.get("size") else None
         if JobKind(kind) is JobKind.SPOOKY:
             job: SpookyJob | NightmareJob = SpookyJob(

@@ -223,3 +223,21 @@ async def test_retention_keeps_last_images_and_the_last_image_survives_a_restart
         files = {p.stem for p in (tmp_path / "artifacts").rglob("*.png")}
         assert files == {done.artifacts["spooky"], kept_upload.id}
         assert from_upload.job.state is JobState.QUEUED
+
+
+async def test_the_renderer_checks_prompts_and_sizes_at_submit(tmp_path: Path, tiny_models):
+    from spooky.contract import RefusalCode
+    from spooky.engine_client import EngineRefused
+
+    async with running_engine(make_settings(tmp_path), tiny_models) as (_, client):
+        cases = [
+            (request(prompt=" ".join(["fang"] * 100)), RefusalCode.BAD_PROMPT, "CLIP tokens"),
+            (request(scare_prompt="a ghost:inf"), RefusalCode.BAD_PROMPT, "weight"),
+            (request(size=(63, 64)), RefusalCode.OUT_OF_RANGE, "63"),
+        ]
+        for req, code, word in cases:
+            with pytest.raises(EngineRefused) as e:
+                await client.submit(req)
+            assert e.value.refusal.code is code and e.value.status == 422, e.value.refusal
+            assert word in e.value.refusal.message
+        assert await client.jobs() == []
