@@ -49,6 +49,7 @@ class JobControl:
     deadline: float  # time.monotonic() after which the job times out
     stop_kind: StopKind | None = None
     stop_by: str | None = None
+    stop_at: float | None = None  # time.time() of the stop request
     stage: str = ""
     step: int = 0
     total: int = 0
@@ -58,7 +59,7 @@ class JobControl:
 
     def stop(self, kind: StopKind, by: str | None = None) -> None:
         if self.stop_kind is None:  # the first reason wins (a cancel during a drain stays a cancel)
-            self.stop_kind, self.stop_by = kind, by
+            self.stop_kind, self.stop_by, self.stop_at = kind, by, time.time()
         self._flag.set()
 
     def check(self) -> None:
@@ -206,7 +207,12 @@ class Worker:
             else:
                 state, event = JobState.CANCELLED, EventType.CANCELLED
                 error, code = f"cancelled by {control.stop_by or 'the engine'}", "cancelled"
-                data = {"by": control.stop_by, "stage": control.stage, "step": control.step}
+                data = {
+                    "by": control.stop_by,
+                    "stage": control.stage,
+                    "step": control.step,
+                    "requested_at": control.stop_at,
+                }
         except torch.cuda.OutOfMemoryError:
             error, code = (
                 f"out of GPU memory at {self._where(control)}; try fewer cutouts/smaller size",
