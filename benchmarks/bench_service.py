@@ -189,6 +189,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         cfg = write_config(folder, port, args)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
+        if args.threads:
+            # On shared cores, OpenMP threads that outnumber the free cores spin against each other.
+            env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         with open(folder / "engine.log", "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "spooky.cli", "engine", "--config", str(cfg)],
@@ -205,7 +208,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             proc.terminate()
             proc.wait(60)
-    return {"submit": submit, "events": events, "throughput": throughput, "cpus": os.cpu_count()}
+    return {
+        "submit": submit,
+        "events": events,
+        "throughput": throughput,
+        "cpus": os.cpu_count(),
+        "threads": args.threads,
+        "load_average": os.getloadavg(),
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -218,6 +228,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cutouts", type=int, default=8, help="CLIP cutouts per step")
     p.add_argument("--still-every", type=int, default=5, help="a PNG still every N steps")
     p.add_argument("--device", default="auto", help="models.device of the engine")
+    p.add_argument("--threads", type=int, help="torch CPU threads of the engine (OMP_NUM_THREADS)")
     p.add_argument("--timeout", type=float, default=900, help="give up on the throughput run after this")
     p.add_argument("--json", type=Path, help="also write the figures here")
     return p.parse_args(argv)
