@@ -32,10 +32,10 @@ from spooky.errors import VideoError
 #: Environment variable naming the ffmpeg binary to use instead of imageio-ffmpeg's bundled one.
 ENV_FFMPEG = "SPOOKY_FFMPEG"
 
-#: Default x264 constant rate factor (preset medium). Measured with `bench_pipeline.py --stages
-#: video` on 300 synthetic 608x752 frames of busy multi-scale texture with 16-px blocks flipping
-#: like VQGAN codes: slow drift 3.7 MiB, medium drift 8.0 MiB, fast drift 9.5 MiB at crf 22
-#: (crf 20: 4.5 / 9.9 / 12.5 MiB). So the usual nightmare fits 10 MiB in one pass, and
+#: Default x264 constant rate factor (preset medium). Measured with `benchmarks/bench_pipeline.py
+#: --stages video` on 300 synthetic 608x752 frames of busy multi-scale colour noise with 16-px
+#: blocks flipping the way VQGAN codes do: slow / medium / fast drift give 3.7 / 8.0 / 9.2 MiB at
+#: crf 22 (crf 20: 4.5 / 9.9 / 12.1 MiB). So the usual nightmare fits 10 MiB in one pass and
 #: `fit_to_budget` catches the rest.
 DEFAULT_CRF = 22
 
