@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 from fake_discord import FakeDiscord
+from support import free_port
 
 from bot.app import SpookyBot
 from spooky.config import Settings
@@ -60,11 +60,6 @@ max_queue_per_server = 200
 max_steps = 400
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -7,6 +7,7 @@ import io
 import itertools
 import logging
 import random
+from typing import TYPE_CHECKING
 
 import pytest
 from bot_helpers import (
@@ -21,15 +22,18 @@ from bot_helpers import (
     uploaded,
     webhook_edits,
 )
-from conftest import Bots
 from fake_discord import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, FakeDiscord
 from PIL import Image
+from support import free_port
 
 from bot import tracker as tracker_module
 from bot.errors import UNEXPECTED
 from bot.messenger import CONTINUED
 from spooky.contract import JobState
 from spooky.engine_client import EngineClient
+
+if TYPE_CHECKING:
+    from conftest import Bots
 
 MOD = PERM_ALL_MEMBER | PERM_MANAGE_GUILD
 
@@ -39,7 +43,8 @@ async def test_spooky_progress_result_and_buttons(
 ) -> None:
     bot = await bots.start()
     prompt = "dracula @everyone <@&123> **bold** @here"
-    inter = await fake.invoke("spooky", {"prompt": prompt, "seed": 7, "steps": 60})
+    # Enough steps that the job outlives a few edit windows even on a fast machine.
+    inter = await fake.invoke("spooky", {"prompt": prompt, "seed": 7, "steps": 400})
 
     # Acknowledged at once with a public "thinking…" that becomes the progress message.
     await asyncio.wait_for(inter.acked.wait(), 3)
@@ -307,8 +312,6 @@ async def test_result_survives_discord_outage(
 
 
 async def test_engine_down_is_said_at_once(bots: Bots, fake: FakeDiscord) -> None:
-    from conftest import free_port
-
     await bots.start(engine_url=f"http://127.0.0.1:{free_port()}")
     inter = await fake.invoke("spooky", {"prompt": "anyone home?"})
     await asyncio.wait_for(inter.acked.wait(), 3)

@@ -15,17 +15,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support import free_port
 
 from spooky.ops import SECRET_FILE, probe_health
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240  # torch import + tiny models on 2 busy cores
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp_path: Path, port: int, bot: str = "") -> Path:

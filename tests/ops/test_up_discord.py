@@ -9,20 +9,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bot_helpers import RENDER_TIMEOUT_S, filenames, final_of
+from fake_discord import FakeDiscord
+from support import free_port
+
+from spooky.ops import SECRET_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "bot"))
-
-from bot_helpers import RENDER_TIMEOUT_S, filenames, final_of  # noqa: E402
-from fake_discord import FakeDiscord  # noqa: E402
-
-from spooky.ops import SECRET_FILE  # noqa: E402
 
 CONFIG = """
 [models]
@@ -47,11 +45,6 @@ progress_interval_s = 0.2
 cooldown_s = 0
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
