@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import urllib.error
@@ -78,4 +79,12 @@ async def serve(settings: Settings) -> int:
         log.info("signal received: draining (up to %.0f s)", settings.engine.drain_timeout_s)
     finally:
         await service.stop()
+    if service.loading:
+        # The load outlived LOAD_WAIT_S: everything durable is closed, and a normal interpreter exit
+        # would abort inside torch, so leave at once.
+        log.warning("exiting while the models are still loading")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

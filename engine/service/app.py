@@ -33,6 +33,8 @@ DB_NAME = "engine.sqlite3"
 SWEEP_INTERVAL_S = 3600.0
 #: Extra time after drain_timeout_s for the stopped job's last step and the outcome to be written.
 DRAIN_GRACE_S = 30.0
+#: On stop, how long to let a model load that is under way finish (it cannot be interrupted).
+LOAD_WAIT_S = 60.0
 
 
 def engine_secret(settings: Settings) -> str:
@@ -81,6 +83,7 @@ class EngineService:
         self.renderer: Any | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._load_task: asyncio.Task[None] | None = None
         self.port: int | None = None
         self.ready = asyncio.Event()
 
@@ -109,7 +112,7 @@ class EngineService:
 
     def start_models(self) -> None:
         """Load the models in the background; the worker starts when they are ready."""
-        self._tasks.append(asyncio.create_task(self._load(), name="spooky-load"))
+        self._load_task = asyncio.create_task(self._load(), name="spooky-load")
 
     def _build_renderer(self) -> Any:
         """Import torch and the pipeline, load the models (on a thread: the API keeps answering)."""
@@ -170,14 +173,25 @@ class EngineService:
                     "the running job did not stop within %.0f s of the drain; exiting anyway", DRAIN_GRACE_S
                 )
 
+    @property
+    def loading(self) -> bool:
+        """True while the model load thread is still running (torch code that cannot be cancelled)."""
+        return self._load_task is not None and not self._load_task.done()
+
     async def stop(self) -> None:
         await self.drain()
         self.core.status = "stopped"
+        if self.loading:
+            # Exiting while torch builds models on another thread aborts the process from C++
+            # (std::terminate), so give the load a bounded time to finish; it then sees the stop.
+            log.info("waiting up to %.0f s for the model load under way", LOAD_WAIT_S)
+            await asyncio.wait({self._load_task}, timeout=LOAD_WAIT_S)
         self.core.closing.set()
         self.hub.notify(self.hub.latest)  # wake event streams so they end
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._load_task] if self._load_task else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._runner is not None:

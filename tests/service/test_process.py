@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from service_helpers import SECRET, request
+from support import free_port
 
 from spooky.contract import Event, EventType, JobState, RefusalCode
 from spooky.engine_client import EngineClient, EngineRefused, EngineUnavailable
@@ -22,12 +22,6 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 DRAIN_TIMEOUT_S = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp_path: Path, port: int) -> Path:
@@ -206,3 +200,4 @@ async def test_kill_restart_loses_nothing_and_sigterm_drains(tmp_path: Path):
     )
     assert check.returncode == 2 and "not reachable" in check.stderr
     assert "job finished" in log.read_text()
+
