@@ -16,6 +16,7 @@ from discord.ext import commands
 
 from bot import jobs
 from bot.errors import NotModerator, UserFacingError
+from bot.metrics import BotMetrics, MetricsServer
 from bot.text import NO_PINGS
 from bot.tracker import Tracker
 from bot.views import DYNAMIC_ITEMS
@@ -53,6 +54,10 @@ class SpookyTree(app_commands.CommandTree["SpookyBot"]):
         self, interaction: discord.Interaction, error: app_commands.AppCommandError, /
     ) -> None:
         command = interaction.command
+        mistake = UserFacingError | NotModerator | app_commands.CheckFailure | app_commands.TransformerError
+        outcome = "user_error" if isinstance(error, mistake) else "error"
+        label = command.qualified_name if command is not None else "unknown"
+        self.client.metrics.commands.labels(label, outcome).inc()
         if isinstance(error, UserFacingError | NotModerator | app_commands.TransformerError):
             # A per-command handler answers these; answer here only when none did.
             if not interaction.response.is_done() or interaction.extras.get("public_loading"):
@@ -81,7 +86,14 @@ class SpookyBot(commands.Bot):
         self.config: BotConfig = settings.bot
         self.engine = engine
         point_at(self.config.api_base, self.config.gateway_url)
+        self.metrics = BotMetrics()
+        self.metrics_server = (
+            MetricsServer(self.metrics, self.config.metrics_host, self.config.metrics_port)
+            if self.config.metrics_port
+            else None
+        )
         super().__init__(
+            http_trace=self.metrics.trace_config(),
             command_prefix=commands.when_mentioned,
             help_command=None,
             intents=discord.Intents(guilds=True),
@@ -109,6 +121,12 @@ class SpookyBot(commands.Bot):
                 self.loaded.append(name)
                 log.info("loaded %s", name)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
+        if self.metrics_server is not None:
+            try:
+                await self.metrics_server.start()
+            except OSError as e:  # metrics are auxiliary: say so loudly, keep serving Discord
+                log.error("bot metrics not served on port %d: %s", self.metrics_server.port, e)
+                self.metrics_server = None
         await self._find_gateway()
         if self.config.sync_commands:
             synced = await self.tree.sync()
@@ -123,6 +141,13 @@ class SpookyBot(commands.Bot):
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url).with_query(None)
         log.info("gateway of %s is %s", self.config.api_base, url)
 
+    async def on_app_command_completion(
+        self, interaction: discord.Interaction, command: app_commands.Command | app_commands.ContextMenu
+    ) -> None:
+        self.metrics.commands.labels(command.qualified_name, "ok").inc()
+
     async def close(self) -> None:
         await self.tracker.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         await super().close()

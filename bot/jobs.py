@@ -53,8 +53,15 @@ async def ack(interaction: discord.Interaction, *, ephemeral: bool = False) -> N
     if interaction.response.is_done():
         return
     response = await interaction.response.defer(thinking=True, ephemeral=ephemeral)
+    _bot(interaction).metrics.observe_ack(interaction)
     interaction.extras["public_loading"] = not ephemeral
     interaction.extras["original_id"] = getattr(response, "message_id", None)
+
+
+async def engine_down(interaction: discord.Interaction) -> None:
+    """Say at once that the engine cannot be reached (and count it)."""
+    _bot(interaction).metrics.engine_unreachable.inc()
+    await tell(interaction, ENGINE_DOWN)
 
 
 async def tell(interaction: discord.Interaction, message: str) -> None:
@@ -142,7 +149,7 @@ async def submit(
         response = await bot.engine.submit(request)
     except EngineUnavailable as e:
         log.warning("engine unreachable for %s from user %s: %s", kind, interaction.user.id, e)
-        await tell(interaction, ENGINE_DOWN)
+        await engine_down(interaction)
         return None
     except EngineRefused as e:
         refusal = e.refusal
@@ -182,7 +189,7 @@ async def fetch_job(interaction: discord.Interaction, job_id: str) -> JobView | 
     try:
         return await _bot(interaction).engine.job(job_id)
     except EngineUnavailable:
-        await tell(interaction, ENGINE_DOWN)
+        await engine_down(interaction)
     except EngineRequestError as e:
         if e.status == 404:
             await tell(interaction, "That render is no longer known to the engine; run /spooky again.")
@@ -198,7 +205,7 @@ async def cancel(interaction: discord.Interaction, job_id: str) -> None:
             job_id, str(interaction.user.id), is_moderator=is_moderator(interaction)
         )
     except EngineUnavailable:
-        await tell(interaction, ENGINE_DOWN)
+        await engine_down(interaction)
         return
     except EngineRequestError as e:
         if e.status == 403:

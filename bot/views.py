@@ -54,10 +54,14 @@ class _JobButton:
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
+        commands = interaction.client.metrics.commands  # type: ignore[attr-defined]
         try:
             await self.press(interaction)
         except Exception as exc:
+            commands.labels(f"button:{self.action}", "error").inc()
             await jobs.report_unexpected(interaction, exc, where=f"button {self.action} on job {self.job_id}")
+        else:
+            commands.labels(f"button:{self.action}", "ok").inc()
 
     async def press(self, interaction: discord.Interaction) -> None:
         raise NotImplementedError

@@ -118,6 +118,9 @@ class BotConfig(_Section):
     interaction_ttl_s: float = Field(840, gt=0)
     # Publish the slash commands (PUT /applications/{id}/commands) at start.
     sync_commands: bool = True
+    # Prometheus `GET /metrics` of the bot (commands, ack latency, Discord errors); port 0 = off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(0, ge=0, le=65535)
 
 
 class LimitsConfig(_Section):

@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import jobs
-from bot.errors import ENGINE_DOWN, NotModerator
+from bot.errors import NotModerator
 from bot.text import duration, escape
 from spooky.contract import GuildLimits
 from spooky.engine_client import EngineRequestError, EngineUnavailable
@@ -84,7 +84,7 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
         try:
             limits = await self.bot.engine.limits(str(interaction.guild_id))
         except EngineUnavailable:
-            await jobs.tell(interaction, ENGINE_DOWN)
+            await jobs.engine_down(interaction)
             return
         await jobs.tell(interaction, render_limits(limits))
 
@@ -154,7 +154,7 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
                 changes["banned_words"] = sorted(words)
             after = await self.bot.engine.update_limits(guild_id, str(interaction.user.id), changes)
         except EngineUnavailable:
-            await jobs.tell(interaction, ENGINE_DOWN)
+            await jobs.engine_down(interaction)
             return
         except EngineRequestError as e:
             await jobs.tell(interaction, jobs.describe_request_error(e))

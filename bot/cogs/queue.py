@@ -9,7 +9,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import jobs
-from bot.errors import ENGINE_DOWN
 from bot.progress import STAGE_LABELS
 from bot.text import duration, escape, plural
 from spooky.contract import JobState, JobView, QueueView
@@ -61,7 +60,7 @@ class Queue(commands.Cog):
         try:
             view = await self.bot.engine.queue(guild_id=guild_id)
         except EngineUnavailable:
-            await jobs.tell(interaction, ENGINE_DOWN)
+            await jobs.engine_down(interaction)
             return
         await jobs.tell(interaction, render_queue(view, str(interaction.user.id)))
 
@@ -97,7 +96,7 @@ class Queue(commands.Cog):
         try:
             mine = await self._active_jobs(interaction)
         except EngineUnavailable:
-            await jobs.tell(interaction, ENGINE_DOWN)
+            await jobs.engine_down(interaction)
             return None
         if not mine:
             await jobs.tell(interaction, "You have no render waiting or running; nothing to cancel.")

@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import jobs
-from bot.errors import ENGINE_DOWN, BadAttachment, BadPrompt, UserFacingError
+from bot.errors import BadAttachment, BadPrompt, UserFacingError
 from spooky.contract import MAX_PROMPT_CHARS, MAX_SEED, JobKind
 from spooky.engine_client import EngineRefused, EngineRequestError, EngineUnavailable
 
@@ -149,7 +149,7 @@ class Render(commands.Cog):
                 data, user_id=str(interaction.user.id), channel_id=str(interaction.channel_id)
             )
         except EngineUnavailable:
-            await jobs.tell(interaction, ENGINE_DOWN)
+            await jobs.engine_down(interaction)
             return None
         except EngineRefused as e:
             log.info("upload from user %s refused: %s", interaction.user.id, e.refusal.code)
