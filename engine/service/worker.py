@@ -320,21 +320,9 @@ class Worker:
     def _render(self, job: JobRow, control: JobControl) -> Outcome:
         spec = job.spec
         callback = self._callback(job, control)
-        size = tuple(spec["size"]) if spec.get("size") else None
         control.check()
         if job.kind is JobKind.SPOOKY:
-            res = self.renderer.spooky(
-                SpookyJob(
-                    prompt=spec["prompt"],
-                    scare_prompt=spec.get("scare_prompt"),
-                    seed=spec["seed"],
-                    steps=spec["steps"],
-                    scare_steps=spec["scare_steps"],
-                    size=size,  # type: ignore[arg-type]
-                    still_every=spec.get("still_every"),
-                ),
-                callback,
-            )
+            res = self.renderer.spooky(spooky_job(spec), callback)
             meta = {"seed": res.seed, "settings": res.settings}
             stylegan = self._save_png(res.stylegan_image, job, "stylegan", meta)
             spooky = self._save_png(res.spooky_image, job, "spooky", meta)
@@ -353,18 +341,7 @@ class Worker:
         image = load_image(self.core.files.path(source))
         out = self.core.files.temp_path(f"{job.id}.mp4")
         try:
-            res = self.renderer.nightmare(
-                NightmareJob(
-                    image=image,
-                    prompt=spec["prompt"],
-                    frames=spec["frames"],
-                    seed=spec["seed"],
-                    size=size,  # type: ignore[arg-type]
-                    max_bytes=spec.get("max_bytes"),
-                ),
-                out,
-                callback,
-            )
+            res = self.renderer.nightmare(nightmare_job(spec, image), out, callback)
             control.close_stage("encode")
             w, h = res.settings.get("size", (None, None))
             video = self.core.files.adopt(res.video_path, "video/mp4", job_id=job.id, width=w, height=h)
@@ -384,6 +361,35 @@ class Worker:
             },
             last_image=last.id,
         )
+
+
+def _size(spec: dict[str, Any]) -> tuple[int, int] | None:
+    return (int(spec["size"][0]), int(spec["size"][1])) if spec.get("size") else None
+
+
+def spooky_job(spec: dict[str, Any]) -> SpookyJob:
+    """The renderer's job for a stored spooky spec (the request resolved against the limits)."""
+    return SpookyJob(
+        prompt=spec["prompt"],
+        scare_prompt=spec.get("scare_prompt"),
+        seed=spec["seed"],
+        steps=spec["steps"],
+        scare_steps=spec["scare_steps"],
+        size=_size(spec),
+        still_every=spec.get("still_every"),
+    )
+
+
+def nightmare_job(spec: dict[str, Any], image: Image.Image) -> NightmareJob:
+    """The renderer's job for a stored nightmare spec and its source image."""
+    return NightmareJob(
+        image=image,
+        prompt=spec["prompt"],
+        frames=spec["frames"],
+        seed=spec["seed"],
+        size=_size(spec),
+        max_bytes=spec.get("max_bytes"),
+    )
 
 
 class BadPromptError(InputError):
@@ -406,27 +412,9 @@ def validator_for(renderer: Renderer) -> Callable[[JobKind, dict[str, Any]], Non
                     if e.code != InputError.code:
                         raise
                     raise BadPromptError(e.message, hint=e.hint) from e
-        size = tuple(spec["size"]) if spec.get("size") else None
-        if JobKind(kind) is JobKind.SPOOKY:
-            job: SpookyJob | NightmareJob = SpookyJob(
-                prompt=spec["prompt"],
-                scare_prompt=spec.get("scare_prompt"),
-                seed=spec["seed"],
-                steps=spec["steps"],
-                scare_steps=spec["scare_steps"],
-                size=size,  # type: ignore[arg-type]
-                still_every=spec.get("still_every"),
-            )
-        else:
-            # The real image is checked at upload; the placeholder lets the prompt and frames be checked.
-            job = NightmareJob(
-                image=placeholder,
-                prompt=spec["prompt"],
-                frames=spec["frames"],
-                seed=spec["seed"],
-                size=size,  # type: ignore[arg-type]
-                max_bytes=spec.get("max_bytes"),
-            )
+        # For a nightmare the real image is checked at upload; the placeholder lets the prompt and
+        # frames be checked.
+        job = spooky_job(spec) if JobKind(kind) is JobKind.SPOOKY else nightmare_job(spec, placeholder)
         renderer.validate(job)
 
     return validate
