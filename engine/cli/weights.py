@@ -57,7 +57,8 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    cache_dir = _cache_dir(args, _settings(args))
+    settings = _settings(args)
+    cache_dir = _cache_dir(args, settings)
     print(f"cache directory: {cache_dir}")
     rows = [("NAME", "PRESENT", "SIZE", "PATH")]
     for st in weights.file_statuses(list(weights.REGISTRY), cache_dir):
@@ -68,7 +69,24 @@ def _list(args: argparse.Namespace) -> int:
             size = f"~{weights.human_size(wf.approx_size)}" if wf.approx_size else "?"
         rows.append((st.entry, "yes" if st.present else "no", size, str(st.path)))
     _print_table(rows)
+    configured = _configured_files(settings)
+    if configured:
+        print("\nfiles named in the [models] section (used instead of the cache):")
+        rows = [("SETTING", "PRESENT", "SIZE", "PATH")]
+        for key, path in configured:
+            present = path.is_file()
+            size = weights.human_size(path.stat().st_size) if present else "-"
+            rows.append((f"models.{key}", "yes" if present else "no", size, str(path)))
+        _print_table(rows)
     return 0
+
+
+def _configured_files(settings: Settings) -> list[tuple[str, Path]]:
+    """Model files the config points at directly (files already downloaded elsewhere)."""
+    models = settings.models
+    named = {"stylegan2": models.stylegan2, "vqgan_config": models.vqgan_config}
+    named |= {"vqgan_ckpt": models.vqgan_ckpt, "clip": models.clip}
+    return [(key, Path(path).expanduser()) for key, path in named.items() if path is not None]
 
 
 def _verify(args: argparse.Namespace) -> int:

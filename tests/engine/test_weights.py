@@ -234,6 +234,26 @@ def test_cli_reads_cache_dir_from_config(tmp_path: Path, capsys: pytest.CaptureF
     assert f"cache directory: {cache}" in capsys.readouterr().out
 
 
+def test_cli_list_shows_files_the_config_points_at(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    have = tmp_path / "elsewhere" / "stylegan2-ffhq-config-f.pt"
+    have.parent.mkdir()
+    have.write_bytes(b"\0" * 4096)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[models]\ncache_dir = "{tmp_path / "cache"}"\nstylegan2 = "{have}"\n'
+        f'clip = "{tmp_path / "nowhere.bin"}"\n',
+        encoding="utf-8",
+    )
+    assert cli.main(["weights", "list", "--config", str(config)]) == 0
+    out = capsys.readouterr().out.split("files named in the [models] section")[1]
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert " yes " in rows["models.stylegan2"] and "4.0 KiB" in rows["models.stylegan2"]
+    assert " no " in rows["models.clip"] and str(tmp_path / "nowhere.bin") in rows["models.clip"]
+    assert "models.vqgan_ckpt" not in rows
+
+
 def test_cli_verify_and_unknown_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "clip-vit-b-32-openai.pt"
     path.write_bytes(PAYLOAD)
