@@ -161,6 +161,7 @@ class Renderer:
             still_every=still_every,
             seed=seed,
             size=size,  # type: ignore[arg-type]
+            checkpoint=p.decoder_checkpointing,
         )
         stage1 = optimise_latent(self.models.stylegan, self.models.clip, job.prompt.strip(), face, callback)
         # Stage 2 stretches the square face to the canvas, as the original did.
@@ -222,6 +223,7 @@ class Renderer:
             still_every=p.still_every,
             seed=seed,
             size=size,
+            checkpoint=p.decoder_checkpointing,
         )
         # Crop only what falls outside the allowed aspect range, so the face is not distorted.
         image = ImageOps.fit(job.image.convert("RGB"), size, Image.Resampling.LANCZOS)

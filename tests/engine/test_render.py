@@ -57,6 +57,25 @@ def test_same_seed_is_bit_identical_and_another_seed_differs(renderer: Renderer)
     assert a.stylegan_image.tobytes() != c.stylegan_image.tobytes()
 
 
+def test_decoder_checkpointing_setting_reaches_the_stages(models: Models) -> None:
+    """On: the decoder runs again in each backward pass (less memory); off: once per step. Same image."""
+    calls = []
+    # A pre-hook: the recomputation stops as soon as it has what the backward needs (early stop).
+    hook = models.vqgan.decoder.conv_out.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        counts, images = [], []
+        for on in (True, False):
+            calls.clear()
+            renderer = Renderer(models, PipelineConfig(cutouts=2, decoder_checkpointing=on))
+            result = renderer.spooky(small(seed=5))
+            counts.append(len(calls))
+            images.append(result.spooky_image.tobytes())
+    finally:
+        hook.remove()
+    assert counts[0] > counts[1] >= 2
+    assert images[0] == images[1]
+
+
 def test_job_size_and_config_size_set_the_canvas(models: Models) -> None:
     job = small(size=(48, 32), scare_steps=1)
     assert Renderer(models, PipelineConfig(cutouts=4)).spooky(job).spooky_image.size == (48, 32)
