@@ -95,29 +95,18 @@ class ArtifactFiles:
         height: int | None = None,
     ) -> ArtifactRow:
         """Store `data` as a new artifact file; DiskFullError when the disk is full."""
-        artifact_id = new_id()
-        rel = self._relative(artifact_id, media_type)
-        final = self.root / rel
-        tmp = self.tmp / f"{artifact_id}.part"
+        tmp = self.tmp / f"{new_id()}.part"
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
             write_file(tmp, data)
-            os.replace(tmp, final)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             if e.errno in _DISK_FULL:
                 raise self._disk_full(e, f"a {media_type} artifact of {len(data)} bytes") from e
             raise
-        self._ok()
-        return ArtifactRow(
-            id=artifact_id,
-            media_type=media_type,
-            bytes=len(data),
-            path=rel,
-            job_id=job_id,
-            width=width,
-            height=height,
-        )
+        try:
+            return self.adopt(tmp, media_type, job_id=job_id, width=width, height=height)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def adopt(
         self,
