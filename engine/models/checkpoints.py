@@ -52,9 +52,13 @@ def _allowed_globals() -> dict[str, Any]:
 
 
 class _InertUnpickler(pickle.Unpickler):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._allowed = _allowed_globals()  # once per file, not once per pickled global
+
     def find_class(self, module: str, name: str) -> Any:
         qualified = f"{module}.{name}"
-        found = _allowed_globals().get(qualified)
+        found = self._allowed.get(qualified)
         return found if found is not None else _inert_class(qualified)
 
 
