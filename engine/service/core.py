@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 from engine.service.artifacts import ArtifactFiles, new_id
 from engine.service.events import EventHub
 from engine.service.metrics import Metrics
+from engine.service.prompt_check import check_prompts
 from engine.service.scheduler import (
     Estimator,
     Placement,
@@ -38,9 +39,9 @@ from engine.service.store import (
     QueueSnapshot,
     Submitted,
 )
+from spooky.bounds import MAX_ECHOED_INPUT_CHARS, MAX_ERROR_CHARS, MAX_ERROR_DETAILS, MAX_SEED
 from spooky.config import LimitsConfig, PipelineConfig, Settings
 from spooky.contract import (
-    MAX_SEED,
     Artifact,
     CancelRequest,
     Event,
@@ -323,11 +324,13 @@ class EngineCore:
         who = req.requester
         limits = await self.db(self.store.guild_limits, who.guild_id)
         spec = resolve_spec(req, self.settings.pipeline, limits)
-        if self.validator is not None:
-            try:
-                await asyncio.to_thread(self.validator, req.kind, spec)
-            except SpookyError as e:
-                raise Refused(refusal_for_input(e)) from e
+        # Before the models are loaded, the prompt checks that need only CLIP's tokenizer still run,
+        # so a prompt CLIP cannot take is refused now, not when its turn comes.
+        validator = self.validator or check_prompts
+        try:
+            await asyncio.to_thread(validator, req.kind, spec)
+        except SpookyError as e:
+            raise Refused(refusal_for_input(e)) from e
         source = await self._nightmare_source(req) if JobKind(req.kind) is JobKind.NIGHTMARE else None
         max_queue = self.settings.engine.max_queue
         now = time.time()
@@ -523,6 +526,8 @@ class EngineCore:
         from pydantic import ValidationError
 
         try:
+            # Strict types at the edge: "yes" is not a boolean, "5" is not a number of steps.
+            GuildLimits.model_validate({**GuildLimits().model_dump(), **changes}, strict=True)
             updated = await self.db(self.store.update_limits, guild_id, actor_id, changes)
         except ValidationError as e:
             raise ApiError(422, "invalid_limits", "a limit is out of range", validation_details(e)) from e
@@ -551,7 +556,19 @@ def artifact_view(row: ArtifactRow) -> Artifact:
 
 
 def validation_details(e: Any) -> list[dict[str, Any]]:
-    """pydantic errors as plain JSON (no exception objects in `ctx`, no doc URLs)."""
-    import json
-
-    return json.loads(e.json(include_url=False))
+    """The first pydantic errors as short plain JSON: never the whole input, so a 12 MiB prompt or
+    thousands of unknown fields give an answer of a few kilobytes."""
+    details = []
+    for err in e.errors(include_url=False, include_context=False)[:MAX_ERROR_DETAILS]:
+        detail: dict[str, Any] = {
+            "type": err["type"],
+            "loc": [p if isinstance(p, int) else str(p)[:MAX_ECHOED_INPUT_CHARS] for p in err["loc"]],
+            "msg": err["msg"][:MAX_ERROR_CHARS],
+        }
+        given = err.get("input")
+        if isinstance(given, str | int | float) and len(repr(given)) <= MAX_ECHOED_INPUT_CHARS:
+            detail["input"] = given
+        details.append(detail)
+    if e.error_count() > MAX_ERROR_DETAILS:
+        details.append({"type": "truncated", "loc": [], "msg": f"{e.error_count()} errors in all"})
+    return details
