@@ -254,7 +254,8 @@ def test_no_malformed_request_is_a_5xx_or_changes_anything(
     started = time.monotonic()
     one()
     print(
-        f"\nfuzz: {time.monotonic() - started:.1f} s, {seen['sent']} requests over {len(ROUTES)} routes, {seen['refused']} refused with a 4xx, "
+        f"\nfuzz: {time.monotonic() - started:.1f} s, {seen['sent']} requests over {len(ROUTES)} routes, "
+        f"{seen['refused']} refused with a 4xx, "
         f"{seen['accepted']} accepted, 0 answered 5xx"
     )
     assert seen["sent"] >= EXAMPLES and seen["refused"] > seen["accepted"]
