@@ -249,7 +249,9 @@ class EngineCore:
     async def _job(self, job_id: str) -> JobRow:
         job = await self.db(self.store.get_job, job_id)
         if job is None:
-            raise ApiError(404, "not_found", f"no job with id {job_id!r}; it never existed or was deleted")
+            raise ApiError(
+                404, "not_found", f"no job with id {_shown(job_id)}; it never existed or was deleted"
+            )
         return job
 
     async def jobs(self, **filters: Any) -> list[JobView]:
@@ -424,13 +426,13 @@ class EngineCore:
         except ValueError as e:
             raise ApiError(422, "invalid_request", str(e)) from e
         if job is None:
-            raise ApiError(404, "not_found", f"no job with id {job_id!r}")
+            raise ApiError(404, "not_found", f"no job with id {_shown(job_id)}")
         return await self.view(job)
 
     async def mark_delivered(self, job_id: str) -> JobView:
         job = await self.db(self.store.mark_delivered, job_id)
         if job is None:
-            raise ApiError(404, "not_found", f"no job with id {job_id!r}")
+            raise ApiError(404, "not_found", f"no job with id {_shown(job_id)}")
         return await self.view(job)
 
     async def events_after(self, after: int, job_id: str | None, guild_id: str | None) -> list[Event]:
@@ -459,11 +461,13 @@ class EngineCore:
     async def artifact(self, artifact_id: str) -> tuple[ArtifactRow, bytes]:
         row = await self.db(self.store.get_artifact, artifact_id)
         if row is None:
-            raise ApiError(404, "not_found", f"no artifact {artifact_id!r}; it never existed or has expired")
+            raise ApiError(
+                404, "not_found", f"no artifact {_shown(artifact_id)}; it never existed or has expired"
+            )
         try:
             data = await asyncio.to_thread(self.files.read, row)
         except FileNotFoundError as e:
-            raise ApiError(404, "not_found", f"the file of artifact {artifact_id!r} is gone") from e
+            raise ApiError(404, "not_found", f"the file of artifact {_shown(artifact_id)} is gone") from e
         return row, data
 
     async def fit_video(self, artifact_id: str, max_bytes: int) -> Artifact:
@@ -472,7 +476,9 @@ class EngineCore:
 
         row, data = await self.artifact(artifact_id)
         if row.media_type != "video/mp4":
-            raise ApiError(422, "not_a_video", f"artifact {artifact_id!r} is {row.media_type}, not an MP4")
+            raise ApiError(
+                422, "not_a_video", f"artifact {_shown(artifact_id)} is {row.media_type}, not an MP4"
+            )
         if row.bytes <= max_bytes:
             return artifact_view(row)
         tmp = self.files.temp_path(f"fit-{new_id()}.mp4")
@@ -542,6 +548,11 @@ class EngineCore:
 
     async def limits_log(self, guild_id: str) -> list[LimitsChange]:
         return await self.db(self.store.limits_log, guild_id)
+
+
+def _shown(value: str) -> str:
+    """An id from the request's path, quoted for a message and cut short (paths may be 8 KB long)."""
+    return repr(value[:MAX_ECHOED_INPUT_CHARS]) + ("…" if len(value) > MAX_ECHOED_INPUT_CHARS else "")
 
 
 def artifact_view(row: ArtifactRow) -> Artifact:
