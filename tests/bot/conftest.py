@@ -61,6 +61,7 @@ max_steps = 400
 """
 
 
+
 @dataclass
 class EngineProcess:
     url: str

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240  # torch import + tiny models on 2 busy cores
 
 
+
 def write_config(tmp_path: Path, port: int, bot: str = "") -> Path:
     cfg = tmp_path / "config.toml"
     cfg.write_text(

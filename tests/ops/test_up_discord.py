@@ -46,6 +46,7 @@ cooldown_s = 0
 """
 
 
+
 @pytest.mark.slow
 async def test_up_serves_a_spooky_in_discord_and_stops_both_cleanly(tmp_path: Path):
     fake = FakeDiscord()
