@@ -1,7 +1,9 @@
 """The contract between the bot and the engine: requests, jobs, events, limits (no torch import).
 
 Both sides import this module; the engine validates every request body with these models and the
-bot builds them. Unknown fields are refused (`extra="forbid"`), so a typo fails loudly.
+bot builds them. Unknown fields are refused (`extra="forbid"`), so a typo fails loudly, and the
+engine validates bodies strictly (`"yes"` is no boolean, `"5"` no number). Bounds live in
+`spooky.bounds`.
 
 HTTP API (JSON bodies; every route but /v1/health needs `Authorization: Bearer <secret>`):
 
