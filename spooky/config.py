@@ -15,6 +15,8 @@ from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from spooky.bounds import MIN_VIDEO_BYTES
+from spooky.contract import LimitValues
 from spooky.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -77,7 +79,7 @@ class PipelineConfig(_Section):
     nightmare_lr: float = Field(0.01, gt=0)
     fps: int = Field(30, ge=1, le=120)
     # Byte budget of the MP4 (Discord's default upload limit for bots is 10 MiB).
-    video_max_bytes: int = Field(10 * MiB, ge=64 * 1024)
+    video_max_bytes: int = Field(10 * MiB, ge=MIN_VIDEO_BYTES)
 
 
 class EngineConfig(_Section):
@@ -127,15 +129,14 @@ class BotConfig(_Section):
     metrics_port: int = Field(0, ge=0, le=65535)
 
 
-class LimitsConfig(_Section):
-    """Per-server defaults until a moderator changes them with /limits set."""
+class LimitsConfig(LimitValues):
+    """Per-server defaults until a moderator changes them with /limits set.
 
-    max_queue_per_server: int = Field(10, ge=1)
-    max_jobs_per_user: int = Field(2, ge=1)
-    cooldown_s: float = Field(30, ge=0)
-    max_steps: int = Field(60, ge=1)
-    max_scare_steps: int = Field(20, ge=0)
-    max_frames: int = Field(300, ge=1)
+    The fields, defaults and ranges are `spooky.contract.LimitValues`, the very model /limits set
+    is checked against, so a default the engine would refuse is refused here, at config time.
+    """
+
+    model_config = _Section.model_config
 
 
 class Settings(_Section):

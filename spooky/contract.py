@@ -1,7 +1,9 @@
 """The contract between the bot and the engine: requests, jobs, events, limits (no torch import).
 
 Both sides import this module; the engine validates every request body with these models and the
-bot builds them. Unknown fields are refused (`extra="forbid"`), so a typo fails loudly.
+bot builds them. Unknown fields are refused (`extra="forbid"`), so a typo fails loudly, and the
+engine validates bodies strictly (`"yes"` is no boolean, `"5"` no number). Bounds live in
+`spooky.bounds`.
 
 HTTP API (JSON bodies; every route but /v1/health needs `Authorization: Bearer <secret>`):
 
@@ -36,21 +38,41 @@ limit, `RefusalBody` (`{"refusal": Refusal}`), so the bot can show the reason as
 from __future__ import annotations
 
 import time
+import unicodedata
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from spooky.bounds import (
+    CLIENT_KEY_CHARS,
+    CLIENT_MAX_ENTRIES,
+    CLIENT_VALUE_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MIN_VIDEO_BYTES,
+    SNOWFLAKE_PATTERN,
+)
+
 API_PREFIX = "/v1"
 AUTH_HEADER = "Authorization"
 
 #: Discord snowflakes travel as strings (they overflow JavaScript numbers).
-Snowflake = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}$")]
+Snowflake = Annotated[str, StringConstraints(pattern=SNOWFLAKE_PATTERN)]
 ArtifactId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+#: The bot's bookkeeping on a job; every key and value is bounded, on submit and on PATCH alike.
+ClientMap = Annotated[
+    dict[
+        Annotated[str, StringConstraints(max_length=CLIENT_KEY_CHARS)],
+        Annotated[str, StringConstraints(max_length=CLIENT_VALUE_CHARS)],
+    ],
+    Field(max_length=CLIENT_MAX_ENTRIES),
+]
 
-#: Longest prompt text accepted at the door; CLIP's 77-token limit is checked by the engine.
-MAX_PROMPT_CHARS = 1000
-MAX_SEED = 2**32 - 1
+
+def is_blank(text: str) -> bool:
+    """True when nothing in `text` is visible: only spaces, control, format (zero-width) characters."""
+    return all(unicodedata.category(c)[0] in "CZ" for c in text)
 
 
 class _Model(BaseModel):
@@ -122,7 +144,7 @@ class JobRequest(_Model):
     scare_steps: int | None = Field(None, ge=0)
     frames: int | None = Field(None, ge=1)  # nightmare frames (= steps) at 30 fps
     # Upload limit of the destination (Discord server); the engine fits the MP4 under it.
-    max_bytes: int | None = Field(None, ge=64 * 1024)
+    max_bytes: int | None = Field(None, ge=MIN_VIDEO_BYTES)
     size: tuple[int, int] | None = None  # (width, height) of the stage-2/3 canvas
     # Nightmare source: an uploaded or earlier artifact; None = the user's last image in the channel.
     init_artifact: ArtifactId | None = None
@@ -130,19 +152,19 @@ class JobRequest(_Model):
     # Idempotent submit: the same key returns the same job (the bot uses the interaction id).
     idempotency_key: str | None = Field(None, min_length=1, max_length=100)
     # Opaque bookkeeping of the bot (interaction token, message ids), returned with the job.
-    client: dict[str, str] = Field(default_factory=dict, max_length=16)
+    client: ClientMap = Field(default_factory=dict)
 
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, v: str) -> str:
-        if not v.strip():
+        if is_blank(v):
             raise ValueError("the prompt is empty: describe a face, e.g. 'dracula pale fangs'")
         return v.strip()
 
     @field_validator("scare_prompt")
     @classmethod
     def _scare_not_blank(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
+        if v is not None and is_blank(v):
             return None
         return v.strip() if v else v
 
@@ -151,14 +173,6 @@ class JobRequest(_Model):
     def _size_positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
         if v is not None and (v[0] <= 0 or v[1] <= 0):
             raise ValueError("size must be two positive integers (width, height)")
-        return v
-
-    @field_validator("client")
-    @classmethod
-    def _client_small(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, value in v.items():
-            if len(key) > 64 or len(value) > 1000:
-                raise ValueError("client entries are limited to 64-char keys and 1000-char values")
         return v
 
     @model_validator(mode="after")
@@ -176,7 +190,7 @@ class CancelRequest(_Model):
 
 
 class ClientState(_Model):
-    client: dict[str, str] = Field(..., max_length=16)
+    client: ClientMap
 
 
 # --- answers -------------------------------------------------------------------------------
@@ -286,8 +300,9 @@ class Health(_Model):
 # --- per-server limits ---------------------------------------------------------------------
 
 
-class GuildLimits(_Model):
-    """What moderators tune with /limits; stored by the engine, enforced at submit."""
+class LimitValues(_Model):
+    """The numeric per-server limits, defaults and allowed ranges defined once: the `[limits]`
+    config section (`spooky.config.LimitsConfig`) and what /limits set accepts are both this."""
 
     max_queue_per_server: int = Field(10, ge=1, le=1000)
     max_jobs_per_user: int = Field(2, ge=1, le=100)
@@ -295,6 +310,11 @@ class GuildLimits(_Model):
     max_steps: int = Field(60, ge=1, le=1000)
     max_scare_steps: int = Field(20, ge=0, le=1000)
     max_frames: int = Field(300, ge=1, le=3000)
+
+
+class GuildLimits(LimitValues):
+    """What moderators tune with /limits; stored by the engine, enforced at submit."""
+
     allowed_channels: list[Snowflake] = Field(default_factory=list, max_length=100)  # empty = all
     paused: bool = False
     banned_words: list[Annotated[str, StringConstraints(min_length=1, max_length=50)]] = Field(
@@ -318,7 +338,10 @@ class LimitsUpdate(_Model):
     def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(v) - set(GuildLimits.model_fields))
         if unknown:
-            raise ValueError(f"unknown limit(s) {unknown}; known: {sorted(GuildLimits.model_fields)}")
+            shown = ", ".join(repr(k[:40]) for k in unknown[:5]) + (" …" if len(unknown) > 5 else "")
+            raise ValueError(
+                f"{len(unknown)} unknown limit(s): {shown}; known: {', '.join(GuildLimits.model_fields)}"
+            )
         if not v:
             raise ValueError("no change given")
         return v

@@ -48,6 +48,21 @@ def _tokenizer(context_length: int) -> SimpleTokenizer:
     return SimpleTokenizer(context_length=context_length)
 
 
+def check_prompt_tokens(text: str, context_length: int) -> str:
+    """`ClipModel.check_prompt` with the tokenizer alone (no weights): the engine checks submits
+    with it while the models are still loading."""
+    stripped = text.strip()
+    if not stripped:
+        raise EmptyPromptError("the prompt is empty", hint="describe the face, e.g. 'dracula pale fangs'")
+    n = len(_tokenizer(context_length).encode(stripped))
+    limit = context_length - 2  # start and end tokens take two places
+    if n > limit:
+        raise PromptTooLongError(
+            f"the prompt is {n} CLIP tokens long; the limit is {limit}", hint="shorten the prompt"
+        )
+    return stripped
+
+
 class ClipModel:
     """A frozen CLIP in eval mode: image and text embeddings plus prompt checks."""
 
@@ -87,16 +102,7 @@ class ClipModel:
 
     def check_prompt(self, text: str) -> str:
         """The stripped prompt; EmptyPromptError / PromptTooLongError when CLIP cannot take it whole."""
-        stripped = text.strip()
-        if not stripped:
-            raise EmptyPromptError("the prompt is empty", hint="describe the face, e.g. 'dracula pale fangs'")
-        n = self.count_tokens(stripped)
-        if n > self.max_prompt_tokens:
-            raise PromptTooLongError(
-                f"the prompt is {n} CLIP tokens long; the limit is {self.max_prompt_tokens}",
-                hint="shorten the prompt",
-            )
-        return stripped
+        return check_prompt_tokens(text, self.context_length)
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:

@@ -2,23 +2,29 @@
 
 Status codes:
   200/202  answers; 202 for an accepted submit
-  400      malformed JSON                         ErrorBody code "malformed_json"
+  400      malformed JSON (also: nested too deep,  ErrorBody code "malformed_json"
+           a lone surrogate), undecodable gzip   ErrorBody code "undecodable_body"
+           or unparseable HTTP                    ErrorBody code "malformed_http" (server.py)
   401      missing or wrong Bearer secret         ErrorBody code "unauthorized"
   403      cancel by someone not owner/moderator  ErrorBody code "forbidden"
   404      unknown job, artifact, route           ErrorBody code "not_found"
   409      cancel of a finished job               ErrorBody code "finished"
-  413      body over engine.max_body_bytes        ErrorBody code "body_too_large"
-  422      unknown field, wrong type, bad value   ErrorBody code "invalid_request" (pydantic details)
+  413      body (raw or decoded) over its bound   ErrorBody code "body_too_large"
+           (engine.max_body_bytes for uploads, bounds.MAX_JSON_BODY_BYTES for JSON)
+  415      a Content-Encoding other than gzip/deflate  ErrorBody code "unsupported_encoding"
+  422      unknown field, wrong type, bad value   ErrorBody code "invalid_request" (short pydantic
+           details: types are strict, "yes" is no boolean and "5" no number)
   429/409/422  a limit or check refused a submit  RefusalBody (see scheduler.REFUSAL_STATUS)
-A refused or invalid request changes nothing.
+A refused or invalid request changes nothing. The secret is checked before any body is read,
+and error answers never repeat the input whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -26,9 +32,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.service.artifacts import DiskFullError
+from engine.service.bodies import read_body
 from engine.service.core import ApiError, EngineCore, Refused, artifact_view, validation_details
 from engine.service.metrics import CONTENT_TYPE
 from engine.service.scheduler import REFUSAL_STATUS
+from spooky.bounds import MAX_EVENT_ID, MAX_JSON_BODY_BYTES, MIN_VIDEO_BYTES, SNOWFLAKE_PATTERN
 from spooky.contract import (
     API_PREFIX,
     AUTH_HEADER,
@@ -53,6 +61,8 @@ M = TypeVar("M", bound=BaseModel)
 SSE_KEEPALIVE_S = 15.0
 _TERMINAL_EVENTS = {EventType.FINISHED.value, EventType.FAILED.value, EventType.CANCELLED.value}
 CORE = web.AppKey("core", EngineCore)
+_SNOWFLAKE = re.compile(SNOWFLAKE_PATTERN, re.ASCII)
+_EVENT_ID = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 
 # --- query strings --------------------------------------------------------------------------
@@ -78,7 +88,7 @@ class QueueQuery(_Query):
 class EventsQuery(_Query):
     job_id: ArtifactId | None = None
     guild_id: Snowflake | None = None
-    after: int = Field(0, ge=0)
+    after: int = Field(0, ge=0, le=MAX_EVENT_ID)
 
 
 class UserChannelQuery(_Query):
@@ -87,7 +97,7 @@ class UserChannelQuery(_Query):
 
 
 class FitQuery(_Query):
-    max_bytes: int = Field(..., ge=64 * 1024)
+    max_bytes: int = Field(..., ge=MIN_VIDEO_BYTES)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -114,12 +124,21 @@ def _validate(model: type[M], data: Any) -> M:
 
 
 async def _body(request: web.Request, model: type[M]) -> M:
-    raw = await request.read()  # raises 413 past client_max_size
+    limit = min(MAX_JSON_BODY_BYTES, _core(request).settings.engine.max_body_bytes)
+    raw = await read_body(request, limit, "the JSON body limit")
+    if not raw:
+        return _validate(model, None)
     try:
-        data = json.loads(raw) if raw else None
-    except ValueError as e:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from e
-    return _validate(model, data)
+        # pydantic's own parser: strict types, and too deep a nesting or a lone surrogate is an
+        # invalid document (json.loads would recurse until RecursionError, or keep the surrogate).
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as e:
+        syntax = [err for err in e.errors(include_url=False) if err["type"] == "json_invalid"]
+        if syntax:
+            raise ApiError(400, "malformed_json", f"the body is not valid JSON: {syntax[0]['msg']}") from e
+        raise ApiError(
+            422, "invalid_request", f"the request does not match {model.__name__}", validation_details(e)
+        ) from e
 
 
 def _query(request: web.Request, model: type[M]) -> M:
@@ -150,13 +169,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         )
     except DiskFullError as e:
         return error_response(507, e.code, str(e))
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[CORE].settings.engine.max_body_bytes
-        return error_response(
-            413,
-            "body_too_large",
-            f"the request body is larger than the {limit} bytes allowed (engine.max_body_bytes)",
-        )
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -178,10 +190,13 @@ def auth_middleware(secret: str) -> Callable[..., Awaitable[web.StreamResponse]]
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path != f"{API_PREFIX}/health":
-            given = request.headers.get(AUTH_HEADER, "").encode()
+            header = request.headers.get(AUTH_HEADER, "")
+            # The secret is ASCII (engine_secret checks); a header with any other character, or
+            # with bytes that are not even UTF-8 (aiohttp keeps them as surrogates), is wrong.
+            given = header.encode() if header.isascii() else b"\x00"
             # Constant-time compare: the time taken says nothing about how much of the secret matched.
             if not hmac.compare_digest(given, expected):
-                why = "missing" if not given else "wrong"
+                why = "missing" if not header else "wrong"
                 return error_response(
                     401, "unauthorized", f"{why} API secret: send 'Authorization: Bearer <engine.secret>'"
                 )
@@ -254,12 +269,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     after = q.after
     last_header = request.headers.get("Last-Event-ID")
     if last_header:
-        try:
-            after = max(int(last_header), 0)
-        except ValueError as e:
+        if not _EVENT_ID.fullmatch(last_header) or int(last_header) > MAX_EVENT_ID:
             raise ApiError(
-                422, "invalid_request", f"Last-Event-ID must be an event id, got {last_header!r}"
-            ) from e
+                422,
+                "invalid_request",
+                f"Last-Event-ID must be an event id (digits, at most {MAX_EVENT_ID}), "
+                f"got {last_header[:30]!r}",
+            )
+        after = int(last_header)
     core = _core(request)
     job = await core.job(q.job_id) if q.job_id is not None else None  # 404 for an unknown job
     resp = web.StreamResponse(
@@ -295,7 +312,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 @routes.post(f"{API_PREFIX}/uploads")
 async def upload(request: web.Request) -> web.Response:
     q = _query(request, UserChannelQuery)
-    data = await request.read()
+    data = await read_body(request, _core(request).settings.engine.max_body_bytes, "engine.max_body_bytes")
     return model_response(await _core(request).upload(data, q.user_id, q.channel_id), 201)
 
 
@@ -326,9 +343,9 @@ async def last_image(request: web.Request) -> web.Response:
 
 def _guild(request: web.Request) -> str:
     guild_id = request.match_info["guild_id"]
-    if not guild_id.isdigit() or len(guild_id) > 20:
+    if not _SNOWFLAKE.fullmatch(guild_id):  # ASCII digits: str.isdigit() also takes "²" and "٣"
         raise ApiError(
-            422, "invalid_request", f"guild id must be a Discord snowflake (digits), got {guild_id!r}"
+            422, "invalid_request", f"guild id must be a Discord snowflake (digits), got {guild_id[:30]!r}"
         )
     return guild_id
 

@@ -21,6 +21,7 @@ from engine.service.api import build_app
 from engine.service.artifacts import ArtifactFiles
 from engine.service.core import EngineCore, default_limits
 from engine.service.events import EventHub
+from engine.service.server import EngineRunner
 from engine.service.store import MAX_ATTEMPTS, SQLiteStore
 from engine.service.threads import run_in_daemon_thread
 from spooky.config import Settings
@@ -49,6 +50,12 @@ def engine_secret(settings: Settings) -> str:
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
                 "and give the bot the same value"
             ),
+        )
+    if not secret.isascii() or not secret.isprintable() or secret != secret.strip():
+        raise ConfigError(
+            "the engine's API secret must be printable ASCII without surrounding spaces "
+            "(it travels in an HTTP header)",
+            hint="use e.g. the output of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
         )
     return secret
 
@@ -99,7 +106,7 @@ class EngineService:
         for event in self.store.recover_interrupted(MAX_ATTEMPTS):
             log.warning("job %s was interrupted: %s", event.job_id, event.data.get("reason"))
         self.files.clean_tmp(older_than_s=0)
-        self._runner = web.AppRunner(build_app(self.core, self.secret), access_log=None, shutdown_timeout=2.0)
+        self._runner = EngineRunner(build_app(self.core, self.secret), access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.engine.host, self._port)
         await site.start()

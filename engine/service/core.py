@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 from engine.service.artifacts import ArtifactFiles, new_id
 from engine.service.events import EventHub
 from engine.service.metrics import Metrics
+from engine.service.prompt_check import check_prompts
 from engine.service.scheduler import (
     Estimator,
     Placement,
@@ -38,9 +39,9 @@ from engine.service.store import (
     QueueSnapshot,
     Submitted,
 )
+from spooky.bounds import MAX_ECHOED_INPUT_CHARS, MAX_ERROR_CHARS, MAX_ERROR_DETAILS, MAX_SEED
 from spooky.config import LimitsConfig, PipelineConfig, Settings
 from spooky.contract import (
-    MAX_SEED,
     Artifact,
     CancelRequest,
     Event,
@@ -248,7 +249,9 @@ class EngineCore:
     async def _job(self, job_id: str) -> JobRow:
         job = await self.db(self.store.get_job, job_id)
         if job is None:
-            raise ApiError(404, "not_found", f"no job with id {job_id!r}; it never existed or was deleted")
+            raise ApiError(
+                404, "not_found", f"no job with id {_shown(job_id)}; it never existed or was deleted"
+            )
         return job
 
     async def jobs(self, **filters: Any) -> list[JobView]:
@@ -323,11 +326,13 @@ class EngineCore:
         who = req.requester
         limits = await self.db(self.store.guild_limits, who.guild_id)
         spec = resolve_spec(req, self.settings.pipeline, limits)
-        if self.validator is not None:
-            try:
-                await asyncio.to_thread(self.validator, req.kind, spec)
-            except SpookyError as e:
-                raise Refused(refusal_for_input(e)) from e
+        # Before the models are loaded, the prompt checks that need only CLIP's tokenizer still run,
+        # so a prompt CLIP cannot take is refused now, not when its turn comes.
+        validator = self.validator or check_prompts
+        try:
+            await asyncio.to_thread(validator, req.kind, spec)
+        except SpookyError as e:
+            raise Refused(refusal_for_input(e)) from e
         source = await self._nightmare_source(req) if JobKind(req.kind) is JobKind.NIGHTMARE else None
         max_queue = self.settings.engine.max_queue
         now = time.time()
@@ -421,13 +426,13 @@ class EngineCore:
         except ValueError as e:
             raise ApiError(422, "invalid_request", str(e)) from e
         if job is None:
-            raise ApiError(404, "not_found", f"no job with id {job_id!r}")
+            raise ApiError(404, "not_found", f"no job with id {_shown(job_id)}")
         return await self.view(job)
 
     async def mark_delivered(self, job_id: str) -> JobView:
         job = await self.db(self.store.mark_delivered, job_id)
         if job is None:
-            raise ApiError(404, "not_found", f"no job with id {job_id!r}")
+            raise ApiError(404, "not_found", f"no job with id {_shown(job_id)}")
         return await self.view(job)
 
     async def events_after(self, after: int, job_id: str | None, guild_id: str | None) -> list[Event]:
@@ -456,11 +461,13 @@ class EngineCore:
     async def artifact(self, artifact_id: str) -> tuple[ArtifactRow, bytes]:
         row = await self.db(self.store.get_artifact, artifact_id)
         if row is None:
-            raise ApiError(404, "not_found", f"no artifact {artifact_id!r}; it never existed or has expired")
+            raise ApiError(
+                404, "not_found", f"no artifact {_shown(artifact_id)}; it never existed or has expired"
+            )
         try:
             data = await asyncio.to_thread(self.files.read, row)
         except FileNotFoundError as e:
-            raise ApiError(404, "not_found", f"the file of artifact {artifact_id!r} is gone") from e
+            raise ApiError(404, "not_found", f"the file of artifact {_shown(artifact_id)} is gone") from e
         return row, data
 
     async def fit_video(self, artifact_id: str, max_bytes: int) -> Artifact:
@@ -469,7 +476,9 @@ class EngineCore:
 
         row, data = await self.artifact(artifact_id)
         if row.media_type != "video/mp4":
-            raise ApiError(422, "not_a_video", f"artifact {artifact_id!r} is {row.media_type}, not an MP4")
+            raise ApiError(
+                422, "not_a_video", f"artifact {_shown(artifact_id)} is {row.media_type}, not an MP4"
+            )
         if row.bytes <= max_bytes:
             return artifact_view(row)
         tmp = self.files.temp_path(f"fit-{new_id()}.mp4")
@@ -523,6 +532,8 @@ class EngineCore:
         from pydantic import ValidationError
 
         try:
+            # Strict types at the edge: "yes" is not a boolean, "5" is not a number of steps.
+            GuildLimits.model_validate({**GuildLimits().model_dump(), **changes}, strict=True)
             updated = await self.db(self.store.update_limits, guild_id, actor_id, changes)
         except ValidationError as e:
             raise ApiError(422, "invalid_limits", "a limit is out of range", validation_details(e)) from e
@@ -539,6 +550,11 @@ class EngineCore:
         return await self.db(self.store.limits_log, guild_id)
 
 
+def _shown(value: str) -> str:
+    """An id from the request's path, quoted for a message and cut short (paths may be 8 KB long)."""
+    return repr(value[:MAX_ECHOED_INPUT_CHARS]) + ("…" if len(value) > MAX_ECHOED_INPUT_CHARS else "")
+
+
 def artifact_view(row: ArtifactRow) -> Artifact:
     return Artifact(
         id=row.id,
@@ -551,7 +567,19 @@ def artifact_view(row: ArtifactRow) -> Artifact:
 
 
 def validation_details(e: Any) -> list[dict[str, Any]]:
-    """pydantic errors as plain JSON (no exception objects in `ctx`, no doc URLs)."""
-    import json
-
-    return json.loads(e.json(include_url=False))
+    """The first pydantic errors as short plain JSON: never the whole input, so a 12 MiB prompt or
+    thousands of unknown fields give an answer of a few kilobytes."""
+    details = []
+    for err in e.errors(include_url=False, include_context=False)[:MAX_ERROR_DETAILS]:
+        detail: dict[str, Any] = {
+            "type": err["type"],
+            "loc": [p if isinstance(p, int) else str(p)[:MAX_ECHOED_INPUT_CHARS] for p in err["loc"]],
+            "msg": err["msg"][:MAX_ERROR_CHARS],
+        }
+        given = err.get("input")
+        if isinstance(given, str | int | float) and len(repr(given)) <= MAX_ECHOED_INPUT_CHARS:
+            detail["input"] = given
+        details.append(detail)
+    if e.error_count() > MAX_ERROR_DETAILS:
+        details.append({"type": "truncated", "loc": [], "msg": f"{e.error_count()} errors in all"})
+    return details

@@ -185,3 +185,38 @@ def test_warnings_name_what_to_change(tmp_path: Path):
     assert "DISCORD_TOKEN" in warnings
     quiet = _write(tmp_path, '[engine]\nsecret = "s"\n[bot]\ntoken = "t"\n')
     assert settings_warnings(load_settings(quiet, env={}), {}) == []
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_") and k != "DISCORD_TOKEN"}
+    return subprocess.run(
+        [sys.executable, "-m", "spooky.cli", *args],
+        cwd=ROOT,
+        env={**clean, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [("max_steps", "5000", "<= 1000"), ("max_jobs_per_user", "101", "<= 100"), ("cooldown_s", "-1", ">= 0")],
+)
+def test_a_limits_default_the_api_would_refuse_fails_config_check(key: str, value: str, allowed: str):
+    env = {f"SPOOKY_LIMITS__{key.upper()}": value}
+    r = _check(env=env)
+    assert r.returncode == 1 and "settings OK" not in r.stdout
+    assert f"limits.{key}" in r.stderr and value in r.stderr and allowed in r.stderr, r.stderr
+    # The engine refuses it the same way at start, with no pydantic traceback.
+    r = _cli("engine", env={**env, "SPOOKY_ENGINE_SECRET": "s", "SPOOKY_ENGINE__PORT": "9"})
+    assert r.returncode == 1 and f"limits.{key}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_the_limits_section_and_the_per_server_limits_have_the_same_bounds():
+    from spooky.config import LimitsConfig
+    from spooky.contract import GuildLimits
+
+    for name, field in LimitsConfig.model_fields.items():
+        other = GuildLimits.model_fields[name]
+        assert (field.default, field.metadata) == (other.default, other.metadata), name

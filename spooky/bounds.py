@@ -1,0 +1,29 @@
+"""Size and range bounds of what the engine's API accepts, each defined once (no torch import).
+
+The contract's models, the API's body reader and the engine's checks import these, so a bound
+changed here changes everywhere it is enforced and everywhere it is reported.
+"""
+
+from __future__ import annotations
+
+#: Longest prompt text accepted at the door; CLIP's 77-token limit is checked by the engine.
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**32 - 1
+#: Smallest MP4 byte budget the encoder can meet (a request's max_bytes, fit?max_bytes=).
+MIN_VIDEO_BYTES = 64 * 1024
+#: Discord snowflakes: ASCII digits only, at most 20 of them (2**64 has 20 digits).
+SNOWFLAKE_PATTERN = r"^[0-9]{1,20}$"
+#: Event ids are SQLite integers: `after=` and Last-Event-ID beyond this cannot name an event.
+MAX_EVENT_ID = 2**63 - 1
+#: The bot's opaque bookkeeping on a job (interaction token, message ids).
+CLIENT_MAX_ENTRIES = 16
+CLIENT_KEY_CHARS = 64
+CLIENT_VALUE_CHARS = 1000
+#: Largest JSON body of any route: a JobRequest at its limits is far below this, and a body this
+#: size parses in milliseconds, so no request can hold the event loop for long.
+MAX_JSON_BODY_BYTES = 256 * 1024
+#: Error answers stay short: at most this many validation details, each message cut to this
+#: many characters, and an offending input echoed only when it is a short scalar.
+MAX_ERROR_DETAILS = 20
+MAX_ERROR_CHARS = 200
+MAX_ECHOED_INPUT_CHARS = 60
