@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from engine.models.weights import looks_like_html_bytes
 from spooky.errors import CorruptWeightsError, MissingWeightsError
 
 
@@ -77,14 +78,10 @@ _inert_pickle = types.ModuleType("spooky_inert_pickle")
 _inert_pickle.Unpickler = _InertUnpickler  # type: ignore[attr-defined]
 _inert_pickle.load = _inert_load  # type: ignore[attr-defined]
 
-_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml", b"<!--")
-
-
 def looks_like_html(path: Path) -> bool:
     """True when the file starts like a web page (what a dead mirror or a login wall returns)."""
     with open(path, "rb") as f:
-        head = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    return head.startswith(_HTML_STARTS)
+        return looks_like_html_bytes(f.read(512))
 
 
 def html_error(path: Path, what: str, fetch_hint: str) -> CorruptWeightsError:
@@ -94,14 +91,6 @@ def html_error(path: Path, what: str, fetch_hint: str) -> CorruptWeightsError:
         "the mirror it came from returned an error, login or quota page",
         hint=f"delete it and download the file again; {fetch_hint}",
     )
-
-
-def is_torchscript(path: Path) -> bool:
-    """A TorchScript archive (`torch.jit.save`): a zip with compiled code next to `data.pkl`."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
 
 
 def load_torchscript_data(path: str | Path) -> Any:
