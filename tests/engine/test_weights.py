@@ -180,13 +180,19 @@ def test_fetch_records_a_sidecar_then_verifies_against_it(server, tmp_path: Path
 
 def test_fetch_reports_every_failed_mirror(server, tmp_path: Path) -> None:
     wf = WeightFile("w.bin", urls=(f"{server.base}/a.bin", f"{server.base}/b.bin"))
-    with pytest.raises(DownloadError, match="any of 2 source") as info:
+    with pytest.raises(DownloadError, match="all 2 mirror") as info:
         fetch_file(wf, tmp_path, progress=False)
     assert "/a.bin" in str(info.value) and "/b.bin" in str(info.value)
 
 
 def test_registry_entries() -> None:
-    assert set(REGISTRY) == {"stylegan2_ffhq", "vqgan_wikiart_16384", "vqgan_imagenet_16384", "clip_vit_b_32"}
+    assert set(REGISTRY) == {
+        "stylegan2_ffhq",
+        "vqgan_wikiart_16384",
+        "vqgan_imagenet_16384",
+        "clip_vit_b_32",
+        "clip_vit_b_32_openai",
+    }
     for entry in REGISTRY.values():
         for wf in entry.files:
             assert wf.urls and all(u.startswith(("http://", "https://")) for u in wf.urls)
