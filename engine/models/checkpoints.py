@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from engine.models.weights import looks_like_html_bytes
+from engine.models.weights import is_torchscript, looks_like_html_bytes
 from spooky.errors import CorruptWeightsError, MissingWeightsError
 
 
@@ -119,6 +119,13 @@ def load_torch_file(path: str | Path, *, what: str, fetch_hint: str, map_locatio
         raise MissingWeightsError(f"{what} not found: {p}", hint=fetch_hint)
     if looks_like_html(p):
         raise html_error(p, what, fetch_hint)
+    if is_torchscript(p):
+        # Never handed to torch.load: with weights_only=False it would run torch.jit.load.
+        raise CorruptWeightsError(
+            f"{what} at {p} is a TorchScript archive (a scripted model such as OpenAI's CLIP "
+            "ViT-B-32.pt), not this kind of checkpoint",
+            hint=fetch_hint,
+        )
     # mmap: only the tensors that are used are ever read (not a training checkpoint's optimizer
     # state). Legacy (pre-1.6) files cannot be mapped and are read whole.
     mmap = zipfile.is_zipfile(p)

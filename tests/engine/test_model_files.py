@@ -43,6 +43,12 @@ def toy_clip() -> torch.nn.Module:
     return build_clip_model(model_cfg=TOY).eval()
 
 
+@pytest.fixture(scope="module")
+def vit_b_32() -> torch.nn.Module:
+    """The model the factory builds for the `openai` ViT-B-32 weights (random, full size)."""
+    return build_clip_model("ViT-B-32")
+
+
 def write_openai_torchscript(model: torch.nn.Module, path: Path) -> None:
     """A TorchScript fp16 archive of `model`, as `clip.load` leaves ViT-B-32.pt in ~/.cache/clip."""
     img, txt = torch.rand(1, 3, 32, 32), torch.zeros(1, 77, dtype=torch.long)
@@ -231,8 +237,8 @@ def test_web_page_saved_as_checkpoint_or_yaml(tmp_path: Path) -> None:
             loader(page)
 
 
-def test_wrong_model_file_names_the_keys_that_matter(toy_clip, tmp_path: Path) -> None:
-    real_size = build_clip_model("ViT-B-32").state_dict()  # the published file's keys
+def test_wrong_model_file_names_the_keys_that_matter(toy_clip, vit_b_32, tmp_path: Path) -> None:
+    real_size = vit_b_32.state_dict()  # the published file's keys
     clip_file = tmp_path / "clip.pt"
     torch.save({k: torch.zeros(1) for k in real_size}, clip_file)
     with pytest.raises(CheckpointMismatchError) as info:
@@ -252,6 +258,12 @@ def test_wrong_model_file_names_the_keys_that_matter(toy_clip, tmp_path: Path) -
     with pytest.raises(CheckpointMismatchError, match=r"not a taming VQGAN.*CLIP state dict") as info:
         load_vqgan(cfg, clip_file)
     assert len(str(info.value)) < 600
+    openai = tmp_path / "ViT-B-32.pt"
+    write_openai_torchscript(toy_clip, openai)
+    with pytest.raises(CorruptWeightsError, match="is a TorchScript archive") as info:
+        load_stylegan2(openai)  # never reaches torch.load, which would hand it to torch.jit.load
+    with pytest.raises(CorruptWeightsError, match="is a TorchScript archive"):
+        load_vqgan(cfg, openai)
     bare = tmp_path / "bare.pt"
     torch.save(g.state_dict(), bare)
     with pytest.raises(CheckpointMismatchError, match="bare StyleGAN2 generator state dict"):
@@ -331,8 +343,8 @@ def test_training_state_is_not_read_into_memory(tmp_path: Path) -> None:
 # --- 8. QuickGELU ---------------------------------------------------------------------------
 
 
-def test_the_openai_clip_model_uses_quick_gelu() -> None:
-    model = build_clip_model("ViT-B-32")
+def test_the_openai_clip_model_uses_quick_gelu(vit_b_32) -> None:
+    model = vit_b_32
     blocks = list(model.visual.transformer.resblocks) + list(model.transformer.resblocks)
     assert len(blocks) == 24
     assert all(isinstance(b.mlp.gelu, open_clip.transformer.QuickGELU) for b in blocks)
