@@ -175,7 +175,7 @@ def _read_torchscript(path: Path, what: str, openai_sha256: str | None) -> dict[
         digest = sha256_file(path)
         if digest != openai_sha256.lower():
             raise CorruptWeightsError(
-                f"{what} at {path} is a TorchScript archive, but not OpenAI's ViT-B-32.pt: its sha256 is "
+                f"CLIP file {path} is a TorchScript archive, but not OpenAI's ViT-B-32.pt: its sha256 is "
                 f"{digest}, OpenAI publishes {openai_sha256.lower()}",
                 hint="download it again (`spooky weights fetch clip_vit_b_32_openai`) or use open_clip's "
                 "state dict; " + FETCH_HINT,

@@ -70,12 +70,10 @@ _SIGNATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def _groups(keys: list[str]) -> str:
     """Top-level names with how many keys sit under each: 'visual.* (150), logit_scale'."""
-    counts: dict[str, int] = {}
+    groups: dict[str, list[str]] = {}
     for key in keys:
-        head = key.split(".", 1)[0]
-        counts[head] = counts.get(head, 0) + 1
-    parts = [f"{h}.* ({n})" if n > 1 else h for h, n in counts.items()]
-    return _listing(parts)
+        groups.setdefault(key.split(".", 1)[0], []).append(key)
+    return _listing([f"{h}.* ({len(ks)})" if len(ks) > 1 else ks[0] for h, ks in groups.items()])
 
 
 def describe_contents(obj: object) -> str:

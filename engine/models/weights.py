@@ -335,8 +335,6 @@ def download(
             )
         length = resp.headers.get("Content-Length")
         remaining = int(length) if length and length.isdigit() else None
-        if remaining is not None:
-            _check_size(url, dest.name, offset + remaining, expected_size)
         need = (
             remaining
             if remaining is not None
@@ -360,6 +358,8 @@ def download(
                 "(sent as a file, but it starts like HTML: an error or login page)",
                 hint=f"download the file in a browser and save it as {dest}",
             )
+        if remaining is not None:
+            _check_size(url, dest.name, offset + remaining, expected_size)
         hasher = hashlib.sha256()
         if resumed:
             with open(part, "rb") as f:
@@ -432,13 +432,14 @@ class FileStatus:
     detail: str = ""
 
 
-def manual_hint(entry: WeightsEntry, path: Path) -> str:
+def manual_hint(entry: WeightsEntry, wf: WeightFile, path: Path) -> str:
     """How to use a copy of `entry`'s file that the operator downloaded by hand."""
     keys = " and ".join(f"`{k}`" for k in entry.settings)
+    check = "checks it against the published digest" if wf.sha256 else "shows its sha256 (none is published)"
     return (
         f"download it by hand (a browser gets past login and confirmation pages) and save it as {path}, "
         f"or point {keys} in the [models] section of config.toml at your copy; "
-        f"`spooky weights verify {entry.name} --file PATH` checks it against the published digest"
+        f"`spooky weights verify {entry.name} --file PATH` {check}"
     )
 
 
@@ -470,10 +471,10 @@ def fetch_file(
             write_sidecar(path, digest)
         return path
     tried = "".join(f"\n  {i}. {err}" for i, err in enumerate(errors, 1))
-    raise DownloadError(
-        f"could not download {path.name}: all {len(wf.urls)} mirror(s) failed:{tried}",
-        hint=manual_hint(entry, path) if entry else f"download it by hand and save it as {path}",
-    )
+    todo = manual_hint(entry, wf, path) if entry else f"download it by hand and save it as {path}"
+    # What to do goes on its own line after the list, not in parentheses after the last mirror.
+    failed = f"could not download {path.name}: all {len(wf.urls)} mirror(s) failed:{tried}"
+    raise DownloadError(f"{failed}\n{todo}")
 
 
 def fetch(name: str, cache_dir: Path, *, progress: bool = True) -> list[Path]:

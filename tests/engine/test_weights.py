@@ -7,6 +7,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -338,17 +339,27 @@ def test_fetch_tries_every_mirror_in_order(server, tmp_path: Path) -> None:
 
 
 def test_fetch_that_fails_everywhere_says_what_was_tried_and_what_to_do(server, tmp_path: Path) -> None:
-    urls = tuple(f"{server.base}/{p}" for p in ("page.bin", "page-as-file.bin", "missing.bin"))
+    urls = tuple(f"{server.base}/{p}" for p in ("page.bin", "page-as-file.bin", "missing.bin", "file.bin"))
     entry = _vqgan_entry(urls, DIGEST)
+    entry = weights.WeightsEntry(  # the file is far smaller than published: refused too
+        entry.name,
+        entry.kind,
+        entry.description,
+        (entry.files[0], replace(entry.files[1], approx_size=10**7)),
+    )
     with pytest.raises(DownloadError) as info:
         fetch_file(entry.files[1], tmp_path, progress=False, entry=entry)
     message = str(info.value)
-    assert "could not download last.ckpt: all 3 mirror(s) failed" in message
+    assert "could not download last.ckpt: all 4 mirror(s) failed" in message
     for i, url in enumerate(urls, 1):
         assert f"\n  {i}. " in message and url in message
-    assert "web page" in message and "HTTP 404" in message
+    assert "web page" in message and "starts like HTML" in message and "HTTP 404" in message
+    assert "which is about 9.5 MiB: not the model file" in message
     assert "`vqgan_config` and `vqgan_ckpt` in the [models] section" in message
-    assert "`spooky weights verify toy_vqgan --file PATH`" in message
+    assert message.endswith(
+        "`spooky weights verify toy_vqgan --file PATH` checks it against the published digest"
+    )
+    assert "\ndownload it by hand" in message
 
 
 def test_cli_verify_checks_a_hand_downloaded_file(
