@@ -54,7 +54,7 @@ def _cache_dir(args: argparse.Namespace, settings: Settings) -> Path:
 def _fetch(args: argparse.Namespace) -> int:
     settings = _settings(args)
     cache_dir = _cache_dir(args, settings)
-    names = args.names or ["stylegan2_ffhq", settings.models.vqgan, "clip_vit_b_32"]
+    names = args.names or _default_names(settings, cache_dir)
     for name in names:
         weights.get_entry(name)  # unknown names fail before anything is downloaded
     for name in names:
@@ -62,6 +62,27 @@ def _fetch(args: argparse.Namespace) -> int:
         for path in weights.fetch(name, cache_dir, progress=not args.no_progress):
             print(f"  {path} ({weights.human_size(path.stat().st_size)})")
     return 0
+
+
+def _default_names(settings: Settings, cache_dir: Path) -> list[str]:
+    """What the config uses, less what it already has outside the cache (named in [models], or
+    CLIP in another tool's cache): an operator with the files on disk downloads nothing."""
+    models = settings.models
+    names = []
+    for name, have in (
+        ("stylegan2_ffhq", models.stylegan2),
+        (models.vqgan, models.vqgan_ckpt if models.vqgan_config else None),
+        ("clip_vit_b_32", models.clip),
+    ):
+        if have is not None:
+            print(f"{name}: not fetched, the config names {have}")
+        else:
+            names.append(name)
+    found = [f for f in weights.find_clip_files(cache_dir) if f.where not in ("SpookyGAN cache",)]
+    if "clip_vit_b_32" in names and found:
+        names.remove("clip_vit_b_32")
+        print(f"clip_vit_b_32: not fetched, found {found[0].path} ({found[0].where})")
+    return names
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -350,3 +350,23 @@ def test_the_openai_clip_model_uses_quick_gelu(vit_b_32) -> None:
     assert all(isinstance(b.mlp.gelu, open_clip.transformer.QuickGELU) for b in blocks)
     x = torch.linspace(-3, 3, 7)
     torch.testing.assert_close(blocks[0].mlp.gelu(x), x * torch.sigmoid(1.702 * x))
+
+
+def test_fetch_downloads_nothing_the_operator_already_has(
+    home: Path, toy_clip_bytes: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hf = _hf_layout(home / ".cache" / "huggingface" / "hub", toy_clip_bytes)
+    have = tmp_path / "mine"
+    have.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[models]\ncache_dir = "{tmp_path / "cache"}"\nstylegan2 = "{have / "ffhq.pt"}"\n'
+        f'vqgan_config = "{have / "wikiart.yaml"}"\nvqgan_ckpt = "{have / "wikiart.ckpt"}"\n',
+        encoding="utf-8",
+    )
+    assert cli.main(["weights", "fetch", "--config", str(config), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"stylegan2_ffhq: not fetched, the config names {have / 'ffhq.pt'}" in out
+    assert f"vqgan_wikiart_16384: not fetched, the config names {have / 'wikiart.ckpt'}" in out
+    assert f"clip_vit_b_32: not fetched, found {hf} (Hugging Face cache)" in out
+    assert not (tmp_path / "cache").exists()  # nothing downloaded, not even tried
