@@ -175,13 +175,10 @@ def test_openai_cache_and_weights_list_show_where(
     assert rows[1].startswith("OpenAI clip cache") and rows[1].endswith(str(openai))
     # verify: the HF copy against its blob digest; OpenAI's against the digest in its URL
     assert cli.main(["weights", "verify", "clip_vit_b_32", "--cache-dir", str(cache)]) == 1
-    lines = {
-        line.split()[-1] if "mismatch" in line else line.split()[2]: line
-        for line in capsys.readouterr().out.splitlines()[1:]
-    }
-    assert " ok " in lines[str(hf)]
-    mismatch = next(line for line in lines.values() if str(openai) in line)
-    assert "mismatch" in mismatch and weights.OPENAI_VIT_B_32_SHA256 in mismatch
+    rows = {line.split()[2]: line.split(None, 3) for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows[str(hf)][1] == "ok" and "Hugging Face cache" in rows[str(hf)][3]
+    assert rows[str(openai)][1] == "mismatch"  # a replica, not OpenAI's file
+    assert f"expected {weights.OPENAI_VIT_B_32_SHA256}, got {sha256(openai)}" in rows[str(openai)][3]
 
 
 def test_nothing_found_says_where_it_looked(home: Path, tmp_path: Path, capsys) -> None:
