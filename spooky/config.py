@@ -49,7 +49,8 @@ class ModelsConfig(_Section):
     # Explicit taming files (override the registry name): the yaml and the Lightning ckpt.
     vqgan_config: Path | None = None
     vqgan_ckpt: Path | None = None
-    # open_clip state dict for ViT-B-32 (openai); empty = <cache_dir>/clip-vit-b-32-openai.pt
+    # CLIP ViT-B-32 (openai): open_clip's .bin / .safetensors or OpenAI's ViT-B-32.pt; empty = the
+    # first found in <cache_dir>, the Hugging Face cache (HF_HUB_CACHE / HF_HOME) or ~/.cache/clip
     clip: Path | None = None
     # Seed of the tiny preset's random weights (the same seed gives the same toy models).
     tiny_seed: int = 0

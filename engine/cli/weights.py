@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engine.models import weights
 from spooky.config import Settings, load_settings
+from spooky.errors import WeightsError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     listing.set_defaults(func=_list)
 
-    verify = actions.add_parser("verify", parents=[common], help="check the sha256 of the files present")
+    verify = actions.add_parser(
+        "verify",
+        parents=[common],
+        help="check the sha256 of the files present, found elsewhere and named in [models]",
+    )
     verify.add_argument("names", nargs="*", metavar="NAME", help="entries to check (default: all)")
+    verify.add_argument(
+        "--file", type=Path, help="check this file (downloaded by hand) against NAME's published digest"
+    )
     verify.set_defaults(func=_verify)
 
 
@@ -46,7 +54,7 @@ def _cache_dir(args: argparse.Namespace, settings: Settings) -> Path:
 def _fetch(args: argparse.Namespace) -> int:
     settings = _settings(args)
     cache_dir = _cache_dir(args, settings)
-    names = args.names or ["stylegan2_ffhq", settings.models.vqgan, "clip_vit_b_32"]
+    names = args.names or _default_names(settings, cache_dir)
     for name in names:
         weights.get_entry(name)  # unknown names fail before anything is downloaded
     for name in names:
@@ -54,6 +62,27 @@ def _fetch(args: argparse.Namespace) -> int:
         for path in weights.fetch(name, cache_dir, progress=not args.no_progress):
             print(f"  {path} ({weights.human_size(path.stat().st_size)})")
     return 0
+
+
+def _default_names(settings: Settings, cache_dir: Path) -> list[str]:
+    """What the config uses, less what it already has outside the cache (named in [models], or
+    CLIP in another tool's cache): an operator with the files on disk downloads nothing."""
+    models = settings.models
+    names = []
+    for name, have in (
+        ("stylegan2_ffhq", models.stylegan2),
+        (models.vqgan, models.vqgan_ckpt if models.vqgan_config else None),
+        ("clip_vit_b_32", models.clip),
+    ):
+        if have is not None:
+            print(f"{name}: not fetched, the config names {have}")
+        else:
+            names.append(name)
+    found = [f for f in weights.find_clip_files(cache_dir) if f.where not in ("SpookyGAN cache",)]
+    if "clip_vit_b_32" in names and found:
+        names.remove("clip_vit_b_32")
+        print(f"clip_vit_b_32: not fetched, found {found[0].path} ({found[0].where})")
+    return names
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -69,6 +98,15 @@ def _list(args: argparse.Namespace) -> int:
             size = f"~{weights.human_size(wf.approx_size)}" if wf.approx_size else "?"
         rows.append((st.entry, "yes" if st.present else "no", size, str(st.path)))
     _print_table(rows)
+    found = weights.find_clip_files(cache_dir)
+    print("\nCLIP ViT-B/32 files found (the first one is used unless models.clip is set):")
+    if found:
+        rows = [("WHERE", "SIZE", "PATH")]
+        rows += [(f.where, weights.human_size(f.path.stat().st_size), str(f.path)) for f in found]
+        _print_table(rows)
+    else:
+        hub = weights.hf_hub_cache()
+        print(f"  none (looked in {cache_dir}, {hub} and {Path.home() / '.cache' / 'clip'})")
     configured = _configured_files(settings)
     if configured:
         print("\nfiles named in the [models] section (used instead of the cache):")
@@ -90,16 +128,50 @@ def _configured_files(settings: Settings) -> list[tuple[str, Path]]:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    cache_dir = _cache_dir(args, _settings(args))
+    settings = _settings(args)
+    cache_dir = _cache_dir(args, settings)
     names = args.names or list(weights.REGISTRY)
-    for name in names:
-        weights.get_entry(name)
-    statuses = weights.file_statuses(names, cache_dir, check=True)
+    entries = [weights.get_entry(name) for name in names]
+    if args.file is not None:
+        if len(entries) != 1:
+            raise WeightsError(
+                "--file needs exactly one NAME",
+                hint="e.g. spooky weights verify clip_vit_b_32_openai --file ViT-B-32.pt",
+            )
+        path = args.file.expanduser()
+        statuses = [weights.check_file(entries[0].name, path, weights.file_for(entries[0], path).sha256)]
+    else:
+        statuses = weights.file_statuses(names, cache_dir, check=True)
+        statuses += _elsewhere_statuses(settings, cache_dir, names)
     rows = [("NAME", "CHECK", "PATH", "DETAIL")]
     rows += [(st.entry, st.check, str(st.path), st.detail) for st in statuses]
     _print_table(rows)
-    failed = [st for st in statuses if st.check == "mismatch" or (args.names and st.check == "missing")]
+    missing_counts = bool(args.names) or args.file is not None
+    failed = [st for st in statuses if st.check == "mismatch" or (missing_counts and st.check == "missing")]
     return 1 if failed else 0
+
+
+def _elsewhere_statuses(settings: Settings, cache_dir: Path, names: list[str]) -> list[weights.FileStatus]:
+    """Files outside the cache: CLIP found in other tools' caches, and files named in [models]."""
+    out = []
+    in_cache = {p for name in names for p in weights.get_entry(name).paths(cache_dir)}
+    if any(weights.REGISTRY[n].kind == "clip" for n in names):
+        for found in weights.find_clip_files(cache_dir):
+            if found.path not in in_cache:
+                out.append(weights.check_file("clip", found.path, found.sha256, what=found.where))
+    models = settings.models
+    vqgan = weights.REGISTRY.get(models.vqgan)
+    pinned = {
+        "stylegan2": weights.REGISTRY["stylegan2_ffhq"].files[0].sha256,
+        "vqgan_config": vqgan.files[0].sha256 if vqgan else None,
+        "vqgan_ckpt": vqgan.files[1].sha256 if vqgan else None,
+    }
+    for key, path in _configured_files(settings):
+        reference = pinned.get(key)
+        if key == "clip" and path.is_file() and weights.is_torchscript(path):
+            reference = weights.OPENAI_VIT_B_32_SHA256
+        out.append(weights.check_file(f"models.{key}", path, reference, what="named in [models]"))
+    return out
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:

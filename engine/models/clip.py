@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import zipfile
+import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,9 +20,15 @@ import open_clip
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
-from engine.models.checkpoints import load_torch_file
-from engine.models.state_dicts import load_strict
-from engine.models.weights import REGISTRY
+from engine.models.checkpoints import (
+    InertObject,
+    html_error,
+    load_torch_file,
+    load_torchscript_data,
+    looks_like_html,
+)
+from engine.models.state_dicts import describe_contents, load_strict
+from engine.models.weights import OPENAI_VIT_B_32_SHA256, find_clip_files, is_torchscript, sha256_file
 from spooky.errors import (
     CorruptWeightsError,
     EmptyPromptError,
@@ -32,11 +38,10 @@ from spooky.errors import (
 )
 
 FETCH_HINT = "run `spooky weights fetch clip_vit_b_32` (or set models.clip in config.toml to the file)"
-#: Where open_clip's own download of the openai ViT-B/32 weights lands inside a Hugging Face cache.
-_OPEN_CLIP_HF_DIR = "models--timm--vit_base_patch32_clip_224.openai"
-_OPEN_CLIP_HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 # Keys OpenAI's own state dicts carry besides the weights.
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+# Tensor attributes of OpenAI's scripted modules that are no weights (the causal text mask).
+_TORCHSCRIPT_NON_WEIGHTS = ("attn_mask",)
 TEXT_CACHE_SIZE = 256
 
 log = logging.getLogger(__name__)
@@ -148,31 +153,69 @@ def build_clip_model(
 
 
 def find_cached_clip(cache_dir: Path) -> Path | None:
-    """Our registry file in `cache_dir`, else open_clip's own download of the openai weights there."""
-    ours = cache_dir / REGISTRY["clip_vit_b_32"].files[0].filename
-    if ours.is_file():
-        return ours
-    for name in _OPEN_CLIP_HF_FILES:
-        found = sorted((cache_dir / _OPEN_CLIP_HF_DIR / "snapshots").glob(f"*/{name}"))
-        if found:
-            return found[-1]
-    return None
+    """The first CLIP file on disk: SpookyGAN's cache, then Hugging Face's, then OpenAI's (see
+    `weights.find_clip_files`)."""
+    found = find_clip_files(cache_dir)
+    return found[0].path if found else None
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
+def _torchscript_tensors(obj: Any, prefix: str = "", depth: int = 0) -> dict[str, torch.Tensor]:
+    """Dotted names -> tensors of a scripted module tree read inertly (attributes, sub-modules)."""
+    if depth > 32:
+        raise ValueError("module tree nested deeper than any CLIP")
+    out: dict[str, torch.Tensor] = {}
+    state = obj.state if isinstance(obj, InertObject) else None
+    if not isinstance(state, Mapping):
+        return out
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and name not in _TORCHSCRIPT_NON_WEIGHTS:
+            out[prefix + name] = value
+        elif isinstance(value, InertObject):
+            out.update(_torchscript_tensors(value, f"{prefix}{name}.", depth + 1))
+    return out
 
 
-def read_clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of an open_clip / OpenAI CLIP state dict (.pt/.bin, restricted unpickler; or .safetensors)."""
+def _read_torchscript(path: Path, what: str, openai_sha256: str | None) -> dict[str, torch.Tensor]:
+    # OpenAI's file is verified before anything in it is read: its digest is in its download URL.
+    if openai_sha256 is not None:
+        digest = sha256_file(path)
+        if digest != openai_sha256.lower():
+            raise CorruptWeightsError(
+                f"CLIP file {path} is a TorchScript archive, but not OpenAI's ViT-B-32.pt: its sha256 is "
+                f"{digest}, OpenAI publishes {openai_sha256.lower()}",
+                hint="download it again (`spooky weights fetch clip_vit_b_32_openai`) or use open_clip's "
+                "state dict; " + FETCH_HINT,
+            )
+    try:
+        tree = load_torchscript_data(path)
+        tensors = _torchscript_tensors(tree)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        raise CorruptWeightsError(
+            f"{what} at {path} is a TorchScript archive whose data.pkl could not be read "
+            f"({type(e).__name__}: {e})",
+            hint=f"the file may be truncated; {FETCH_HINT}",
+        ) from e
+    if not tensors:
+        raise CorruptWeightsError(
+            f"{what} at {path} is a TorchScript archive without module weights in its data.pkl",
+            hint=FETCH_HINT,
+        )
+    return tensors
+
+
+def read_clip_state_dict(
+    path: Path, *, openai_sha256: str | None = OPENAI_VIT_B_32_SHA256
+) -> dict[str, torch.Tensor]:
+    """Tensors of a CLIP file: open_clip's .bin/.safetensors, an OpenAI state dict, or OpenAI's
+    TorchScript `ViT-B-32.pt` (its data.pkl read inertly after checking `openai_sha256`; None skips
+    the check)."""
     what = "CLIP weights"
     if not path.is_file():
         raise MissingWeightsError(
             f"{what} not found: {path} (expected an open_clip ViT-B-32 state dict)", hint=FETCH_HINT
         )
+    if looks_like_html(path):
+        raise html_error(path, what, FETCH_HINT)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -183,19 +226,15 @@ def read_clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise CorruptWeightsError(
                 f"{what} at {path} is not a readable safetensors file ({e})", hint=FETCH_HINT
             ) from e
-    elif _is_torchscript(path):
-        raise CorruptWeightsError(
-            f"{what} at {path} is a TorchScript archive (OpenAI's original ViT-B-32.pt); "
-            "SpookyGAN reads plain state dicts only, without running TorchScript",
-            hint=FETCH_HINT,
-        )
+    elif is_torchscript(path):
+        obj = _read_torchscript(path, what, openai_sha256)
     else:
         obj = load_torch_file(path, what=what, fetch_hint=FETCH_HINT)
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CorruptWeightsError(
-            f"{what} at {path} hold no state dict of tensors (found {type(obj).__name__})", hint=FETCH_HINT
+            f"{what} at {path} hold no CLIP state dict: {describe_contents(obj)}", hint=FETCH_HINT
         )
     sd = {k.removeprefix("module."): v for k, v in obj.items() if k not in _OPENAI_EXTRA_KEYS}
     return sd
@@ -208,8 +247,12 @@ def load_clip(
     *,
     model_name: str = "ViT-B-32",
     model_cfg: Mapping[str, Any] | None = None,
+    openai_sha256: str | None = OPENAI_VIT_B_32_SHA256,
 ) -> ClipModel:
-    """CLIP with weights from `path` (or the cached openai file in `cache_dir`); never downloads."""
+    """CLIP with weights from `path` (or the first one `find_cached_clip` finds); never downloads.
+
+    `openai_sha256` is the digest a TorchScript file must have (OpenAI's); None skips that check.
+    """
     if path is None:
         found = find_cached_clip(Path(cache_dir).expanduser()) if cache_dir is not None else None
         if found is None:
@@ -217,7 +260,7 @@ def load_clip(
             raise MissingWeightsError(f"CLIP ViT-B-32 weights not found {where}", hint=FETCH_HINT)
         path = found
     path = Path(path).expanduser()
-    state_dict = read_clip_state_dict(path)
+    state_dict = read_clip_state_dict(path, openai_sha256=openai_sha256)
     model = build_clip_model(model_name, model_cfg)
     load_strict(
         model,

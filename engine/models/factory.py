@@ -70,7 +70,7 @@ class _FullPaths:
     vqgan_config: Path
     vqgan_ckpt: Path
     vqgan_name: str
-    clip: Path | None  # None: looked up in the cache (ours or open_clip's layout) and missing
+    clip: Path | None  # None: looked up (our cache, Hugging Face's, ~/.cache/clip) and missing
 
 
 def _full_paths(cfg: ModelsConfig) -> _FullPaths:
@@ -110,7 +110,8 @@ def _check_present(cfg: ModelsConfig, paths: _FullPaths) -> None:
             names.append(paths.vqgan_name)
     clip = paths.clip or cfg.cache_dir.expanduser() / REGISTRY["clip_vit_b_32"].files[0].filename
     if not clip.is_file():
-        missing.append(("CLIP ViT-B-32 weights (open_clip state dict)", clip))
+        what = "CLIP ViT-B-32 weights (open_clip state dict; none in the Hugging Face cache or ~/.cache/clip)"
+        missing.append((what, clip))
         names.append("clip_vit_b_32")
     if missing:
         listing = "; ".join(f"{what}: {p}" for what, p in missing)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.models.checkpoints import load_torch_file
+from engine.models.state_dicts import describe_contents
 from engine.models.stylegan2_ops import blur, fir_kernel_2d, upsample2x
 from spooky.errors import CheckpointMismatchError
 
@@ -512,9 +513,8 @@ def load_stylegan2(path: str | Path, device: str | torch.device = "cpu") -> Styl
     """
     ckpt = load_torch_file(path, what="StyleGAN2 checkpoint", fetch_hint=FETCH_HINT)
     if not isinstance(ckpt, Mapping) or "g_ema" not in ckpt:
-        keys = sorted(map(str, ckpt)) if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise CheckpointMismatchError(
-            f"StyleGAN2 checkpoint {path} has no 'g_ema' generator; it holds {keys}",
+            f"StyleGAN2 checkpoint {path} has no 'g_ema' generator; {describe_contents(ckpt)}",
             hint="expected a rosinality file with 'g_ema' (and 'latent_avg'); " + FETCH_HINT,
         )
     latent_avg = ckpt.get("latent_avg")

@@ -20,8 +20,8 @@ import yaml
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 
-from engine.models.checkpoints import load_torch_file
-from engine.models.state_dicts import describe_mismatch
+from engine.models.checkpoints import html_error, load_torch_file, looks_like_html
+from engine.models.state_dicts import describe_contents, describe_mismatch
 from spooky.errors import (
     CheckpointMismatchError,
     CorruptWeightsError,
@@ -184,6 +184,23 @@ class VQGAN(torch.nn.Module):
         dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.T + cb.pow(2).sum(1)
         return dist.argmin(dim=1).view(n, h, w)
 
+    @torch.no_grad()
+    def encode_to_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Code indices [N,H/f,W/f] of an image in [-1, 1], chosen the way the model's quantiser does.
+
+        A VQ model takes the nearest codebook vector of `encode(x)`. A Gumbel model scores every
+        code with its `proj` convolution and samples from those logits; the noise-free choice is
+        their argmax (the nearest code vector would be another picture).
+        """
+        z = self.encode(x)
+        if self.kind == "gumbel":
+            return self.quantizer.proj(z).argmax(dim=1)
+        return self.nearest_codes(z)
+
+    def encode_quantized(self, x: torch.Tensor) -> torch.Tensor:
+        """The code vectors an image starts from: `quantize_codes(encode_to_codes(x))`."""
+        return self.quantize_codes(self.encode_to_codes(x))
+
     def quantize_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """[N,H,W] code indices -> [N,embed_dim,H,W] code vectors."""
         return self.codebook[codes].permute(0, 3, 1, 2)
@@ -214,6 +231,8 @@ def read_config(config_path: str | Path, *, fetch_hint: str = DEFAULT_FETCH_HINT
         raise MissingWeightsError(
             f"VQGAN config not found: {p} (expected taming-transformers' model.yaml)", hint=fetch_hint
         )
+    if looks_like_html(p):
+        raise html_error(p, "VQGAN config (taming model.yaml)", fetch_hint)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -231,8 +250,8 @@ def _state_dict_of(obj: Any, path: Path, fetch_hint: str) -> dict[str, torch.Ten
     sd = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CorruptWeightsError(
-            f"VQGAN checkpoint {path} holds no state dict of tensors "
-            f"(found {type(obj).__name__}; expected a Lightning last.ckpt with a 'state_dict')",
+            f"VQGAN checkpoint {path} holds no state dict of tensors (expected a Lightning last.ckpt "
+            f"with a 'state_dict'); {describe_contents(obj)}",
             hint=fetch_hint,
         )
     # The training loss (LPIPS + discriminator) is never built, so its weights are dropped.
@@ -254,6 +273,12 @@ def load_vqgan(
     )
     state_dict = _state_dict_of(obj, ckpt_path, fetch_hint)
     model = VQGAN(spec)
+    if not any(k in state_dict for k in model.state_dict()):
+        raise CheckpointMismatchError(
+            f"VQGAN checkpoint {ckpt_path} is not a taming VQGAN: none of its keys are a VQGAN's; "
+            f"{describe_contents(obj)}",
+            hint=fetch_hint,
+        )
     problem = describe_mismatch(model, state_dict)
     if problem:
         raise CheckpointMismatchError(

@@ -17,6 +17,19 @@ from spooky.config import ModelsConfig
 from spooky.errors import CheckpointMismatchError, ConfigError, MissingWeightsError, UnknownPresetError
 
 
+@pytest.fixture(autouse=True)
+def _no_user_caches(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The full preset also looks for CLIP in the Hugging Face cache and ~/.cache/clip: keep the
+    # files of whoever runs the tests out of these tests (real_weights ones excepted).
+    if request.node.get_closest_marker("real_weights"):
+        return
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    for key in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(key, raising=False)
+
+
 @pytest.fixture(scope="module")
 def tiny() -> Models:
     start = time.perf_counter()

@@ -322,7 +322,7 @@ def test_missing_file_says_how_to_fetch(tmp_path: Path) -> None:
 def test_file_without_g_ema_lists_its_keys(tiny_sd: dict, tmp_path: Path) -> None:
     path = tmp_path / "only_g.pt"
     torch.save({"g": tiny_sd, "d": {}}, path)
-    with pytest.raises(CheckpointMismatchError, match=r"no 'g_ema'.*\['d', 'g'\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"no 'g_ema'.*2 entries, g, d"):
         load_stylegan2(path)
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,6 +34,14 @@ class _Handler(BaseHTTPRequestHandler):
             body = b"<html>please confirm</html>"
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if self.path == "/page-as-file.bin":  # a login page sent as a download
+            body = b"\n<!DOCTYPE html><html><body>Sign in to continue</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -180,13 +189,19 @@ def test_fetch_records_a_sidecar_then_verifies_against_it(server, tmp_path: Path
 
 def test_fetch_reports_every_failed_mirror(server, tmp_path: Path) -> None:
     wf = WeightFile("w.bin", urls=(f"{server.base}/a.bin", f"{server.base}/b.bin"))
-    with pytest.raises(DownloadError, match="any of 2 source") as info:
+    with pytest.raises(DownloadError, match="all 2 mirror") as info:
         fetch_file(wf, tmp_path, progress=False)
     assert "/a.bin" in str(info.value) and "/b.bin" in str(info.value)
 
 
 def test_registry_entries() -> None:
-    assert set(REGISTRY) == {"stylegan2_ffhq", "vqgan_wikiart_16384", "vqgan_imagenet_16384", "clip_vit_b_32"}
+    assert set(REGISTRY) == {
+        "stylegan2_ffhq",
+        "vqgan_wikiart_16384",
+        "vqgan_imagenet_16384",
+        "clip_vit_b_32",
+        "clip_vit_b_32_openai",
+    }
     for entry in REGISTRY.values():
         for wf in entry.files:
             assert wf.urls and all(u.startswith(("http://", "https://")) for u in wf.urls)
@@ -217,7 +232,7 @@ def test_cli_list_shows_presence_and_size(tmp_path: Path, capsys: pytest.Capture
     assert cli.main(["weights", "list", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"cache directory: {tmp_path}" in out
-    rows = out.splitlines()[2:]
+    rows = out.split("\n\nCLIP ViT-B/32 files found")[0].splitlines()[2:]
     lines = {row.split()[0] + ":" + row.split()[-1].rsplit("/", 1)[-1]: row for row in rows}
     clip_line = lines["clip_vit_b_32:clip-vit-b-32-openai.pt"]
     assert " yes " in clip_line and "2.0 KiB" in clip_line
@@ -284,3 +299,106 @@ def test_cli_fetch_downloads_and_records_digest(
     assert str(path) in capsys.readouterr().out
     assert cli.main(["weights", "verify", "toy_weights", "--cache-dir", str(tmp_path)]) == 0
     assert f"sha256 {DIGEST}" in capsys.readouterr().out
+
+
+def test_web_page_sent_as_a_file_is_refused(server, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="starts like HTML"):
+        download(f"{server.base}/page-as-file.bin", tmp_path / "w.bin", progress=False)
+    assert not (tmp_path / "w.bin").exists() and not (tmp_path / "w.bin.part").exists()
+
+
+def test_file_far_smaller_than_published_is_refused(server, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match=r"sends 293\.0 KiB for w\.bin, which is about 9\.5 MiB"):
+        download(f"{server.base}/file.bin", tmp_path / "w.bin", progress=False, expected_size=10_000_000)
+    assert not (tmp_path / "w.bin").exists()
+
+
+def _vqgan_entry(urls: tuple[str, ...], sha256: str | None = None) -> weights.WeightsEntry:
+    return weights.WeightsEntry(
+        name="toy_vqgan",
+        kind="vqgan",
+        description="a toy VQGAN served locally",
+        files=(
+            WeightFile("toy/model.yaml", urls=urls),
+            WeightFile("toy/last.ckpt", urls=urls, sha256=sha256, approx_size=250_000),
+        ),
+    )
+
+
+def test_fetch_tries_every_mirror_in_order(server, tmp_path: Path) -> None:
+    urls = tuple(f"{server.base}/{p}" for p in ("page.bin", "page-as-file.bin", "missing.bin", "file.bin"))
+    entry = _vqgan_entry(urls, DIGEST)
+    path = fetch_file(entry.files[1], tmp_path, progress=False, entry=entry)
+    assert path.read_bytes() == PAYLOAD
+    assert [p for p, _ in server.httpd.requests] == [
+        "/page.bin",
+        "/page-as-file.bin",
+        "/missing.bin",
+        "/file.bin",
+    ]
+
+
+def test_fetch_that_fails_everywhere_says_what_was_tried_and_what_to_do(server, tmp_path: Path) -> None:
+    urls = tuple(f"{server.base}/{p}" for p in ("page.bin", "page-as-file.bin", "missing.bin", "file.bin"))
+    entry = _vqgan_entry(urls, DIGEST)
+    entry = weights.WeightsEntry(  # the file is far smaller than published: refused too
+        entry.name,
+        entry.kind,
+        entry.description,
+        (entry.files[0], replace(entry.files[1], approx_size=10**7)),
+    )
+    with pytest.raises(DownloadError) as info:
+        fetch_file(entry.files[1], tmp_path, progress=False, entry=entry)
+    message = str(info.value)
+    assert "could not download last.ckpt: all 4 mirror(s) failed" in message
+    for i, url in enumerate(urls, 1):
+        assert f"\n  {i}. " in message and url in message
+    assert "web page" in message and "starts like HTML" in message and "HTTP 404" in message
+    assert "which is about 9.5 MiB: not the model file" in message
+    assert "`vqgan_config` and `vqgan_ckpt` in the [models] section" in message
+    assert message.endswith(
+        "`spooky weights verify toy_vqgan --file PATH` checks it against the published digest"
+    )
+    assert "\ndownload it by hand" in message
+
+
+def test_cli_verify_checks_a_hand_downloaded_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(REGISTRY, "toy_vqgan", _vqgan_entry(("https://example.invalid/x",), DIGEST))
+    mine = tmp_path / "Downloads" / "wikiart_16384.ckpt"
+    mine.parent.mkdir()
+    mine.write_bytes(PAYLOAD)
+    args = ["weights", "verify", "toy_vqgan", "--file", str(mine), "--cache-dir", str(tmp_path)]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert " ok " in out and f"sha256 {DIGEST}" in out
+    mine.write_bytes(PAYLOAD[:-1] + b"x")
+    assert cli.main(args) == 1
+    assert "mismatch" in capsys.readouterr().out
+    # a file named in [models] is checked against the digest of the entry models.vqgan names
+    mine.write_bytes(PAYLOAD)
+    config = tmp_path / "config.toml"
+    yaml_file = tmp_path / "Downloads" / "wikiart_16384.yaml"
+    yaml_file.write_text("model: {}\n", encoding="utf-8")
+    config.write_text(
+        f'[models]\ncache_dir = "{tmp_path / "cache"}"\nvqgan = "toy_vqgan"\n'
+        f'vqgan_config = "{yaml_file}"\nvqgan_ckpt = "{mine}"\n',
+        encoding="utf-8",
+    )
+    assert cli.main(["weights", "verify", "--config", str(config)]) == 0
+    rows = {
+        line.split()[0] + " " + line.split()[2]: line for line in capsys.readouterr().out.splitlines()[1:]
+    }
+    assert " ok " in rows[f"models.vqgan_ckpt {mine}"]
+    assert " unverified " in rows[f"models.vqgan_config {yaml_file}"]
+
+
+def test_registry_prefers_https_and_records_sizes() -> None:
+    for entry in REGISTRY.values():
+        for wf in entry.files:
+            assert wf.urls[0].startswith("https://"), wf.urls
+            schemes = [u.split(":")[0] for u in wf.urls]
+            assert schemes == sorted(schemes, key=lambda s: s != "https")  # every https before any http
+            if wf.filename.endswith((".ckpt", ".pt", ".bin")) and entry.kind != "stylegan2":
+                assert wf.approx_size and wf.approx_size > 100_000_000
