@@ -11,6 +11,7 @@ Usage (the test side; an engine in process or as a child process, one engine per
     env[GATE_ENV] = str(gate.path)              # child engine; in process: monkeypatch.setenv
     ...start the engine (tiny preset), submit a job...
     held = gate.wait_held()                     # the job reported its step 1 and now waits
+    held = await gate.held()                    # the same in an async test (loop stays free)
     ...do what must happen while the job runs (cancel, SIGTERM, kill -9)...
     gate.allow(3)                               # three more steps (across all jobs)
     gate.release()                              # open: every step from now on runs freely
@@ -37,6 +38,7 @@ timeout, the test), `allow` (`open` or the total number of passes allowed, the t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -140,22 +142,42 @@ class StepGate:
         _write(self.path / "allow", str(self.state.passed))
 
     def wait_held(self, timeout: float = 120.0, *, passed: int | None = None) -> GateState:
-        """Block until a render waits at the gate (after `passed` passes, when given)."""
-        return self._wait(lambda s: s.waiting and (passed is None or s.passed == passed), timeout)
+        """Block until a render waits at the gate (after exactly `passed` passes, when given)."""
+        return self._wait(_held(passed), timeout)
 
     def wait_passed(self, passed: int, timeout: float = 120.0) -> GateState:
         """Block until the engine has counted at least `passed` passes."""
         return self._wait(lambda s: s.passed >= passed, timeout)
 
+    async def held(self, timeout: float = 120.0, *, passed: int | None = None) -> GateState:
+        """`wait_held` for async tests (an in-process engine needs its event loop free)."""
+        return await self._await(_held(passed), timeout)
+
+    async def reached(self, passed: int, timeout: float = 120.0) -> GateState:
+        """`wait_passed` for async tests."""
+        return await self._await(lambda s: s.passed >= passed, timeout)
+
     def _wait(self, done: Callable[[GateState], bool], timeout: float) -> GateState:
         deadline = time.monotonic() + timeout
-        while True:
-            state = self.state
-            if done(state):
-                return state
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"step gate {self.path}: still {state} after {timeout:g} s")
+        while not done(state := self.state):
+            self._check_deadline(state, deadline, timeout)
             time.sleep(POLL_S)
+        return state
+
+    async def _await(self, done: Callable[[GateState], bool], timeout: float) -> GateState:
+        deadline = time.monotonic() + timeout
+        while not done(state := self.state):
+            self._check_deadline(state, deadline, timeout)
+            await asyncio.sleep(POLL_S)
+        return state
+
+    def _check_deadline(self, state: GateState, deadline: float, timeout: float) -> None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"step gate {self.path}: still {state} after {timeout:g} s")
+
+
+def _held(passed: int | None) -> Callable[[GateState], bool]:
+    return lambda s: s.waiting and (passed is None or s.passed == passed)
 
 
 # --- the engine's side --------------------------------------------------------------------------
