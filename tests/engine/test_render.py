@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -69,11 +70,12 @@ def test_decoder_checkpointing_setting_reaches_the_stages(models: Models) -> Non
             renderer = Renderer(models, PipelineConfig(cutouts=2, decoder_checkpointing=on))
             result = renderer.spooky(small(seed=5))
             counts.append(len(calls))
-            images.append(result.spooky_image.tobytes())
+            images.append(np.asarray(result.spooky_image, dtype=np.int16))
     finally:
         hook.remove()
     assert counts[0] > counts[1] >= 2
-    assert images[0] == images[1]
+    # Two code paths (recomputed vs kept activations): the same image within one grey level.
+    assert np.abs(images[0] - images[1]).max() <= 1
 
 
 def test_job_size_and_config_size_set_the_canvas(models: Models) -> None:
