@@ -190,8 +190,9 @@ class EngineGate:
         self.folder = folder
         self.timeout_s = timeout_s
         self.passed = _read_state(folder).passed  # a restarted engine continues the count
+        self._publish(False, None, None, None)  # a killed engine may have left "waiting" behind
 
-    def _publish(self, waiting: bool, job_id: str, stage: str, step: int) -> None:
+    def _publish(self, waiting: bool, job_id: str | None, stage: str | None, step: int | None) -> None:
         state = {"passed": self.passed, "waiting": waiting, "job_id": job_id, "stage": stage, "step": step}
         _write(self.folder / "state.json", json.dumps(state))
 
@@ -207,6 +208,7 @@ class EngineGate:
                 self._publish(True, job_id, stage, step)
                 published = True
             if stop.wait(POLL_S):
+                self._publish(False, job_id, stage, step)
                 return  # the worker's check() raises JobCancelled next; this pass is not counted
             if time.monotonic() > deadline:
                 raise StepGateTimeout(
