@@ -165,17 +165,23 @@ async def _read_sse(resp: aiohttp.ClientResponse, limit: int | None = None) -> l
     return out
 
 
-async def test_event_stream_resumes_after_a_disconnect_without_gaps_or_repeats(tmp_path: Path, tiny_models):
-    async with running_engine(make_settings(tmp_path), tiny_models) as (svc, client):
+async def test_event_stream_resumes_after_a_disconnect_without_gaps_or_repeats(
+    tmp_path: Path, tiny_models, monkeypatch
+):
+    gate = StepGate.create(tmp_path / "gate")  # the job waits after step 1 until the stream resumed
+    monkeypatch.setenv(GATE_ENV, str(gate.path))
+    async with running_engine(make_settings(tmp_path / "engine"), tiny_models) as (svc, client):
         job = (await client.submit(request(steps=4, scare_steps=2))).job
         headers = {"Authorization": f"Bearer {SECRET}"}
         url = f"{svc.url}/v1/events?job_id={job.id}"
+        await gate.held(passed=0)
         async with aiohttp.ClientSession() as http:
             async with http.get(url, headers=headers) as resp:
                 first = await _read_sse(resp, limit=3)  # then drop the connection mid-job
-            assert first[-1]["type"] in ("started", "progress")
+            assert [e["type"] for e in first] == ["queued", "started", "progress"]
             resumed_headers = {**headers, "Last-Event-ID": str(first[-1]["id"])}
             async with http.get(url, headers=resumed_headers) as resp:
+                gate.release()  # the rest of the job happens while the resumed stream is open
                 second = await _read_sse(resp)
         full = await events_until_done(client, job.id)
         assert [Event.model_validate(e) for e in first + second] == full
