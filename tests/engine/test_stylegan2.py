@@ -72,7 +72,6 @@ def test_golden_file_is_in_the_repository(name: str) -> None:
     assert digest == GOLDEN_SHA256[name], f"{path} differs from the reference data"
 
 
-
 @pytest.fixture(scope="module")
 def golden_a() -> tuple[dict, dict, dict[str, np.ndarray]]:
     spec = synth.load_spec("A")
