@@ -56,17 +56,20 @@ max_steps = 1000
 class Engine:
     """`python -m spooky.cli engine --config …` as a child process, its output in a log file."""
 
-    def __init__(self, cfg: Path, log: Path, gate: StepGate) -> None:
+    def __init__(self, cfg: Path, log: Path, env: dict[str, str] | None = None, group: bool = False) -> None:
+        """`env`: extra environment (e.g. SPOOKY_FFMPEG); `group`: lead its own process group, as a
+        shell or systemd starts it, so a test can signal the whole group."""
         self.cfg = cfg
         self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")} | gate.env()
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "spooky.cli", "engine", "--config", str(cfg)],
                 cwd=ROOT,
-                env=env,
+                env={**base, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=group,
             )
 
     def output(self) -> str:
@@ -119,7 +122,7 @@ async def test_kill_restart_loses_nothing_and_sigterm_drains(tmp_path: Path):
                     all_finished.set()
 
     try:
-        engines.append(Engine(cfg, log, gate))
+        engines.append(Engine(cfg, log, gate.env()))
         await engines[-1].wait_up(client)
         # Submits are durable from the first moment the API answers, models loaded or not.
         long_id = (await client.submit(request(user="1", steps=3, scare_steps=0))).job.id
@@ -130,7 +133,7 @@ async def test_kill_restart_loses_nothing_and_sigterm_drains(tmp_path: Path):
         engines[-1].kill()  # kill -9 in the middle of the long job, held after its step 1
 
         gate.release()
-        engines.append(Engine(cfg, log, gate))
+        engines.append(Engine(cfg, log, gate.env()))
         await engines[-1].wait_up(client)
         await wait_terminal(client, [long_id, *queued])
         views = {j: await client.job(j) for j in [long_id, *queued]}
