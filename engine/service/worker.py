@@ -29,6 +29,7 @@ from engine.pipeline.render import NightmareJob, Renderer, SpookyJob
 from engine.service.artifacts import DiskFullError
 from engine.service.core import EngineCore
 from engine.service.store import ArtifactRow, JobRow
+from engine.service.testgate import step_gate
 from engine.service.threads import run_in_daemon_thread
 from spooky.contract import EventType, JobKind, JobState
 from spooky.errors import InputError, JobCancelled, SpookyError
@@ -96,6 +97,7 @@ class Worker:
     def __init__(self, core: EngineCore, renderer: Renderer) -> None:
         self.core = core
         self.renderer = renderer
+        self.gate = step_gate(renderer.models.preset)  # None unless a test turned it on (testgate)
         self.control: JobControl | None = None
         self._current: asyncio.Future[None] | None = None
         self._pending_cancel: dict[str, str] = {}
@@ -314,6 +316,8 @@ class Worker:
             if p.image is not None:
                 still = self._save_png(to_pil(p.image, (0.0, 1.0)), job, f"still-{p.stage}-{p.step}").id
             store.record_progress(job.id, {"stage": p.stage, "step": p.step, "total": p.total}, still)
+            if self.gate is not None:
+                self.gate.wait(job.id, p.stage, p.step, control._flag)
 
         return on_step
 

@@ -1,4 +1,4 @@
-"""Rebuild the synthetic StyleGAN2 weights of `shared/golden/stylegan2/` (README section 3).
+"""Rebuild the synthetic StyleGAN2 weights of `tests/golden/stylegan2/` (README section 3).
 
 Every tensor is a function of its key name and shape only: N(0, 1) drawn in float64 from a CPU
 generator seeded with the key's CRC-32 (float64 because CPU float32 `randn` has an AVX2-only path
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-GOLDEN_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "stylegan2"
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "stylegan2"
 
 MAPPING_LR_MUL = 0.01  # stored mapping weights are the effective ones / lr_mul
 TORGB_GAIN = 0.25  # keeps the summed RGB output around std 0.3-0.6

@@ -178,7 +178,9 @@ def test_copy_sources_exist_and_are_in_the_build_context():
 
 
 def test_the_build_context_leaves_out_local_state():
-    for rel in (".venv/bin/python", "data/spooky.db", "weights/x.pt", ".env", ".git/config", "out/a.png"):
+    local_state = (".venv/bin/python", "data/spooky.db", "weights/x.pt", ".env", ".git/config", "out/a.png")
+    test_data = ("tests/golden/stylegan2/golden_B.npz",)  # 10 MB of reference data no image needs
+    for rel in local_state + test_data:
         assert ignored(rel), f"{rel} would be sent to the Docker build context"
 
 

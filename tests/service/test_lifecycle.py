@@ -30,8 +30,13 @@ async def test_stop_during_the_model_load_waits_for_it(tmp_path: Path, tiny_mode
     assert service.loading and service.core.status == "loading"
 
     stopping = asyncio.create_task(service.stop())
-    await asyncio.sleep(0.3)
-    assert not stopping.done(), "stop() returned while the load thread was still inside torch"
+    # stop() marks the engine stopped, waits for the load, and only then closes it: while the load
+    # thread is held, a stop that does not wait would already have closed it (no await in between).
+    async with asyncio.timeout(30):
+        while service.core.status != "stopped":
+            await asyncio.sleep(0.01)
+    assert not service.core.closing.is_set(), "stop() went on while the load thread was still inside torch"
+    assert not stopping.done()
     release.set()
     await asyncio.wait_for(stopping, 60)
     assert not service.loading

@@ -15,6 +15,7 @@ import pytest
 from service_helpers import SECRET, request
 from support import free_port
 
+from engine.service.testgate import StepGate
 from spooky.contract import Event, EventType, JobState, RefusalCode
 from spooky.engine_client import EngineClient, EngineRefused, EngineUnavailable
 
@@ -55,17 +56,20 @@ max_steps = 1000
 class Engine:
     """`python -m spooky.cli engine --config …` as a child process, its output in a log file."""
 
-    def __init__(self, cfg: Path, log: Path) -> None:
+    def __init__(self, cfg: Path, log: Path, env: dict[str, str] | None = None, group: bool = False) -> None:
+        """`env`: extra environment (e.g. SPOOKY_FFMPEG); `group`: lead its own process group, as a
+        shell or systemd starts it, so a test can signal the whole group."""
         self.cfg = cfg
         self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "spooky.cli", "engine", "--config", str(cfg)],
                 cwd=ROOT,
-                env=env,
+                env={**base, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=group,
             )
 
     def output(self) -> str:
@@ -102,28 +106,34 @@ async def test_kill_restart_loses_nothing_and_sigterm_drains(tmp_path: Path):
     cfg = write_config(tmp_path, free_port())
     log = tmp_path / "engine.log"
     client = EngineClient(f"http://127.0.0.1:{cfg.read_text().split('port = ')[1].split()[0]}", SECRET)
+    gate = StepGate.create(tmp_path / "gate")  # closed: the first job waits after its first step
     engines: list[Engine] = []
     collected: list[Event] = []
-    first_progress = asyncio.Event()
+    finished: set[str] = set()
+    all_finished = asyncio.Event()
 
     async def collect() -> None:
         # One stream across the crash: the client reconnects and resumes after the last id.
         async for event in client.events():
             collected.append(event)
-            if event.type is EventType.PROGRESS and event.job_id == long_id:
-                first_progress.set()
+            if event.type is EventType.FINISHED:
+                finished.add(event.job_id)
+                if finished >= {long_id, *queued}:
+                    all_finished.set()
 
     try:
-        engines.append(Engine(cfg, log))
+        engines.append(Engine(cfg, log, gate.env()))
         await engines[-1].wait_up(client)
         # Submits are durable from the first moment the API answers, models loaded or not.
-        long_id = (await client.submit(request(user="1", steps=30, scare_steps=0))).job.id
+        long_id = (await client.submit(request(user="1", steps=3, scare_steps=0))).job.id
         queued = [(await client.submit(request(user=u))).job.id for u in ("2", "3")]
         collector = asyncio.create_task(collect())
-        await asyncio.wait_for(first_progress.wait(), 120)
-        engines[-1].kill()  # kill -9 in the middle of the long job
+        held = await gate.held(passed=0)
+        assert held.job_id == long_id
+        engines[-1].kill()  # kill -9 in the middle of the long job, held after its step 1
 
-        engines.append(Engine(cfg, log))
+        gate.release()
+        engines.append(Engine(cfg, log, gate.env()))
         await engines[-1].wait_up(client)
         await wait_terminal(client, [long_id, *queued])
         views = {j: await client.job(j) for j in [long_id, *queued]}
@@ -141,7 +151,7 @@ async def test_kill_restart_loses_nothing_and_sigterm_drains(tmp_path: Path):
         restarted = [e.job_id for e in collected if e.type is EventType.STARTED and e.id > interrupted.id]
         assert restarted == [long_id, *queued]
         # The stream that lived through the crash missed nothing and repeated nothing.
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(all_finished.wait(), 60)
         everything = []
         async for event in client.events():
             everything.append(event)
@@ -161,21 +171,19 @@ async def test_kill_restart_loses_nothing_and_sigterm_drains(tmp_path: Path):
         assert check.returncode == 0 and '"ready"' in check.stdout, check.stderr
 
         # SIGTERM during a job: draining, new submits refused, exit within the bound, job kept.
-        # 1000 steps: far longer than the drain timeout on any machine.
-        drained_id = (await client.submit(request(user="4", steps=1000, scare_steps=0))).job.id
-        while (await client.job(drained_id)).progress is None:
-            await asyncio.sleep(0.1)
-        sent = time.monotonic()
+        # The job is held at the gate, so it outlives the drain timeout on any machine.
+        gate.hold()
+        drained_id = (await client.submit(request(user="4", steps=3, scare_steps=0))).job.id
+        assert (await gate.held()).job_id == drained_id
         engines[-1].proc.send_signal(signal.SIGTERM)
-        while (await client.health()).status != "draining":  # the signal is handled asynchronously
-            assert time.monotonic() - sent < 10, engines[-1].output()
-            await asyncio.sleep(0.05)
+        async with asyncio.timeout(30):  # the signal is handled asynchronously
+            while (await client.health()).status != "draining":
+                await asyncio.sleep(0.05)
         with pytest.raises(EngineRefused) as e:
             await client.submit(request(user="5"))
         assert e.value.refusal.code is RefusalCode.NOT_READY
-        code = engines[-1].proc.wait(DRAIN_TIMEOUT_S + 30)
+        code = await asyncio.to_thread(engines[-1].proc.wait, DRAIN_TIMEOUT_S + 30)
         assert code == 0, engines[-1].output()
-        assert time.monotonic() - sent < DRAIN_TIMEOUT_S + 30
         collector.cancel()
     finally:
         for engine in engines:
@@ -200,4 +208,3 @@ async def test_kill_restart_loses_nothing_and_sigterm_drains(tmp_path: Path):
     )
     assert check.returncode == 2 and "not reachable" in check.stderr
     assert "job finished" in log.read_text()
-

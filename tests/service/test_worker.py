@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import time
 from pathlib import Path
 
 import aiohttp
@@ -14,6 +15,7 @@ from service_helpers import SECRET, make_settings, request, running_engine
 
 import engine.pipeline.render as render_module
 import engine.service.artifacts as artifacts_module
+from engine.service.testgate import GATE_ENV, StepGate
 from spooky.contract import Event, EventType, JobState
 from spooky.engine_client import EngineClient, EngineRequestError
 
@@ -29,11 +31,12 @@ async def events_until_done(client: EngineClient, job_id: str, timeout: float = 
     return await asyncio.wait_for(collect(), timeout)
 
 
-async def test_cancel_queued_and_running_jobs(tmp_path: Path, tiny_models):
-    settings = make_settings(tmp_path, limits={"max_steps": 1000})
+async def test_cancel_queued_and_running_jobs(tmp_path: Path, tiny_models, monkeypatch):
+    gate = StepGate.create(tmp_path / "gate")  # holds the long job after its first step
+    monkeypatch.setenv(GATE_ENV, str(gate.path))
+    settings = make_settings(tmp_path / "engine")
     async with running_engine(settings, tiny_models) as (_, client):
-        # 1000 steps: still running when the cancel comes, however fast the machine.
-        long = (await client.submit(request(user="1", steps=1000, scare_steps=0))).job
+        long = (await client.submit(request(user="1", steps=5, scare_steps=0))).job
         waiting = (await client.submit(request(user="2"))).job
         after = (await client.submit(request(user="3"))).job
         stream = client.events(job_id=long.id)
@@ -42,6 +45,7 @@ async def test_cancel_queued_and_running_jobs(tmp_path: Path, tiny_models):
             seen.append(event)
             if event.type is EventType.PROGRESS:
                 break
+        await gate.held(passed=0)
         with pytest.raises(EngineRequestError) as e:
             await client.cancel(long.id, actor_id="3")  # not the owner, not a moderator
         assert e.value.status == 403 and e.value.body.error.code == "forbidden"
@@ -51,16 +55,16 @@ async def test_cancel_queued_and_running_jobs(tmp_path: Path, tiny_models):
 
         stopped = await client.cancel(long.id, actor_id="1")
         assert stopped.state is JobState.CANCELLED
+        gate.release()  # the rest of the queue runs freely
         rest = [e async for e in stream]
         await stream.aclose()
         cancelled = rest[-1]
         assert cancelled.type is EventType.CANCELLED and cancelled.data["by"] == "1"
-        # Stopped within one step: at most the step in flight when the cancel arrived was reported.
-        late = [e for e in rest if e.type is EventType.PROGRESS and e.at > cancelled.data["requested_at"]]
-        assert len(late) <= 1
+        # Stopped where it was held: no step after the cancel, the step it stopped at is reported.
         progress = [e for e in seen + rest if e.type is EventType.PROGRESS]
-        assert cancelled.data["step"] == progress[-1].data["step"]
-        assert stopped.progress is not None and stopped.progress.step < 1000
+        assert [e.data["step"] for e in progress] == [1]
+        assert cancelled.data["step"] == 1 and cancelled.data["stage"] == "stylegan"
+        assert stopped.progress is not None and stopped.progress.step == 1
 
         with pytest.raises(EngineRequestError) as e:
             await client.cancel(long.id, actor_id="1")
@@ -75,7 +79,9 @@ async def test_cancel_queued_and_running_jobs(tmp_path: Path, tiny_models):
 
 
 async def test_oom_disk_full_and_timeout_fail_only_their_job(tmp_path: Path, tiny_models, monkeypatch):
-    settings = make_settings(tmp_path)
+    gate = StepGate.create(tmp_path / "gate", open=True)  # closed only for the time-out below
+    monkeypatch.setenv(GATE_ENV, str(gate.path))
+    settings = make_settings(tmp_path / "engine")
     async with running_engine(settings, tiny_models) as (svc, client):
         # A stage that runs out of GPU memory.
         real_scare = render_module.scare
@@ -107,13 +113,17 @@ async def test_oom_disk_full_and_timeout_fail_only_their_job(tmp_path: Path, tin
         assert health.status == "ready" and "disk full" in health.detail
         monkeypatch.undo()
 
-        # A job over the time limit.
-        svc.settings.engine.job_timeout_s = 0.01
+        # A job over the time limit: held after step 1 while its deadline passes, then let go.
+        gate.hold()
         slow = (await client.submit(request(user="3", steps=40))).job
+        await gate.held()
+        svc.worker.control.deadline = time.monotonic()  # its time is up while it waits at the gate
+        gate.release()
         await events_until_done(client, slow.id)
         failed = await client.job(slow.id)
-        assert failed.error_code == "timeout" and "timed out after 0.01 s" in failed.error
-        svc.settings.engine.job_timeout_s = 900
+        limit = f"{svc.settings.engine.job_timeout_s:g} s (engine.job_timeout_s)"
+        assert failed.error_code == "timeout", failed.error
+        assert failed.error == f"timed out after {limit} at stage 'stylegan' (step 2/40)"
 
         # The engine carries on: the next job succeeds and the disk-full notice is gone.
         ok = (await client.submit(request(user="4"))).job
@@ -155,17 +165,23 @@ async def _read_sse(resp: aiohttp.ClientResponse, limit: int | None = None) -> l
     return out
 
 
-async def test_event_stream_resumes_after_a_disconnect_without_gaps_or_repeats(tmp_path: Path, tiny_models):
-    async with running_engine(make_settings(tmp_path), tiny_models) as (svc, client):
+async def test_event_stream_resumes_after_a_disconnect_without_gaps_or_repeats(
+    tmp_path: Path, tiny_models, monkeypatch
+):
+    gate = StepGate.create(tmp_path / "gate")  # the job waits after step 1 until the stream resumed
+    monkeypatch.setenv(GATE_ENV, str(gate.path))
+    async with running_engine(make_settings(tmp_path / "engine"), tiny_models) as (svc, client):
         job = (await client.submit(request(steps=4, scare_steps=2))).job
         headers = {"Authorization": f"Bearer {SECRET}"}
         url = f"{svc.url}/v1/events?job_id={job.id}"
+        await gate.held(passed=0)
         async with aiohttp.ClientSession() as http:
             async with http.get(url, headers=headers) as resp:
                 first = await _read_sse(resp, limit=3)  # then drop the connection mid-job
-            assert first[-1]["type"] in ("started", "progress")
+            assert [e["type"] for e in first] == ["queued", "started", "progress"]
             resumed_headers = {**headers, "Last-Event-ID": str(first[-1]["id"])}
             async with http.get(url, headers=resumed_headers) as resp:
+                gate.release()  # the rest of the job happens while the resumed stream is open
                 second = await _read_sse(resp)
         full = await events_until_done(client, job.id)
         assert [Event.model_validate(e) for e in first + second] == full
