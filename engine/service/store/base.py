@@ -1,35 +1,19 @@
-"""The engine's durable state: jobs, events, artifacts index, last images and server limits.
+"""The engine's durable state behind one interface: jobs, events, artifacts index, last images, limits.
 
-`JobStore` is the interface the service codes against; `SQLiteStore` is the embedded default: one
-SQLite file in WAL mode, every write in one `BEGIN IMMEDIATE` transaction, committed (fsync'd,
-`synchronous=FULL`) before the API answers. Calls are synchronous and short; the service runs them
-on one executor thread, the render thread calls them directly (a lock serialises the connection).
+`JobStore` is what the service codes against. Two real implementations share their SQL and row
+mapping (sql.py): `SQLiteStore`, the embedded default (one file in data_dir), and `PostgresStore`,
+one database that several engines share (`[engine] database_url`). Both promise:
 
-A PostgreSQL store could later let several engines share one queue. Its claim would compute the
-same fair order as `scheduler.fair_slots` (round per user, then rank per server within the round,
-then FIFO; `:r` is the current round, `coalesce(max(claim_round), 0)`) in a sub-select, and lock
-the first candidate no other engine holds:
-
-    WITH last AS (SELECT user_id, max(claim_round) AS l FROM jobs GROUP BY user_id),
-    waiting AS (
-      SELECT j.seq, j.guild_id,
-             greatest(coalesce(last.l + 1, 0), :r)
-               + row_number() OVER (PARTITION BY j.user_id ORDER BY j.seq) - 1 AS rnd
-      FROM jobs j LEFT JOIN last USING (user_id) WHERE j.state = 'queued'),
-    served AS (SELECT guild_id, count(*) AS n FROM jobs WHERE claim_round = :r GROUP BY guild_id),
-    ranked AS (
-      SELECT w.seq, w.rnd,
-             CASE WHEN w.rnd = :r THEN coalesce(s.n, 0) ELSE 0 END
-               + row_number() OVER (PARTITION BY w.rnd, w.guild_id ORDER BY w.seq) - 1 AS srank
-      FROM waiting w LEFT JOIN served s ON s.guild_id IS NOT DISTINCT FROM w.guild_id)
-    SELECT j.*, c.rnd FROM jobs j JOIN ranked c USING (seq)
-    ORDER BY c.rnd, c.srank, c.seq
-    FOR UPDATE OF j SKIP LOCKED LIMIT 1;
-    -- then: UPDATE jobs SET state = 'running', claim_round = <rnd>, attempts = attempts + 1,
-    --       started_at = now() WHERE seq = <seq>;   (same transaction)
-
-Submit-time limits would take `pg_advisory_xact_lock` on the guild and on the user (and a global
-one for engine.max_queue) instead of SQLite's database-wide write lock.
+- a job is durable (committed, fsync'd) before the API acknowledges it;
+- claims follow `scheduler.fair_slots` (round-robin by user, then by server, then FIFO), and no job
+  is claimed twice, however many claimers;
+- limits are exact under concurrent submits: counts are read and the job inserted in one
+  transaction that no other submit interleaves with;
+- idempotency keys are unique; `/limits` changes are logged with who made them; the last image
+  per (user, channel) is kept;
+- event ids increase and become visible in id order, so `events_after(cursor)` never skips one;
+- the schema carries a version (table `schema_version`), migrated forward at open; a database
+  written by a newer version is refused (`SchemaTooNewError`) instead of being misread.
 """
 
 from __future__ import annotations
@@ -53,6 +37,14 @@ from spooky.contract import (
     Progress,
     Refusal,
 )
+from spooky.errors import SpookyError
+
+
+class SchemaTooNewError(SpookyError):
+    """The database was written by a newer SpookyGAN; reading it could misread or damage it."""
+
+    code = "schema_too_new"
+
 
 ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
 #: A job found running at start this many times (the engine died while it ran) fails instead of

@@ -1,41 +1,20 @@
-"""`SQLiteStore`: the embedded `JobStore`, one SQLite file in WAL mode (see base.py)."""
+"""`SQLiteStore`: the embedded `JobStore`, one SQLite file in WAL mode.
+
+Every write is one `BEGIN IMMEDIATE` transaction (the database-wide write lock is taken up front,
+so submits and claims are serialised without further locks), committed with `synchronous=FULL`
+before the API answers.
+"""
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from engine.service.scheduler import FairState, fair_slots
-from engine.service.store.base import (
-    ACTIVE,
-    ArtifactRow,
-    Counts,
-    Decide,
-    Describe,
-    JobRow,
-    NewJob,
-    QueueEntry,
-    QueueSnapshot,
-    Submitted,
-)
-from spooky.contract import (
-    Event,
-    EventType,
-    GuildLimits,
-    JobKind,
-    JobRequest,
-    JobState,
-    LastImage,
-    LimitsChange,
-)
-
-SCHEMA_VERSION = 1
+from engine.service.scheduler import fair_slots
+from engine.service.store.sql import Connection, SqlStore, split_script
+from spooky.contract import GuildLimits
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -120,9 +99,15 @@ CREATE TABLE IF NOT EXISTS limits_log (
 );
 """
 
+#: Version 1 is the schema of the releases before the version table (PRAGMA user_version = 1).
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: tuple(split_script(_SCHEMA))}
+SCHEMA_VERSION = max(MIGRATIONS)
 
-class SQLiteStore:
+
+class SQLiteStore(SqlStore):
     """`JobStore` on one SQLite file (WAL). Safe to call from several threads."""
+
+    MIGRATIONS = MIGRATIONS
 
     def __init__(
         self,
@@ -131,30 +116,23 @@ class SQLiteStore:
         default_limits: GuildLimits | None = None,
         on_events: Callable[[int], None] | None = None,
     ) -> None:
+        super().__init__(default_limits=default_limits, on_events=on_events)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.default_limits = default_limits or GuildLimits()
-        #: Called with the newest event id after every commit that wrote events (any thread).
-        self.on_events = on_events
-        self._lock = threading.RLock()
         self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._con.row_factory = sqlite3.Row
         self._con.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before the API answers, even across a power cut.
         self._con.execute("PRAGMA synchronous=FULL")
         self._con.execute("PRAGMA foreign_keys=ON")
-        with self._lock:
-            self._con.executescript(_SCHEMA)
-        self._con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._pending_event_id = 0
-
-    # --- plumbing ---------------------------------------------------------------------------
+        version = self._migrate()
+        # Kept in step for tools (and older releases) that read the version from the header.
+        self._con.execute(f"PRAGMA user_version={version}")
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; BEGIN IMMEDIATE takes the write lock up front (no upgrade races)."""
+    def _transaction(self) -> Iterator[Connection]:
+        """BEGIN IMMEDIATE takes the write lock up front (no upgrade races)."""
         with self._lock:
-            self._pending_event_id = 0
             self._con.execute("BEGIN IMMEDIATE")
             try:
                 yield self._con
@@ -162,522 +140,25 @@ class SQLiteStore:
                 self._con.execute("ROLLBACK")
                 raise
             self._con.execute("COMMIT")
-            newest = self._pending_event_id
-        if newest and self.on_events is not None:
-            self.on_events(newest)
 
-    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
         with self._lock:
-            return self._con.execute(sql, args).fetchall()
+            yield self._con
 
-    def _event(self, con: sqlite3.Connection, job: JobRow, type_: EventType, data: dict[str, Any]) -> Event:
-        at = time.time()
-        cur = con.execute(
-            "INSERT INTO events (job_id, type, at, guild_id, channel_id, user_id, data)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (job.id, type_.value, at, job.guild_id, job.channel_id, job.user_id, json.dumps(data)),
-        )
-        event_id = int(cur.lastrowid or 0)
-        self._pending_event_id = max(self._pending_event_id, event_id)
-        return Event(
-            id=event_id,
-            job_id=job.id,
-            type=type_,
-            at=at,
-            guild_id=job.guild_id,
-            channel_id=job.channel_id,
-            user_id=job.user_id,
-            data=data,
-        )
+    def _pick(self, con: Connection) -> tuple[str, int] | None:
+        # The write lock is already held: no other claim can run between this read and the update.
+        snap = self._snapshot(con)
+        if not snap.queued:
+            return None
+        slot, first = fair_slots(snap.queued, snap.fair)[0]
+        return first.id, slot.round
 
-    @staticmethod
-    def _job(row: sqlite3.Row) -> JobRow:
-        return JobRow(
-            seq=row["seq"],
-            id=row["id"],
-            kind=JobKind(row["kind"]),
-            state=JobState(row["state"]),
-            guild_id=row["guild_id"],
-            channel_id=row["channel_id"],
-            user_id=row["user_id"],
-            request=JobRequest.model_validate_json(row["request"]),
-            spec=json.loads(row["spec"]),
-            source_artifact=row["source_artifact"],
-            idempotency_key=row["idempotency_key"],
-            client=json.loads(row["client"]),
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            attempts=row["attempts"],
-            progress=json.loads(row["progress"]) if row["progress"] else None,
-            artifacts=json.loads(row["artifacts"]),
-            result=json.loads(row["result"]),
-            error=row["error"],
-            error_code=row["error_code"],
-            delivered=bool(row["delivered"]),
-        )
+    def _legacy_version(self, con: Connection) -> int:
+        return int(con.execute("PRAGMA user_version").fetchone()[0])
 
-    def _get(self, con: sqlite3.Connection, job_id: str) -> JobRow | None:
-        row = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return self._job(row) if row else None
-
-    def _must(self, con: sqlite3.Connection, job_id: str) -> JobRow:
-        job = self._get(con, job_id)
-        if job is None:
-            raise KeyError(job_id)
-        return job
-
-    def _snapshot(self, con: sqlite3.Connection) -> QueueSnapshot:
-        rows = [
-            QueueEntry(
-                seq=r["seq"],
-                id=r["id"],
-                kind=JobKind(r["kind"]),
-                state=JobState(r["state"]),
-                user_id=r["user_id"],
-                guild_id=r["guild_id"],
-                spec=json.loads(r["spec"]),
-                started_at=r["started_at"],
-            )
-            for r in con.execute(
-                "SELECT seq, id, kind, state, user_id, guild_id, spec, started_at FROM jobs"
-                " WHERE state IN (?, ?) ORDER BY seq",
-                ACTIVE,
-            )
-        ]
-        queued = [j for j in rows if j.state is JobState.QUEUED]
-        current = con.execute("SELECT coalesce(max(claim_round), 0) FROM jobs").fetchone()[0]
-        users = sorted({j.user_id for j in queued})
-        last_round = {}
-        for i in range(0, len(users), 500):  # SQLite caps the number of bound parameters
-            chunk = users[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            last_round.update(
-                con.execute(
-                    f"SELECT user_id, max(claim_round) FROM jobs WHERE user_id IN ({marks})"
-                    " AND claim_round IS NOT NULL GROUP BY user_id",
-                    chunk,
-                ).fetchall()
-            )
-        served = dict(
-            con.execute(
-                "SELECT guild_id, count(*) FROM jobs WHERE claim_round = ? GROUP BY guild_id", (current,)
-            ).fetchall()
-        )
-        return QueueSnapshot(
-            queued=queued,
-            running=[j for j in rows if j.state is JobState.RUNNING],
-            fair=FairState(current_round=current, last_round=last_round, served=served),
-        )
-
-    def _overrides(self, con: sqlite3.Connection, guild_id: str | None) -> dict[str, Any]:
-        if guild_id is None:
-            return {}
-        row = con.execute("SELECT limits FROM guild_limits WHERE guild_id = ?", (guild_id,)).fetchone()
-        return json.loads(row["limits"]) if row else {}
-
-    def _limits(self, con: sqlite3.Connection, guild_id: str | None) -> GuildLimits:
-        # Only what moderators changed is stored; the rest follows the configured defaults.
-        return GuildLimits.model_validate(
-            {**self.default_limits.model_dump(), **self._overrides(con, guild_id)}
-        )
-
-    # --- jobs -------------------------------------------------------------------------------
-
-    def find_idempotent(self, key: str) -> JobRow | None:
-        rows = self._read("SELECT * FROM jobs WHERE idempotency_key = ?", (key,))
-        return self._job(rows[0]) if rows else None
-
-    def submit(self, new: NewJob, decide: Decide, describe: Describe) -> Submitted:
-        """Check the limits and insert, atomically: concurrent submits cannot overshoot a limit."""
-        return self.submit_many([(new, decide)], describe)[0]
-
-    def submit_many(self, batch: list[tuple[NewJob, Decide]], describe: Describe) -> list[Submitted]:
-        """Several submits in one transaction and one fsync (group commit).
-
-        Each is judged after the ones before it in the batch, exactly as if they had come one by
-        one, so limits stay exact; the answers go out only after the commit.
-        """
-        with self._write() as con:
-            results = [self._submit_one(con, new, decide) for new, decide in batch]
-            # Positions as they are when the batch commits, which is when the answers go out.
-            data = describe(self._snapshot(con))
-            for result in results:
-                if result.job is not None and not result.duplicate:
-                    result.event = self._event(con, result.job, EventType.QUEUED, data.get(result.job.id, {}))
-            return results
-
-    def _submit_one(self, con: sqlite3.Connection, new: NewJob, decide: Decide) -> Submitted:
-        req = new.request
-        who = req.requester
-        if req.idempotency_key:
-            row = con.execute(
-                "SELECT * FROM jobs WHERE idempotency_key = ?", (req.idempotency_key,)
-            ).fetchone()
-            if row is not None:
-                return Submitted(job=self._job(row), duplicate=True)
-        counts = Counts(
-            global_active=con.execute("SELECT count(*) FROM jobs WHERE state IN (?, ?)", ACTIVE).fetchone()[
-                0
-            ],
-            guild_active=con.execute(
-                "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND guild_id IS ?", (*ACTIVE, who.guild_id)
-            ).fetchone()[0],
-            user_active=con.execute(
-                "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND user_id = ?", (*ACTIVE, who.user_id)
-            ).fetchone()[0],
-            user_last_submit=con.execute(
-                "SELECT max(created_at) FROM jobs WHERE user_id = ?", (who.user_id,)
-            ).fetchone()[0],
-        )
-        refusal = decide(counts, self._limits(con, who.guild_id))
-        if refusal is not None:
-            return Submitted(refusal=refusal)
-        con.execute(
-            "INSERT INTO jobs (id, kind, state, guild_id, channel_id, user_id, request, spec,"
-            " source_artifact, idempotency_key, client, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                new.id,
-                req.kind.value,
-                JobState.QUEUED.value,
-                who.guild_id,
-                who.channel_id,
-                who.user_id,
-                req.model_dump_json(),
-                json.dumps(new.spec),
-                new.source_artifact,
-                req.idempotency_key,
-                json.dumps(req.client),
-                new.created_at,
-            ),
-        )
-        return Submitted(job=self._must(con, new.id))
-
-    def claim_next(self) -> JobRow | None:
-        """Mark the first job in fair order RUNNING (attempt + 1) and log STARTED; None when idle."""
-        with self._write() as con:
-            snap = self._snapshot(con)
-            if not snap.queued:
-                return None
-            slot, first = fair_slots(snap.queued, snap.fair)[0]
-            con.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, started_at = ?, progress = NULL,"
-                " claim_round = ? WHERE id = ?",
-                (JobState.RUNNING.value, time.time(), slot.round, first.id),
-            )
-            job = self._must(con, first.id)
-            self._event(con, job, EventType.STARTED, {"attempt": job.attempts})
-            return job
-
-    def get_job(self, job_id: str) -> JobRow | None:
-        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return self._job(rows[0]) if rows else None
-
-    def get_jobs(self, job_ids: list[str]) -> list[JobRow]:
-        """The jobs with these ids (unknown ids are left out), in the order given."""
-        found: dict[str, JobRow] = {}
-        for i in range(0, len(job_ids), 500):
-            chunk = job_ids[i : i + 500]
-            rows = self._read(f"SELECT * FROM jobs WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk))
-            found.update((r["id"], self._job(r)) for r in rows)
-        return [found[i] for i in job_ids if i in found]
-
-    def list_jobs(
-        self,
-        *,
-        guild_id: str | None = None,
-        user_id: str | None = None,
-        state: JobState | None = None,
-        undelivered: bool = False,
-        limit: int = 100,
-    ) -> list[JobRow]:
-        """The newest `limit` jobs matching every filter given, oldest first."""
-        where, args = [], []
-        if guild_id is not None:
-            where.append("guild_id = ?")
-            args.append(guild_id)
-        if user_id is not None:
-            where.append("user_id = ?")
-            args.append(user_id)
-        if state is not None:
-            where.append("state = ?")
-            args.append(JobState(state).value)
-        if undelivered:
-            where.append("delivered = 0")
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-        rows = self._read(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit))
-        return [self._job(r) for r in reversed(rows)]
-
-    def queue_snapshot(self) -> QueueSnapshot:
-        with self._lock:
-            return self._snapshot(self._con)
-
-    def queue_length(self) -> int:
-        return self._read("SELECT count(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,))[0][0]
-
-    def record_progress(self, job_id: str, progress: dict[str, Any], still: str | None) -> Event:
-        with self._write() as con:
-            job = self._must(con, job_id)
-            artifacts = dict(job.artifacts)
-            if still:
-                artifacts["still"] = still
-            con.execute(
-                "UPDATE jobs SET progress = ?, artifacts = ? WHERE id = ?",
-                (json.dumps(progress), json.dumps(artifacts), job_id),
-            )
-            return self._event(con, job, EventType.PROGRESS, {**progress, "still": still})
-
-    def finish(
-        self,
-        job_id: str,
-        state: JobState,
-        event: EventType,
-        data: dict[str, Any],
-        *,
-        artifacts: dict[str, str] | None = None,
-        result: dict[str, Any] | None = None,
-        error: str | None = None,
-        error_code: str | None = None,
-        last_image: str | None = None,
-    ) -> Event:
-        """Move a job to a terminal state, remember its last image, log the event: one transaction."""
-        with self._write() as con:
-            job = self._must(con, job_id)
-            merged = {**job.artifacts, **(artifacts or {})}
-            con.execute(
-                "UPDATE jobs SET state = ?, finished_at = ?, artifacts = ?, result = ?, error = ?,"
-                " error_code = ? WHERE id = ?",
-                (
-                    state.value,
-                    time.time(),
-                    json.dumps(merged),
-                    json.dumps(result or {}),
-                    error,
-                    error_code,
-                    job_id,
-                ),
-            )
-            if last_image is not None:
-                con.execute(
-                    "INSERT OR REPLACE INTO last_images (user_id, channel_id, artifact_id, job_id, at)"
-                    " VALUES (?,?,?,?,?)",
-                    (job.user_id, job.channel_id, last_image, job.id, time.time()),
-                )
-            return self._event(con, job, event, data)
-
-    def cancel_queued(self, job_id: str, by: str) -> Event | None:
-        """Cancel a job that has not started; None when it is no longer queued."""
-        with self._write() as con:
-            job = self._must(con, job_id)
-            if job.state is not JobState.QUEUED:
-                return None
-            con.execute(
-                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_code = ? WHERE id = ?",
-                (JobState.CANCELLED.value, time.time(), f"cancelled by {by}", "cancelled", job_id),
-            )
-            return self._event(con, job, EventType.CANCELLED, {"by": by})
-
-    def requeue(self, job_id: str, reason: str) -> Event:
-        """Put a running job back in the queue without counting the attempt (engine shutdown)."""
-        with self._write() as con:
-            job = self._must(con, job_id)
-            con.execute(
-                "UPDATE jobs SET state = ?, attempts = max(attempts - 1, 0), started_at = NULL,"
-                " progress = NULL, claim_round = NULL WHERE id = ?",
-                (JobState.QUEUED.value, job_id),
-            )
-            return self._event(con, job, EventType.INTERRUPTED, {"reason": reason, "retried": True})
-
-    def recover_interrupted(self, max_attempts: int) -> list[Event]:
-        """At start: jobs left RUNNING by a crash are requeued, or failed once out of attempts."""
-        events: list[Event] = []
-        with self._write() as con:
-            for row in con.execute(
-                "SELECT * FROM jobs WHERE state = ? ORDER BY seq", (JobState.RUNNING.value,)
-            ):
-                job = self._job(row)
-                retry = job.attempts < max_attempts
-                reason = f"the engine stopped during attempt {job.attempts}" + (
-                    "; the job was put back in the queue"
-                    if retry
-                    else f"; it failed after {job.attempts} attempts"
-                )
-                events.append(
-                    self._event(con, job, EventType.INTERRUPTED, {"reason": reason, "retried": retry})
-                )
-                if retry:
-                    con.execute(
-                        "UPDATE jobs SET state = ?, started_at = NULL, progress = NULL, claim_round = NULL"
-                        " WHERE id = ?",
-                        (JobState.QUEUED.value, job.id),
-                    )
-                else:
-                    error = (
-                        f"interrupted {job.attempts} times (the engine stopped while it ran); "
-                        "not retried again"
-                    )
-                    con.execute(
-                        "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_code = ? WHERE id = ?",
-                        (JobState.FAILED.value, time.time(), error, "interrupted", job.id),
-                    )
-                    events.append(
-                        self._event(con, job, EventType.FAILED, {"reason": error, "code": "interrupted"})
-                    )
-        return events
-
-    def set_client(self, job_id: str, client: dict[str, str]) -> JobRow | None:
-        """Merge the bot's bookkeeping into the job (an empty value removes the key)."""
-        with self._write() as con:
-            job = self._get(con, job_id)
-            if job is None:
-                return None
-            merged = {**job.client, **client}
-            merged = {k: v for k, v in merged.items() if v != ""}
-            if len(merged) > 16:
-                raise ValueError(
-                    f"a job keeps at most 16 client entries; this change would make {len(merged)}"
-                )
-            con.execute("UPDATE jobs SET client = ? WHERE id = ?", (json.dumps(merged), job_id))
-            return self._must(con, job_id)
-
-    def mark_delivered(self, job_id: str) -> JobRow | None:
-        with self._write() as con:
-            if self._get(con, job_id) is None:
-                return None
-            con.execute("UPDATE jobs SET delivered = 1 WHERE id = ?", (job_id,))
-            return self._must(con, job_id)
-
-    def recent_durations(self, kind: JobKind, n: int = 20) -> list[tuple[float, dict[str, Any]]]:
-        rows = self._read(
-            "SELECT finished_at - started_at AS d, spec FROM jobs WHERE kind = ? AND state = ?"
-            " AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
-            (JobKind(kind).value, JobState.SUCCEEDED.value, n),
-        )
-        return [(float(r["d"]), json.loads(r["spec"])) for r in rows]
-
-    # --- events -----------------------------------------------------------------------------
-
-    def events_after(
-        self, after: int, *, job_id: str | None = None, guild_id: str | None = None, limit: int = 500
-    ) -> list[Event]:
-        sql, args = "SELECT * FROM events WHERE id > ?", [after]
-        if job_id is not None:
-            sql += " AND job_id = ?"
-            args.append(job_id)
-        if guild_id is not None:
-            sql += " AND guild_id = ?"
-            args.append(guild_id)
-        rows = self._read(sql + " ORDER BY id LIMIT ?", (*args, limit))
-        return [
-            Event(
-                id=r["id"],
-                job_id=r["job_id"],
-                type=EventType(r["type"]),
-                at=r["at"],
-                guild_id=r["guild_id"],
-                channel_id=r["channel_id"],
-                user_id=r["user_id"],
-                data=json.loads(r["data"]),
-            )
-            for r in rows
-        ]
-
-    def last_event_id(self) -> int:
-        return int(self._read("SELECT coalesce(max(id), 0) FROM events")[0][0])
-
-    def prune_events(self, cutoff: float) -> int:
-        """Delete events older than `cutoff` of jobs that have finished."""
-        with self._write() as con:
-            cur = con.execute(
-                "DELETE FROM events WHERE at < ?"
-                " AND job_id NOT IN (SELECT id FROM jobs WHERE state IN (?, ?))",
-                (cutoff, *ACTIVE),
-            )
-            return cur.rowcount
-
-    # --- artifacts --------------------------------------------------------------------------
-
-    def add_artifact(self, row: ArtifactRow) -> None:
-        with self._write() as con:
-            con.execute(
-                "INSERT INTO artifacts (id, media_type, bytes, path, job_id, width, height, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    row.id,
-                    row.media_type,
-                    row.bytes,
-                    row.path,
-                    row.job_id,
-                    row.width,
-                    row.height,
-                    row.created_at,
-                ),
-            )
-
-    def get_artifact(self, artifact_id: str) -> ArtifactRow | None:
-        rows = self._read("SELECT * FROM artifacts WHERE id = ?", (artifact_id,))
-        return ArtifactRow(**dict(rows[0])) if rows else None
-
-    def last_image(self, user_id: str, channel_id: str) -> LastImage | None:
-        rows = self._read(
-            "SELECT l.artifact_id, l.job_id FROM last_images l JOIN artifacts a ON a.id = l.artifact_id"
-            " WHERE l.user_id = ? AND l.channel_id = ?",
-            (user_id, channel_id),
-        )
-        return LastImage(artifact_id=rows[0]["artifact_id"], job_id=rows[0]["job_id"]) if rows else None
-
-    def expired_artifacts(self, cutoff: float) -> list[ArtifactRow]:
-        """Artifacts older than `cutoff` that no last image and no waiting or running job refers to."""
-        rows = self._read(
-            "SELECT * FROM artifacts WHERE created_at < ?"
-            " AND id NOT IN (SELECT artifact_id FROM last_images)"
-            " AND id NOT IN (SELECT source_artifact FROM jobs"
-            "                WHERE state IN (?, ?) AND source_artifact IS NOT NULL)",
-            (cutoff, *ACTIVE),
-        )
-        return [ArtifactRow(**dict(r)) for r in rows]
-
-    def delete_artifacts(self, ids: list[str]) -> None:
-        with self._write() as con:
-            con.executemany("DELETE FROM artifacts WHERE id = ?", [(i,) for i in ids])
-
-    # --- server limits ----------------------------------------------------------------------
-
-    def guild_limits(self, guild_id: str | None) -> GuildLimits:
-        with self._lock:
-            return self._limits(self._con, guild_id)
-
-    def update_limits(self, guild_id: str, actor_id: str, changes: dict[str, Any]) -> GuildLimits:
-        """Apply a partial change (validated as a whole) and log who made it, in one transaction.
-
-        Raises pydantic.ValidationError, with nothing written, when a value is out of range.
-        """
-        with self._write() as con:
-            overrides = self._overrides(con, guild_id)
-            updated = GuildLimits.model_validate({**self.default_limits.model_dump(), **overrides, **changes})
-            now = time.time()
-            applied = {k: updated.model_dump(mode="json")[k] for k in changes}
-            con.execute(
-                "INSERT OR REPLACE INTO guild_limits (guild_id, limits, updated_at) VALUES (?,?,?)",
-                (guild_id, json.dumps({**overrides, **applied}), now),
-            )
-            con.execute(
-                "INSERT INTO limits_log (guild_id, actor_id, at, changes) VALUES (?,?,?,?)",
-                (guild_id, actor_id, now, json.dumps(applied)),
-            )
-            return updated
-
-    def limits_log(self, guild_id: str, limit: int = 100) -> list[LimitsChange]:
-        """The newest `limit` changes of a server, oldest first."""
-        rows = self._read(
-            "SELECT * FROM limits_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?", (guild_id, limit)
-        )
-        return [
-            LimitsChange(
-                guild_id=r["guild_id"], actor_id=r["actor_id"], at=r["at"], changes=json.loads(r["changes"])
-            )
-            for r in reversed(rows)
-        ]
+    def _describe_location(self) -> str:
+        return f"the SQLite database {self.path}"
 
     def close(self) -> None:
         with self._lock:
