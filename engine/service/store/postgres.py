@@ -3,17 +3,20 @@
 The SQL is sql.py's; what this module adds is how PostgreSQL keeps the promises when the writers
 are separate processes on separate hosts:
 
-- claims lock the first job in fair order that no one else holds (`FOR UPDATE SKIP LOCKED`): the
-  order is `scheduler.fair_slots` computed in SQL, so concurrent claimers take consecutive jobs
-  and none waits for another;
+- claims take the first job in fair order (`scheduler.fair_slots` computed in SQL) with
+  `FOR UPDATE SKIP LOCKED`, so a claim never waits behind an API node's write to a job row, and
+  they take turns on one advisory lock: a claim holds it for about a millisecond, a job runs for
+  seconds to minutes, so workers do not queue behind each other in practice. Without the turns,
+  claims that commit out of order let a third claimer see claim k+1 without claim k, and the
+  fair-queue round it stamps would be one too high (test_store's concurrent-claims test finds it);
 - submits take a transaction-scoped advisory lock (global: `engine.max_queue` counts every
   server) and one per server (so a `/limits` change waits for the submits it affects), then
   read the counts: the limits stay exact across API nodes;
 - event inserts take an advisory lock held to commit, so ids become visible in id order and a
   reader's cursor never passes an id that a slower transaction commits later.
 
-Lock order, the same in every transaction: submit/limits locks, then job rows, then the event
-lock. Nothing waits for a lock it could be holding up.
+Lock order, the same in every transaction: the claim or submit/limits locks, then job rows, then
+the event lock. Nothing waits for a lock it could be holding up.
 """
 
 from __future__ import annotations
@@ -195,7 +198,11 @@ class PostgresStore(SqlStore):
             ) from e
         self._raw = con
         self._db = _PgConnection(con)
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            con.close()
+            raise
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -211,6 +218,9 @@ class PostgresStore(SqlStore):
             yield self._db
 
     def _pick(self, con: Connection) -> tuple[str, int] | None:
+        _lock_key(con, "spooky:claim")
+        # READ COMMITTED: this statement's snapshot is taken after the lock, so it sees the
+        # previous claim committed.
         row = con.execute(_CLAIM).fetchone()
         return (row["id"], int(row["rnd"])) if row else None
 

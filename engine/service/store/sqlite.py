@@ -125,7 +125,11 @@ class SQLiteStore(SqlStore):
         # FULL: a commit is on disk before the API answers, even across a power cut.
         self._con.execute("PRAGMA synchronous=FULL")
         self._con.execute("PRAGMA foreign_keys=ON")
-        version = self._migrate()
+        try:
+            version = self._migrate()
+        except BaseException:
+            self._con.close()
+            raise
         # Kept in step for tools (and older releases) that read the version from the header.
         self._con.execute(f"PRAGMA user_version={version}")
 
