@@ -31,26 +31,33 @@ class PostgresMissingError(RuntimeError):
     """No initdb/pg_ctl on this machine (or no `postgres` user to run them as root)."""
 
 
+def _major(bindir: str) -> int:
+    name = Path(bindir).parent.name
+    return int(name) if name.isdigit() else 0
+
+
 def server_bindir() -> Path | None:
-    """The folder holding initdb and pg_ctl: SPOOKY_PG_BINDIR, pg_config --bindir, PATH, Debian's."""
-    candidates: list[str] = []
-    if os.environ.get("SPOOKY_PG_BINDIR"):
-        candidates.append(os.environ["SPOOKY_PG_BINDIR"])
-    if shutil.which("pg_config"):
-        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
-        if out.returncode == 0:
-            candidates.append(out.stdout.strip())
-    on_path = shutil.which("initdb")
-    if on_path:
-        candidates.append(str(Path(on_path).resolve().parent))
-    # Debian keeps the server binaries off PATH, one folder per major version: newest first.
-    candidates += sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name or 0), reverse=True
-    )
+    """The folder holding initdb and pg_ctl: SPOOKY_PG_BINDIR (then only it), pg_config --bindir,
+    PATH, or Debian's /usr/lib/postgresql/<major>/bin."""
+    forced = os.environ.get("SPOOKY_PG_BINDIR")
+    candidates = [forced] if forced else _found_bindirs()
     for folder in candidates:
         if all(os.access(Path(folder, name), os.X_OK) for name in ("initdb", "pg_ctl")):
             return Path(folder)
     return None
+
+
+def _found_bindirs() -> list[str]:
+    found: list[str] = []
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
+        if out.returncode == 0:
+            found.append(out.stdout.strip())
+    on_path = shutil.which("initdb")
+    if on_path:
+        found.append(str(Path(on_path).resolve().parent))
+    # Debian keeps the server binaries off PATH, one folder per major version: newest first.
+    return found + sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_major, reverse=True)
 
 
 class PgServer:

@@ -24,10 +24,13 @@ def pg_server() -> Iterator[Any]:
     CI installs them (scripts/setup-postgres.sh), so a skip would hide a broken setup."""
     from pgserver import PgServer, PostgresMissingError
 
+    missing = None
     try:
         server = PgServer()
     except PostgresMissingError as e:
-        pytest.fail(str(e), pytrace=False)
+        missing = str(e)
+    if missing is not None:
+        pytest.fail(missing, pytrace=False)
     try:
         server.start()
         yield server
