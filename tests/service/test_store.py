@@ -356,3 +356,19 @@ def _tamper(backend: str, server: Any, sql: str) -> None:
 @pytest.fixture
 def pg_server_or_none(backend: str, request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue("pg_server") if backend.startswith("postgresql://") else None
+
+
+async def test_the_engine_keeps_its_queue_in_postgres_when_database_url_is_set(tmp_path: Path, pg_url: str):
+    from service_helpers import make_settings, running_engine
+
+    settings = make_settings(tmp_path, engine={"database_url": pg_url})
+    async with running_engine(settings, autoload=False) as (svc, client):
+        assert isinstance(svc.store, PostgresStore)
+        accepted = await client.submit(request(user="5", idempotency_key="via-api"))
+    # Another connection finds it: it is in PostgreSQL, and no SQLite file was made.
+    other = PostgresStore(pg_url)
+    try:
+        assert other.find_idempotent("via-api").id == accepted.job.id
+    finally:
+        other.close()
+    assert not (tmp_path / "engine.sqlite3").exists()
