@@ -120,13 +120,13 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_1}
 #: whose claim commits while this statement waits is re-checked against it, not the CTEs.
 _CLAIM = f"""
 WITH cur AS (SELECT coalesce(max(claim_round), 0) AS r FROM jobs),
-last AS (SELECT user_id, max(claim_round) AS l FROM jobs
-         WHERE claim_round IS NOT NULL GROUP BY user_id),
 waiting AS (
     SELECT j.seq, j.guild_id,
            greatest(coalesce(last.l + 1, 0), cur.r)
              + row_number() OVER (PARTITION BY j.user_id ORDER BY j.seq) - 1 AS rnd
-    FROM jobs j CROSS JOIN cur LEFT JOIN last ON last.user_id = j.user_id
+    FROM jobs j CROSS JOIN cur
+    -- per waiting job, from the (user_id, claim_round) index: the finished history is not scanned
+    CROSS JOIN LATERAL (SELECT max(h.claim_round) AS l FROM jobs h WHERE h.user_id = j.user_id) last
     WHERE j.state = '{JobState.QUEUED.value}'),
 served AS (SELECT guild_id, count(*) AS n FROM jobs, cur WHERE claim_round = cur.r GROUP BY guild_id),
 ranked AS (
