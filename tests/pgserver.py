@@ -107,10 +107,11 @@ class PgServer:
             log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
             raise RuntimeError(f"{tool} failed ({out.returncode}): {out.stderr.strip()}\n{log}")
 
-    def start(self) -> None:
-        """Start on a free port; a port taken between the probe and the bind is retried."""
-        for attempt in range(3):
-            self.port = free_port()
+    def start(self, port: int | None = None) -> None:
+        """Start on `port`, or on a free one (a port taken between the probe and the bind is retried)."""
+        tries = 1 if port else 3
+        for attempt in range(tries):
+            self.port = port or free_port()
             options = (
                 f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root}"
                 # Test speed only: the code path of a commit is the same, the disk flush is skipped.
@@ -132,11 +133,16 @@ class PgServer:
                 )
                 return
             except RuntimeError:
-                if attempt == 2:
+                if attempt == tries - 1:
                     raise
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self) -> None:
+        """Stop the server (ending every connection) and start it again on the same port."""
+        self.stop("fast")
+        self.start(self.port)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"

@@ -16,6 +16,7 @@ from service_helpers import request
 from engine.service.core import resolve_spec
 from engine.service.scheduler import Snapshot, check_limits, fair_slots
 from engine.service.store import (
+    DatabaseUnavailableError,
     JobStore,
     NewJob,
     SchemaTooNewError,
@@ -372,3 +373,25 @@ async def test_the_engine_keeps_its_queue_in_postgres_when_database_url_is_set(t
     finally:
         other.close()
     assert not (tmp_path / "engine.sqlite3").exists()
+
+
+def test_a_postgres_restart_is_a_typed_error_then_the_store_reconnects(pg_server: Any, pg_url: str):
+    store = PostgresStore(pg_url)
+    try:
+        job = submit(store, request(user="3")).job
+        pg_server.restart()  # every connection is cut; committed data stays
+        with pytest.raises(DatabaseUnavailableError) as raised:
+            store.get_job(job.id)
+        assert "stopped answering" in str(raised.value)
+        assert store.get_job(job.id).id == job.id  # the next call reconnects
+        assert submit(store, request(user="4")).job is not None
+    finally:
+        store.close()
+
+
+def test_an_unreachable_server_is_a_typed_error_that_hides_the_password():
+    from support import free_port
+
+    with pytest.raises(DatabaseUnavailableError) as raised:
+        PostgresStore(f"postgresql://spooky:hunter2@127.0.0.1:{free_port()}/x", connect_timeout_s=2)
+    assert "spooky:***@127.0.0.1" in str(raised.value) and "hunter2" not in str(raised.value)

@@ -46,6 +46,16 @@ class SchemaTooNewError(SpookyError):
     code = "schema_too_new"
 
 
+class DatabaseUnavailableError(SpookyError):
+    """The database server cannot be reached (down, restarting, network cut); retry later.
+
+    A write interrupted this way may or may not have been committed: a retry of a submit is
+    only safe with its idempotency key.
+    """
+
+    code = "database_unavailable"
+
+
 ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
 #: A job found running at start this many times (the engine died while it ran) fails instead of
 #: running again: once is bad luck, twice is likely the job itself.

@@ -29,10 +29,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from engine.service.store.base import DatabaseUnavailableError
 from engine.service.store.sql import Connection, Cursor, SqlStore
 from spooky.config import mask_url
 from spooky.contract import GuildLimits, JobState
-from spooky.errors import SpookyError
 
 _SCHEMA_1 = (
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -142,12 +142,6 @@ FOR UPDATE OF j SKIP LOCKED
 """
 
 
-class DatabaseUnavailableError(SpookyError):
-    """PostgreSQL cannot be reached or refused the connection."""
-
-    code = "database_unavailable"
-
-
 @functools.lru_cache(maxsize=512)
 def _pg_sql(sql: str) -> str:
     # The shared SQL has no literal '?' or '%': each '?' is a parameter.
@@ -187,33 +181,53 @@ class PostgresStore(SqlStore):
     ) -> None:
         super().__init__(default_limits=default_limits, on_events=on_events)
         self.url = url
+        self._connect_timeout = max(1, round(connect_timeout_s))
+        self._connect()
+        try:
+            self._migrate()
+        except BaseException:
+            self._raw.close()
+            raise
+
+    def _connect(self) -> None:
         try:
             con = psycopg.connect(
-                url, autocommit=True, row_factory=dict_row, connect_timeout=max(1, round(connect_timeout_s))
+                self.url, autocommit=True, row_factory=dict_row, connect_timeout=self._connect_timeout
             )
-        except psycopg.Error as e:
+        except psycopg.OperationalError as e:
             raise DatabaseUnavailableError(
-                f"cannot connect to PostgreSQL at {mask_url(url)}: {e}",
+                f"cannot connect to PostgreSQL at {mask_url(self.url)}: {e}",
                 hint="check [engine] database_url (or SPOOKY_DATABASE_URL) and that the server is up",
             ) from e
         self._raw = con
         self._db = _PgConnection(con)
-        try:
-            self._migrate()
-        except BaseException:
-            con.close()
-            raise
+
+    @contextmanager
+    def _session(self) -> Iterator[None]:
+        """Hold the connection; reopen it first when the last one broke (server restart, cut)."""
+        with self._lock:
+            if self._raw.closed or self._raw.broken:
+                self._raw.close()
+                self._connect()
+            try:
+                yield
+            except psycopg.OperationalError as e:
+                # The next call reconnects; this one's outcome is for the caller to decide.
+                raise DatabaseUnavailableError(
+                    f"PostgreSQL at {mask_url(self.url)} stopped answering: {e}",
+                    hint="retry shortly; the store reconnects on the next call",
+                ) from e
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         # synchronous_commit is on by default: COMMIT returns once the WAL is flushed.
-        with self._lock, self._raw.transaction():
+        with self._session(), self._raw.transaction():
             yield self._db
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
         # One snapshot for all the statements (a queue snapshot reads several tables).
-        with self._lock, self._raw.transaction():
+        with self._session(), self._raw.transaction():
             self._db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield self._db
 
@@ -240,7 +254,7 @@ class PostgresStore(SqlStore):
 
     def _migrate(self) -> int:
         # Engines starting together must not both create the tables: one migrates, the others wait.
-        with self._lock, self._raw.transaction():
+        with self._session(), self._raw.transaction():
             _lock_key(self._db, "spooky:schema")
             return super()._migrate()
 
