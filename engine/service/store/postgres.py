@@ -117,7 +117,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_1}
 #: `scheduler.fair_slots` in SQL. `cur` is the current round; a user's k-th waiting job is in
 #: round max(their last claimed round + 1, current) + k; within the current round a server's
 #: rank starts after the claims it already had in it. The outer `state` test matters: a row
-#: whose claim commits while this statement waits is re-checked against it, not the CTEs.
+#: that another transaction (a cancel) changed before this one locked it is re-checked against
+#: it, not against the CTEs.
 _CLAIM = f"""
 WITH cur AS (SELECT coalesce(max(claim_round), 0) AS r FROM jobs),
 waiting AS (
