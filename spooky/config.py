@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, get_args, get_origin
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -24,6 +25,10 @@ MiB = 1024 * 1024
 #: Environment variables that win over the file for secrets.
 ENV_ENGINE_SECRET = "SPOOKY_ENGINE_SECRET"
 ENV_DISCORD_TOKEN = "DISCORD_TOKEN"
+#: The shared queue's URL (it usually carries a password), like SPOOKY_ENGINE__DATABASE_URL.
+ENV_DATABASE_URL = "SPOOKY_DATABASE_URL"
+#: URL schemes `[engine] database_url` accepts (PostgreSQL's two spellings).
+DATABASE_SCHEMES = ("postgresql", "postgres")
 #: Any setting may also come from SPOOKY_<SECTION>__<KEY> (e.g. SPOOKY_ENGINE__DATA_DIR=/data); it
 #: wins over the file. The Docker images use it so one config.toml serves host and containers.
 ENV_SETTING_PREFIX = "SPOOKY_"
@@ -92,6 +97,8 @@ class EngineConfig(_Section):
     secret: SecretStr | None = None
     # Folder for the SQLite queue and the artifacts (PNG, MP4).
     data_dir: Path = Path("./data")
+    # postgresql://user:password@host:port/db: a queue several engines share; "" = SQLite in data_dir.
+    database_url: str = ""
     # Most jobs waiting or running across all servers.
     max_queue: int = Field(100, ge=1)
     # A job running longer than this fails with a time-out.
@@ -102,6 +109,31 @@ class EngineConfig(_Section):
     drain_timeout_s: float = Field(30, ge=0)
     # Largest request body the API accepts (uploads included).
     max_body_bytes: int = Field(12 * MiB, ge=1024)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, v: str) -> str:
+        v = v.strip()
+        if v and urlsplit(v).scheme not in DATABASE_SCHEMES:
+            # Never echo the value: it may carry a password.
+            raise ValueError(
+                "must be a postgresql://user:password@host:port/database URL, or empty for the "
+                "SQLite file in data_dir"
+            )
+        return v
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for logs and `config check`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class BotConfig(_Section):
@@ -174,6 +206,8 @@ def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None 
         data.setdefault("engine", {})["secret"] = env[ENV_ENGINE_SECRET]
     if env.get(ENV_DISCORD_TOKEN):
         data.setdefault("bot", {})["token"] = env[ENV_DISCORD_TOKEN]
+    if env.get(ENV_DATABASE_URL):
+        data.setdefault("engine", {})["database_url"] = env[ENV_DATABASE_URL]
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
@@ -214,7 +248,7 @@ def _env_value(raw: str) -> object:
     return raw
 
 
-_SECRET_KEYS = {("engine", "secret"), ("bot", "token")}
+_SECRET_KEYS = {("engine", "secret"), ("bot", "token"), ("engine", "database_url")}
 
 
 def _allowed(loc: tuple) -> str | None:

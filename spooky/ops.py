@@ -25,11 +25,13 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from spooky.config import (
+    ENV_DATABASE_URL,
     ENV_DISCORD_TOKEN,
     ENV_ENGINE_SECRET,
     Settings,
     env_overrides,
     load_settings,
+    mask_url,
 )
 from spooky.contract import API_PREFIX
 from spooky.errors import ConfigError
@@ -111,12 +113,17 @@ def render_settings(settings: Settings, path: Path | None, env: Mapping[str, str
         sources[("engine", "secret")] = f"from {ENV_ENGINE_SECRET}"
     if env.get(ENV_DISCORD_TOKEN):
         sources[("bot", "token")] = f"from {ENV_DISCORD_TOKEN}"
+    if env.get(ENV_DATABASE_URL):
+        sources[("engine", "database_url")] = f"from {ENV_DATABASE_URL}"
     lines = [f"# settings from {path}" if path else "# no config file: built-in defaults", ""]
     for section in Settings.model_fields:
         lines.append(f"[{section}]")
         values = getattr(settings, section)
         for key in type(values).model_fields:
-            text = _show(getattr(values, key))
+            value = getattr(values, key)
+            if (section, key) == ("engine", "database_url"):
+                value = mask_url(value)  # the password never reaches the terminal
+            text = _show(value)
             note = sources.get((section, key))
             if (section, key) == ("engine", "secret") and getattr(values, key) is None:
                 note = f"spooky up uses {settings.engine.data_dir / SECRET_FILE}"

@@ -22,7 +22,7 @@ from engine.service.artifacts import ArtifactFiles
 from engine.service.core import EngineCore, default_limits
 from engine.service.events import EventHub
 from engine.service.server import EngineRunner
-from engine.service.store import MAX_ATTEMPTS, SQLiteStore
+from engine.service.store import MAX_ATTEMPTS, open_store
 from engine.service.threads import run_in_daemon_thread
 from spooky.config import Settings
 from spooky.errors import ConfigError
@@ -81,8 +81,11 @@ class EngineService:
         data_dir = Path(settings.engine.data_dir).expanduser()
         self.data_dir = data_dir
         self.hub = EventHub()
-        self.store = SQLiteStore(
-            data_dir / DB_NAME, default_limits=default_limits(settings.limits), on_events=self.hub.notify
+        self.store = open_store(
+            settings.engine.database_url,
+            data_dir / DB_NAME,
+            default_limits=default_limits(settings.limits),
+            on_events=self.hub.notify,
         )
         self.files = ArtifactFiles(data_dir / "artifacts")
         self.core = EngineCore(settings, self.store, self.files, self.hub)

@@ -74,7 +74,7 @@ def read_dockerfile(path: Path) -> list[Stage]:
 
 
 STAGES = {s.name: s for s in read_dockerfile(ROOT / "Dockerfile")}
-TARGETS = {name: svc["build"]["target"] for name, svc in SERVICES.items()}
+TARGETS = {name: svc["build"]["target"] for name, svc in SERVICES.items() if "build" in svc}
 
 
 def chain(stage: Stage) -> list[Stage]:
@@ -262,11 +262,15 @@ def test_ports_match_the_engine_defaults():
     assert (url.hostname, url.port) == ("engine", port)
 
 
+#: What .env supplies, where a setting checks its form.
+_PLACEHOLDERS = {"SPOOKY_DATABASE_URL": "postgresql://spooky:placeholder@postgres:5432/spooky"}
+
+
 def _container_settings(service: str, tmp_path: Path) -> Settings:
     """The settings a container sees: the example config plus the image's and compose's env."""
     env = {k: v for k, v in env_of(STAGES[TARGETS[service]]).items() if k.startswith("SPOOKY_")}
     for key, value in SERVICES[service].get("environment", {}).items():
-        env[key] = "placeholder-secret" if str(value).startswith("${") else str(value)
+        env[key] = _PLACEHOLDERS.get(key, "placeholder-secret") if str(value).startswith("${") else str(value)
     env_overrides(env)  # every SPOOKY_<SECTION>__<KEY> names a real setting
     return load_settings(ROOT / "config.example.toml", env=env)
 
@@ -327,3 +331,27 @@ def test_docker_stop_waits_for_the_engine_to_drain():
 
     grace = SERVICES["engine"]["stop_grace_period"]
     assert grace.endswith("s") and float(grace[:-1]) > EngineConfig().drain_timeout_s + DRAIN_GRACE_S
+
+
+def test_the_postgres_service_is_optional_durable_and_checked_for_health(tmp_path: Path):
+    pg = SERVICES["postgres"]
+    assert pg["profiles"] == ["postgres"]  # `docker compose up` alone keeps the SQLite default
+    assert "pgdata:/var/lib/postgresql/data" in pg["volumes"] and "pgdata" in COMPOSE["volumes"]
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"]) and "ports" not in pg
+    dep = SERVICES["engine"]["depends_on"]["postgres"]
+    assert dep == {"condition": "service_healthy", "required": False}
+    assert SERVICES["engine"]["environment"]["SPOOKY_DATABASE_URL"] == "${SPOOKY_DATABASE_URL:-}"
+    assert "SPOOKY_DATABASE_URL" not in SERVICES["bot"]["environment"]  # its password stays with engines
+    # The URL compose.yaml's header tells operators to write reaches the postgres service.
+    engine = _container_settings("engine", tmp_path)
+    url = urlsplit(engine.engine.database_url)
+    env = pg["environment"]
+    assert (url.hostname, url.port, url.username, url.path) == (
+        "postgres",
+        5432,
+        env["POSTGRES_USER"],
+        "/spooky",
+    )
+    assert env["POSTGRES_DB"] == "spooky"
+    header = (ROOT / "compose.yaml").read_text(encoding="utf-8")
+    assert "SPOOKY_DATABASE_URL=postgresql://spooky:<the same password>@postgres:5432/spooky" in header

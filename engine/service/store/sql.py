@@ -1,50 +1,35 @@
-"""The engine's durable state: jobs, events, artifacts index, last images and server limits.
+"""`SqlStore`: every `JobStore` method written once, in SQL that SQLite and PostgreSQL both run.
 
-`JobStore` is the interface the service codes against; `SQLiteStore` is the embedded default: one
-SQLite file in WAL mode, every write in one `BEGIN IMMEDIATE` transaction, committed (fsync'd,
-`synchronous=FULL`) before the API answers. Calls are synchronous and short; the service runs them
-on one executor thread, the render thread calls them directly (a lock serialises the connection).
-
-A PostgreSQL store could later let several engines share one queue. Its claim would compute the
-same fair order as `scheduler.fair_slots` (round per user, then rank per server within the round,
-then FIFO; `:r` is the current round, `coalesce(max(claim_round), 0)`) in a sub-select, and lock
-the first candidate no other engine holds:
-
-    WITH last AS (SELECT user_id, max(claim_round) AS l FROM jobs GROUP BY user_id),
-    waiting AS (
-      SELECT j.seq, j.guild_id,
-             greatest(coalesce(last.l + 1, 0), :r)
-               + row_number() OVER (PARTITION BY j.user_id ORDER BY j.seq) - 1 AS rnd
-      FROM jobs j LEFT JOIN last USING (user_id) WHERE j.state = 'queued'),
-    served AS (SELECT guild_id, count(*) AS n FROM jobs WHERE claim_round = :r GROUP BY guild_id),
-    ranked AS (
-      SELECT w.seq, w.rnd,
-             CASE WHEN w.rnd = :r THEN coalesce(s.n, 0) ELSE 0 END
-               + row_number() OVER (PARTITION BY w.rnd, w.guild_id ORDER BY w.seq) - 1 AS srank
-      FROM waiting w LEFT JOIN served s ON s.guild_id IS NOT DISTINCT FROM w.guild_id)
-    SELECT j.*, c.rnd FROM jobs j JOIN ranked c USING (seq)
-    ORDER BY c.rnd, c.srank, c.seq
-    FOR UPDATE OF j SKIP LOCKED LIMIT 1;
-    -- then: UPDATE jobs SET state = 'running', claim_round = <rnd>, attempts = attempts + 1,
-    --       started_at = now() WHERE seq = <seq>;   (same transaction)
-
-Submit-time limits would take `pg_advisory_xact_lock` on the guild and on the user (and a global
-one for engine.max_queue) instead of SQLite's database-wide write lock.
+The SQL uses `?` placeholders, `IS NOT DISTINCT FROM`, `ON CONFLICT` upserts and `RETURNING`
+(SQLite >= 3.39). Rows are read by column name only, so `sqlite3.Row` and psycopg's dict rows map
+through the same code. What differs per engine is left to the subclass: the connection and its
+transactions, the claim's pick of the next job, and the locks that keep limits exact and event
+ids visible in order.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
-from engine.service.scheduler import FairState, fair_slots
+from engine.service.scheduler import FairState
+from engine.service.store.base import (
+    ACTIVE,
+    ArtifactRow,
+    Counts,
+    Decide,
+    Describe,
+    JobRow,
+    NewJob,
+    QueueEntry,
+    QueueSnapshot,
+    SchemaTooNewError,
+    Submitted,
+)
 from spooky.contract import (
     Event,
     EventType,
@@ -52,337 +37,177 @@ from spooky.contract import (
     JobKind,
     JobRequest,
     JobState,
-    JobView,
     LastImage,
     LimitsChange,
-    Progress,
-    Refusal,
 )
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,      -- FIFO order
-    id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    guild_id TEXT,
-    channel_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    request TEXT NOT NULL,                      -- the JobRequest as accepted (JSON)
-    spec TEXT NOT NULL,                         -- resolved settings the worker runs (JSON)
-    source_artifact TEXT,                       -- nightmare input, resolved at submit
-    idempotency_key TEXT UNIQUE,
-    client TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    claim_round INTEGER,                        -- fair-queue round it was claimed in (scheduler)
-    progress TEXT,
-    artifacts TEXT NOT NULL DEFAULT '{}',
-    result TEXT NOT NULL DEFAULT '{}',
-    error TEXT,
-    error_code TEXT,
-    delivered INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
-CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user_id, created_at);
-CREATE INDEX IF NOT EXISTS jobs_guild ON jobs(guild_id, seq);
-CREATE INDEX IF NOT EXISTS jobs_state_guild ON jobs(state, guild_id);
-CREATE INDEX IF NOT EXISTS jobs_state_user ON jobs(state, user_id);
-CREATE INDEX IF NOT EXISTS jobs_round ON jobs(claim_round, guild_id);
-CREATE INDEX IF NOT EXISTS jobs_user_round ON jobs(user_id, claim_round);
-
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,       -- strictly increasing, never reused
-    job_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    at REAL NOT NULL,
-    guild_id TEXT,
-    channel_id TEXT,
-    user_id TEXT,
-    data TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);
-CREATE INDEX IF NOT EXISTS events_guild ON events(guild_id, id);
-
-CREATE TABLE IF NOT EXISTS artifacts (
-    id TEXT PRIMARY KEY,
-    media_type TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
-    path TEXT NOT NULL,                         -- relative to the artifacts folder
-    job_id TEXT,
-    width INTEGER,
-    height INTEGER,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS artifacts_age ON artifacts(created_at);
-
-CREATE TABLE IF NOT EXISTS last_images (
-    user_id TEXT NOT NULL,
-    channel_id TEXT NOT NULL,
-    artifact_id TEXT NOT NULL,
-    job_id TEXT,
-    at REAL NOT NULL,
-    PRIMARY KEY (user_id, channel_id)
-);
-
-CREATE TABLE IF NOT EXISTS guild_limits (
-    guild_id TEXT PRIMARY KEY,
-    limits TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-
-CREATE TABLE IF NOT EXISTS limits_log (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    guild_id TEXT NOT NULL,
-    actor_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    changes TEXT NOT NULL
-);
-"""
-
-ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
-#: A job found running at start this many times (the engine died while it ran) fails instead of
-#: running again: once is bad luck, twice is likely the job itself.
-MAX_ATTEMPTS = 2
+Row = Mapping[str, Any]
 
 
-@dataclass
-class JobRow:
-    """One job as stored."""
+class Cursor(Protocol):
+    rowcount: int
 
-    seq: int
-    id: str
-    kind: JobKind
-    state: JobState
-    guild_id: str | None
-    channel_id: str
-    user_id: str
-    request: JobRequest
-    spec: dict[str, Any]
-    source_artifact: str | None
-    idempotency_key: str | None
-    client: dict[str, str]
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    attempts: int
-    progress: dict[str, Any] | None
-    artifacts: dict[str, str]
-    result: dict[str, Any]
-    error: str | None
-    error_code: str | None
-    delivered: bool
-
-    def view(self, position: int | None = None, eta_s: float | None = None) -> JobView:
-        artifacts = dict(self.artifacts)
-        if self.source_artifact:
-            artifacts.setdefault("source", self.source_artifact)
-        request = self.request.model_copy(update={"client": self.client})
-        return JobView(
-            id=self.id,
-            kind=self.kind,
-            state=self.state,
-            request=request,
-            position=position,
-            eta_s=eta_s,
-            created_at=self.created_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            attempts=self.attempts,
-            progress=Progress(**self.progress) if self.progress else None,
-            artifacts=artifacts,
-            result=self.result,
-            error=self.error,
-            error_code=self.error_code,
-            delivered=self.delivered,
-        )
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
 
 
-@dataclass(frozen=True)
-class NewJob:
-    id: str
-    request: JobRequest
-    spec: dict[str, Any]
-    source_artifact: str | None
-    created_at: float
+class Connection(Protocol):
+    """The part of a DB-API connection the shared SQL needs (`?` placeholders)."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ...) -> Cursor: ...
+    def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> Any: ...
 
 
-@dataclass(frozen=True)
-class Counts:
-    """Active jobs around a submit, read inside its write transaction."""
-
-    global_active: int
-    guild_active: int
-    user_active: int
-    user_last_submit: float | None
-
-
-@dataclass(frozen=True)
-class QueueEntry:
-    """The columns ordering and ETAs need: no request parsing, so snapshots stay cheap."""
-
-    seq: int
-    id: str
-    kind: JobKind
-    state: JobState
-    user_id: str
-    guild_id: str | None
-    spec: dict[str, Any]
-    started_at: float | None
-
-
-@dataclass(frozen=True)
-class QueueSnapshot:
-    """Waiting jobs (FIFO), running jobs, and the fair-queue memory: what ordering needs."""
-
-    queued: list[QueueEntry]
-    running: list[QueueEntry]
-    fair: FairState
+def job_row(row: Row) -> JobRow:
+    """A stored job row as a `JobRow` (JSON columns parsed)."""
+    return JobRow(
+        seq=row["seq"],
+        id=row["id"],
+        kind=JobKind(row["kind"]),
+        state=JobState(row["state"]),
+        guild_id=row["guild_id"],
+        channel_id=row["channel_id"],
+        user_id=row["user_id"],
+        request=JobRequest.model_validate_json(row["request"]),
+        spec=json.loads(row["spec"]),
+        source_artifact=row["source_artifact"],
+        idempotency_key=row["idempotency_key"],
+        client=json.loads(row["client"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        attempts=row["attempts"],
+        progress=json.loads(row["progress"]) if row["progress"] else None,
+        artifacts=json.loads(row["artifacts"]),
+        result=json.loads(row["result"]),
+        error=row["error"],
+        error_code=row["error_code"],
+        delivered=bool(row["delivered"]),
+    )
 
 
-@dataclass
-class Submitted:
-    job: JobRow | None = None
-    duplicate: bool = False
-    refusal: Refusal | None = None
-    event: Event | None = None  # the QUEUED event of a new job (its data: position, eta_s)
+def event_row(row: Row) -> Event:
+    return Event(
+        id=row["id"],
+        job_id=row["job_id"],
+        type=EventType(row["type"]),
+        at=row["at"],
+        guild_id=row["guild_id"],
+        channel_id=row["channel_id"],
+        user_id=row["user_id"],
+        data=json.loads(row["data"]),
+    )
 
 
-@dataclass(frozen=True)
-class ArtifactRow:
-    id: str
-    media_type: str
-    bytes: int
-    path: str
-    job_id: str | None = None
-    width: int | None = None
-    height: int | None = None
-    created_at: float = field(default_factory=time.time)
+def split_script(script: str) -> list[str]:
+    """A DDL script as single statements (no `;` inside one), for drivers that run one at a time."""
+    return [s.strip() for s in script.split(";") if s.strip()]
 
 
-#: decide(counts, limits) -> a refusal or None;
-#: describe(snapshot) -> QUEUED event data (position, ETA) by job id, for the waiting jobs.
-Decide = Callable[[Counts, GuildLimits], Refusal | None]
-Describe = Callable[[QueueSnapshot], dict[str, dict[str, Any]]]
+class SqlStore:
+    """The shared implementation; subclasses supply the connection and the engine-specific parts.
 
+    One connection per store, serialised by a lock: the service runs store calls on one executor
+    thread and the render thread calls them directly, so there is no contention to pool for.
+    """
 
-class JobStore(Protocol):
-    """What the service needs from a store. Each method is one transaction."""
-
-    def submit(self, new: NewJob, decide: Decide, describe: Describe) -> Submitted: ...
-    def submit_many(self, batch: list[tuple[NewJob, Decide]], describe: Describe) -> list[Submitted]: ...
-    def find_idempotent(self, key: str) -> JobRow | None: ...
-    def claim_next(self) -> JobRow | None: ...
-    def get_job(self, job_id: str) -> JobRow | None: ...
-    def get_jobs(self, job_ids: list[str]) -> list[JobRow]: ...
-    def list_jobs(
-        self,
-        *,
-        guild_id: str | None = None,
-        user_id: str | None = None,
-        state: JobState | None = None,
-        undelivered: bool = False,
-        limit: int = 100,
-    ) -> list[JobRow]: ...
-    def queue_snapshot(self) -> QueueSnapshot: ...
-    def queue_length(self) -> int: ...
-    def record_progress(self, job_id: str, progress: dict[str, Any], still: str | None) -> Event: ...
-    def finish(
-        self,
-        job_id: str,
-        state: JobState,
-        event: EventType,
-        data: dict[str, Any],
-        *,
-        artifacts: dict[str, str] | None = None,
-        result: dict[str, Any] | None = None,
-        error: str | None = None,
-        error_code: str | None = None,
-        last_image: str | None = None,
-    ) -> Event: ...
-    def cancel_queued(self, job_id: str, by: str) -> Event | None: ...
-    def requeue(self, job_id: str, reason: str) -> Event: ...
-    def recover_interrupted(self, max_attempts: int) -> list[Event]: ...
-    def set_client(self, job_id: str, client: dict[str, str]) -> JobRow | None: ...
-    def mark_delivered(self, job_id: str) -> JobRow | None: ...
-    def events_after(
-        self, after: int, *, job_id: str | None = None, guild_id: str | None = None, limit: int = 500
-    ) -> list[Event]: ...
-    def last_event_id(self) -> int: ...
-    def add_artifact(self, row: ArtifactRow) -> None: ...
-    def get_artifact(self, artifact_id: str) -> ArtifactRow | None: ...
-    def last_image(self, user_id: str, channel_id: str) -> LastImage | None: ...
-    def expired_artifacts(self, cutoff: float) -> list[ArtifactRow]: ...
-    def delete_artifacts(self, ids: list[str]) -> None: ...
-    def prune_events(self, cutoff: float) -> int: ...
-    def guild_limits(self, guild_id: str | None) -> GuildLimits: ...
-    def update_limits(self, guild_id: str, actor_id: str, changes: dict[str, Any]) -> GuildLimits: ...
-    def limits_log(self, guild_id: str, limit: int = 100) -> list[LimitsChange]: ...
-    def recent_durations(self, kind: JobKind, n: int = 20) -> list[tuple[float, dict[str, Any]]]: ...
-    def close(self) -> None: ...
-
-
-class SQLiteStore:
-    """`JobStore` on one SQLite file (WAL). Safe to call from several threads."""
+    #: version -> DDL statements that bring the schema from version - 1 to it; applied in order.
+    MIGRATIONS: Mapping[int, Sequence[str]] = {}
 
     def __init__(
         self,
-        path: Path,
         *,
         default_limits: GuildLimits | None = None,
         on_events: Callable[[int], None] | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.default_limits = default_limits or GuildLimits()
         #: Called with the newest event id after every commit that wrote events (any thread).
         self.on_events = on_events
         self._lock = threading.RLock()
-        self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._con.row_factory = sqlite3.Row
-        self._con.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before the API answers, even across a power cut.
-        self._con.execute("PRAGMA synchronous=FULL")
-        self._con.execute("PRAGMA foreign_keys=ON")
-        with self._lock:
-            self._con.executescript(_SCHEMA)
-        self._con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._pending_event_id = 0
+
+    # --- what a subclass provides -----------------------------------------------------------
+
+    def _transaction(self) -> AbstractContextManager[Connection]:
+        """One write transaction, committed on exit (rolled back on an exception)."""
+        raise NotImplementedError
+
+    def _reading(self) -> AbstractContextManager[Connection]:
+        """A connection for several reads that should see one state of the database."""
+        raise NotImplementedError
+
+    def _pick(self, con: Connection) -> tuple[str, int] | None:
+        """The id and fair-queue round of the next job to claim, locked for this transaction."""
+        raise NotImplementedError
+
+    def _lock_submits(self, con: Connection, guild_ids: Sequence[str | None]) -> None:
+        """Hold off other submits (and limit changes of these servers) until this one commits."""
+
+    def _lock_limits(self, con: Connection, guild_id: str) -> None:
+        """Hold off other changes of this server's limits until this one commits."""
+
+    def _lock_job(self, con: Connection, job_id: str) -> None:
+        """Hold this job's row until commit, so a read-modify-write of it cannot interleave."""
+
+    def _lock_events(self, con: Connection) -> None:
+        """Called before each event insert: events must become visible in id order."""
+
+    def _legacy_version(self, con: Connection) -> int:
+        """The schema version of a database from before the version table (0: a new one)."""
+        return 0
+
+    def _describe_location(self) -> str:
+        raise NotImplementedError
 
     # --- plumbing ---------------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; BEGIN IMMEDIATE takes the write lock up front (no upgrade races)."""
+    def _write(self) -> Iterator[Connection]:
         with self._lock:
             self._pending_event_id = 0
-            self._con.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._con
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
-            self._con.execute("COMMIT")
+            with self._transaction() as con:
+                yield con
             newest = self._pending_event_id
         if newest and self.on_events is not None:
             self.on_events(newest)
 
-    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._con.execute(sql, args).fetchall()
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._reading() as con:
+            return con.execute(sql, args).fetchall()
 
-    def _event(self, con: sqlite3.Connection, job: JobRow, type_: EventType, data: dict[str, Any]) -> Event:
+    def _migrate(self) -> int:
+        """Bring the schema to the newest version this code knows; refuse a newer one."""
+        known = max(self.MIGRATIONS)
+        with self._write() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = con.execute("SELECT max(version) AS v FROM schema_version").fetchone()
+            current = row["v"] if row["v"] is not None else self._legacy_version(con)
+            if current > known:
+                raise SchemaTooNewError(
+                    f"{self._describe_location()} has schema version {current}; this SpookyGAN "
+                    f"knows versions up to {known}",
+                    hint="run the newer SpookyGAN that wrote it, or point database_url at another database",
+                )
+            for version in range(current + 1, known + 1):
+                for statement in self.MIGRATIONS[version]:
+                    con.execute(statement)
+            if current != known or row["v"] is None:
+                con.execute("DELETE FROM schema_version")
+                con.execute("INSERT INTO schema_version (version) VALUES (?)", (known,))
+        return known
+
+    def schema_version(self) -> int:
+        return int(self._read("SELECT max(version) AS v FROM schema_version")[0]["v"])
+
+    def _event(self, con: Connection, job: JobRow, type_: EventType, data: dict[str, Any]) -> Event:
         at = time.time()
-        cur = con.execute(
+        self._lock_events(con)
+        row = con.execute(
             "INSERT INTO events (job_id, type, at, guild_id, channel_id, user_id, data)"
-            " VALUES (?,?,?,?,?,?,?)",
+            " VALUES (?,?,?,?,?,?,?) RETURNING id",
             (job.id, type_.value, at, job.guild_id, job.channel_id, job.user_id, json.dumps(data)),
-        )
-        event_id = int(cur.lastrowid or 0)
+        ).fetchone()
+        event_id = int(row["id"])
         self._pending_event_id = max(self._pending_event_id, event_id)
         return Event(
             id=event_id,
@@ -395,44 +220,19 @@ class SQLiteStore:
             data=data,
         )
 
-    @staticmethod
-    def _job(row: sqlite3.Row) -> JobRow:
-        return JobRow(
-            seq=row["seq"],
-            id=row["id"],
-            kind=JobKind(row["kind"]),
-            state=JobState(row["state"]),
-            guild_id=row["guild_id"],
-            channel_id=row["channel_id"],
-            user_id=row["user_id"],
-            request=JobRequest.model_validate_json(row["request"]),
-            spec=json.loads(row["spec"]),
-            source_artifact=row["source_artifact"],
-            idempotency_key=row["idempotency_key"],
-            client=json.loads(row["client"]),
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            attempts=row["attempts"],
-            progress=json.loads(row["progress"]) if row["progress"] else None,
-            artifacts=json.loads(row["artifacts"]),
-            result=json.loads(row["result"]),
-            error=row["error"],
-            error_code=row["error_code"],
-            delivered=bool(row["delivered"]),
-        )
-
-    def _get(self, con: sqlite3.Connection, job_id: str) -> JobRow | None:
+    def _get(self, con: Connection, job_id: str) -> JobRow | None:
         row = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return self._job(row) if row else None
+        return job_row(row) if row else None
 
-    def _must(self, con: sqlite3.Connection, job_id: str) -> JobRow:
+    def _must(self, con: Connection, job_id: str, *, lock: bool = False) -> JobRow:
+        if lock:
+            self._lock_job(con, job_id)
         job = self._get(con, job_id)
         if job is None:
             raise KeyError(job_id)
         return job
 
-    def _snapshot(self, con: sqlite3.Connection) -> QueueSnapshot:
+    def _snapshot(self, con: Connection) -> QueueSnapshot:
         rows = [
             QueueEntry(
                 seq=r["seq"],
@@ -448,40 +248,40 @@ class SQLiteStore:
                 "SELECT seq, id, kind, state, user_id, guild_id, spec, started_at FROM jobs"
                 " WHERE state IN (?, ?) ORDER BY seq",
                 ACTIVE,
-            )
+            ).fetchall()
         ]
         queued = [j for j in rows if j.state is JobState.QUEUED]
-        current = con.execute("SELECT coalesce(max(claim_round), 0) FROM jobs").fetchone()[0]
+        current = con.execute("SELECT coalesce(max(claim_round), 0) AS r FROM jobs").fetchone()["r"]
         users = sorted({j.user_id for j in queued})
-        last_round = {}
+        last_round: dict[str, int] = {}
         for i in range(0, len(users), 500):  # SQLite caps the number of bound parameters
             chunk = users[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            last_round.update(
-                con.execute(
-                    f"SELECT user_id, max(claim_round) FROM jobs WHERE user_id IN ({marks})"
-                    " AND claim_round IS NOT NULL GROUP BY user_id",
-                    chunk,
-                ).fetchall()
-            )
-        served = dict(
-            con.execute(
-                "SELECT guild_id, count(*) FROM jobs WHERE claim_round = ? GROUP BY guild_id", (current,)
+            for r in con.execute(
+                f"SELECT user_id, max(claim_round) AS r FROM jobs WHERE user_id IN ({marks})"
+                " AND claim_round IS NOT NULL GROUP BY user_id",
+                chunk,
+            ).fetchall():
+                last_round[r["user_id"]] = r["r"]
+        served = {
+            r["guild_id"]: r["n"]
+            for r in con.execute(
+                "SELECT guild_id, count(*) AS n FROM jobs WHERE claim_round = ? GROUP BY guild_id", (current,)
             ).fetchall()
-        )
+        }
         return QueueSnapshot(
             queued=queued,
             running=[j for j in rows if j.state is JobState.RUNNING],
             fair=FairState(current_round=current, last_round=last_round, served=served),
         )
 
-    def _overrides(self, con: sqlite3.Connection, guild_id: str | None) -> dict[str, Any]:
+    def _overrides(self, con: Connection, guild_id: str | None) -> dict[str, Any]:
         if guild_id is None:
             return {}
         row = con.execute("SELECT limits FROM guild_limits WHERE guild_id = ?", (guild_id,)).fetchone()
         return json.loads(row["limits"]) if row else {}
 
-    def _limits(self, con: sqlite3.Connection, guild_id: str | None) -> GuildLimits:
+    def _limits(self, con: Connection, guild_id: str | None) -> GuildLimits:
         # Only what moderators changed is stored; the rest follows the configured defaults.
         return GuildLimits.model_validate(
             {**self.default_limits.model_dump(), **self._overrides(con, guild_id)}
@@ -491,7 +291,7 @@ class SQLiteStore:
 
     def find_idempotent(self, key: str) -> JobRow | None:
         rows = self._read("SELECT * FROM jobs WHERE idempotency_key = ?", (key,))
-        return self._job(rows[0]) if rows else None
+        return job_row(rows[0]) if rows else None
 
     def submit(self, new: NewJob, decide: Decide, describe: Describe) -> Submitted:
         """Check the limits and insert, atomically: concurrent submits cannot overshoot a limit."""
@@ -504,6 +304,7 @@ class SQLiteStore:
         one, so limits stay exact; the answers go out only after the commit.
         """
         with self._write() as con:
+            self._lock_submits(con, [new.request.requester.guild_id for new, _ in batch])
             results = [self._submit_one(con, new, decide) for new, decide in batch]
             # Positions as they are when the batch commits, which is when the answers go out.
             data = describe(self._snapshot(con))
@@ -512,7 +313,7 @@ class SQLiteStore:
                     result.event = self._event(con, result.job, EventType.QUEUED, data.get(result.job.id, {}))
             return results
 
-    def _submit_one(self, con: sqlite3.Connection, new: NewJob, decide: Decide) -> Submitted:
+    def _submit_one(self, con: Connection, new: NewJob, decide: Decide) -> Submitted:
         req = new.request
         who = req.requester
         if req.idempotency_key:
@@ -520,20 +321,22 @@ class SQLiteStore:
                 "SELECT * FROM jobs WHERE idempotency_key = ?", (req.idempotency_key,)
             ).fetchone()
             if row is not None:
-                return Submitted(job=self._job(row), duplicate=True)
+                return Submitted(job=job_row(row), duplicate=True)
+
+        def one(sql: str, *args: Any) -> Any:
+            return con.execute(sql, args).fetchone()["v"]
+
         counts = Counts(
-            global_active=con.execute("SELECT count(*) FROM jobs WHERE state IN (?, ?)", ACTIVE).fetchone()[
-                0
-            ],
-            guild_active=con.execute(
-                "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND guild_id IS ?", (*ACTIVE, who.guild_id)
-            ).fetchone()[0],
-            user_active=con.execute(
-                "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND user_id = ?", (*ACTIVE, who.user_id)
-            ).fetchone()[0],
-            user_last_submit=con.execute(
-                "SELECT max(created_at) FROM jobs WHERE user_id = ?", (who.user_id,)
-            ).fetchone()[0],
+            global_active=one("SELECT count(*) AS v FROM jobs WHERE state IN (?, ?)", *ACTIVE),
+            guild_active=one(
+                "SELECT count(*) AS v FROM jobs WHERE state IN (?, ?) AND guild_id IS NOT DISTINCT FROM ?",
+                *ACTIVE,
+                who.guild_id,
+            ),
+            user_active=one(
+                "SELECT count(*) AS v FROM jobs WHERE state IN (?, ?) AND user_id = ?", *ACTIVE, who.user_id
+            ),
+            user_last_submit=one("SELECT max(created_at) AS v FROM jobs WHERE user_id = ?", who.user_id),
         )
         refusal = decide(counts, self._limits(con, who.guild_id))
         if refusal is not None:
@@ -561,22 +364,22 @@ class SQLiteStore:
     def claim_next(self) -> JobRow | None:
         """Mark the first job in fair order RUNNING (attempt + 1) and log STARTED; None when idle."""
         with self._write() as con:
-            snap = self._snapshot(con)
-            if not snap.queued:
+            picked = self._pick(con)
+            if picked is None:
                 return None
-            slot, first = fair_slots(snap.queued, snap.fair)[0]
+            job_id, claim_round = picked
             con.execute(
                 "UPDATE jobs SET state = ?, attempts = attempts + 1, started_at = ?, progress = NULL,"
                 " claim_round = ? WHERE id = ?",
-                (JobState.RUNNING.value, time.time(), slot.round, first.id),
+                (JobState.RUNNING.value, time.time(), claim_round, job_id),
             )
-            job = self._must(con, first.id)
+            job = self._must(con, job_id)
             self._event(con, job, EventType.STARTED, {"attempt": job.attempts})
             return job
 
     def get_job(self, job_id: str) -> JobRow | None:
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return self._job(rows[0]) if rows else None
+        return job_row(rows[0]) if rows else None
 
     def get_jobs(self, job_ids: list[str]) -> list[JobRow]:
         """The jobs with these ids (unknown ids are left out), in the order given."""
@@ -584,7 +387,7 @@ class SQLiteStore:
         for i in range(0, len(job_ids), 500):
             chunk = job_ids[i : i + 500]
             rows = self._read(f"SELECT * FROM jobs WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk))
-            found.update((r["id"], self._job(r)) for r in rows)
+            found.update((r["id"], job_row(r)) for r in rows)
         return [found[i] for i in job_ids if i in found]
 
     def list_jobs(
@@ -611,18 +414,18 @@ class SQLiteStore:
             where.append("delivered = 0")
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         rows = self._read(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit))
-        return [self._job(r) for r in reversed(rows)]
+        return [job_row(r) for r in reversed(rows)]
 
     def queue_snapshot(self) -> QueueSnapshot:
-        with self._lock:
-            return self._snapshot(self._con)
+        with self._reading() as con:
+            return self._snapshot(con)
 
     def queue_length(self) -> int:
-        return self._read("SELECT count(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,))[0][0]
+        return self._read("SELECT count(*) AS n FROM jobs WHERE state = ?", (JobState.QUEUED.value,))[0]["n"]
 
     def record_progress(self, job_id: str, progress: dict[str, Any], still: str | None) -> Event:
         with self._write() as con:
-            job = self._must(con, job_id)
+            job = self._must(con, job_id, lock=True)
             artifacts = dict(job.artifacts)
             if still:
                 artifacts["still"] = still
@@ -647,7 +450,7 @@ class SQLiteStore:
     ) -> Event:
         """Move a job to a terminal state, remember its last image, log the event: one transaction."""
         with self._write() as con:
-            job = self._must(con, job_id)
+            job = self._must(con, job_id, lock=True)
             merged = {**job.artifacts, **(artifacts or {})}
             con.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, artifacts = ?, result = ?, error = ?,"
@@ -664,8 +467,10 @@ class SQLiteStore:
             )
             if last_image is not None:
                 con.execute(
-                    "INSERT OR REPLACE INTO last_images (user_id, channel_id, artifact_id, job_id, at)"
-                    " VALUES (?,?,?,?,?)",
+                    "INSERT INTO last_images (user_id, channel_id, artifact_id, job_id, at)"
+                    " VALUES (?,?,?,?,?) ON CONFLICT (user_id, channel_id)"
+                    " DO UPDATE SET artifact_id = excluded.artifact_id,"
+                    " job_id = excluded.job_id, at = excluded.at",
                     (job.user_id, job.channel_id, last_image, job.id, time.time()),
                 )
             return self._event(con, job, event, data)
@@ -673,7 +478,7 @@ class SQLiteStore:
     def cancel_queued(self, job_id: str, by: str) -> Event | None:
         """Cancel a job that has not started; None when it is no longer queued."""
         with self._write() as con:
-            job = self._must(con, job_id)
+            job = self._must(con, job_id, lock=True)
             if job.state is not JobState.QUEUED:
                 return None
             con.execute(
@@ -685,31 +490,34 @@ class SQLiteStore:
     def requeue(self, job_id: str, reason: str) -> Event:
         """Put a running job back in the queue without counting the attempt (engine shutdown)."""
         with self._write() as con:
-            job = self._must(con, job_id)
+            job = self._must(con, job_id, lock=True)
             con.execute(
-                "UPDATE jobs SET state = ?, attempts = max(attempts - 1, 0), started_at = NULL,"
-                " progress = NULL, claim_round = NULL WHERE id = ?",
+                "UPDATE jobs SET state = ?, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
+                " started_at = NULL, progress = NULL, claim_round = NULL WHERE id = ?",
                 (JobState.QUEUED.value, job_id),
             )
             return self._event(con, job, EventType.INTERRUPTED, {"reason": reason, "retried": True})
 
     def recover_interrupted(self, max_attempts: int) -> list[Event]:
         """At start: jobs left RUNNING by a crash are requeued, or failed once out of attempts."""
-        events: list[Event] = []
         with self._write() as con:
-            for row in con.execute(
-                "SELECT * FROM jobs WHERE state = ? ORDER BY seq", (JobState.RUNNING.value,)
-            ):
-                job = self._job(row)
+            jobs = [
+                job_row(r)
+                for r in con.execute(
+                    "SELECT * FROM jobs WHERE state = ? ORDER BY seq", (JobState.RUNNING.value,)
+                ).fetchall()
+            ]
+            # Every row is updated before the first event is written: row locks are always taken
+            # before the event lock (see _lock_events), so concurrent writers cannot deadlock.
+            outcomes: list[tuple[JobRow, bool, str, str | None]] = []
+            for job in jobs:
                 retry = job.attempts < max_attempts
                 reason = f"the engine stopped during attempt {job.attempts}" + (
                     "; the job was put back in the queue"
                     if retry
                     else f"; it failed after {job.attempts} attempts"
                 )
-                events.append(
-                    self._event(con, job, EventType.INTERRUPTED, {"reason": reason, "retried": retry})
-                )
+                error = None
                 if retry:
                     con.execute(
                         "UPDATE jobs SET state = ?, started_at = NULL, progress = NULL, claim_round = NULL"
@@ -725,6 +533,13 @@ class SQLiteStore:
                         "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_code = ? WHERE id = ?",
                         (JobState.FAILED.value, time.time(), error, "interrupted", job.id),
                     )
+                outcomes.append((job, retry, reason, error))
+            events: list[Event] = []
+            for job, retry, reason, error in outcomes:
+                events.append(
+                    self._event(con, job, EventType.INTERRUPTED, {"reason": reason, "retried": retry})
+                )
+                if error is not None:
                     events.append(
                         self._event(con, job, EventType.FAILED, {"reason": error, "code": "interrupted"})
                     )
@@ -733,6 +548,7 @@ class SQLiteStore:
     def set_client(self, job_id: str, client: dict[str, str]) -> JobRow | None:
         """Merge the bot's bookkeeping into the job (an empty value removes the key)."""
         with self._write() as con:
+            self._lock_job(con, job_id)
             job = self._get(con, job_id)
             if job is None:
                 return None
@@ -747,6 +563,7 @@ class SQLiteStore:
 
     def mark_delivered(self, job_id: str) -> JobRow | None:
         with self._write() as con:
+            self._lock_job(con, job_id)
             if self._get(con, job_id) is None:
                 return None
             con.execute("UPDATE jobs SET delivered = 1 WHERE id = ?", (job_id,))
@@ -772,23 +589,10 @@ class SQLiteStore:
         if guild_id is not None:
             sql += " AND guild_id = ?"
             args.append(guild_id)
-        rows = self._read(sql + " ORDER BY id LIMIT ?", (*args, limit))
-        return [
-            Event(
-                id=r["id"],
-                job_id=r["job_id"],
-                type=EventType(r["type"]),
-                at=r["at"],
-                guild_id=r["guild_id"],
-                channel_id=r["channel_id"],
-                user_id=r["user_id"],
-                data=json.loads(r["data"]),
-            )
-            for r in rows
-        ]
+        return [event_row(r) for r in self._read(sql + " ORDER BY id LIMIT ?", (*args, limit))]
 
     def last_event_id(self) -> int:
-        return int(self._read("SELECT coalesce(max(id), 0) FROM events")[0][0])
+        return int(self._read("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"])
 
     def prune_events(self, cutoff: float) -> int:
         """Delete events older than `cutoff` of jobs that have finished."""
@@ -849,8 +653,8 @@ class SQLiteStore:
     # --- server limits ----------------------------------------------------------------------
 
     def guild_limits(self, guild_id: str | None) -> GuildLimits:
-        with self._lock:
-            return self._limits(self._con, guild_id)
+        with self._reading() as con:
+            return self._limits(con, guild_id)
 
     def update_limits(self, guild_id: str, actor_id: str, changes: dict[str, Any]) -> GuildLimits:
         """Apply a partial change (validated as a whole) and log who made it, in one transaction.
@@ -858,12 +662,15 @@ class SQLiteStore:
         Raises pydantic.ValidationError, with nothing written, when a value is out of range.
         """
         with self._write() as con:
+            self._lock_limits(con, guild_id)
             overrides = self._overrides(con, guild_id)
             updated = GuildLimits.model_validate({**self.default_limits.model_dump(), **overrides, **changes})
             now = time.time()
             applied = {k: updated.model_dump(mode="json")[k] for k in changes}
             con.execute(
-                "INSERT OR REPLACE INTO guild_limits (guild_id, limits, updated_at) VALUES (?,?,?)",
+                "INSERT INTO guild_limits (guild_id, limits, updated_at) VALUES (?,?,?)"
+                " ON CONFLICT (guild_id) DO UPDATE SET limits = excluded.limits,"
+                " updated_at = excluded.updated_at",
                 (guild_id, json.dumps({**overrides, **applied}), now),
             )
             con.execute(
@@ -883,7 +690,3 @@ class SQLiteStore:
             )
             for r in reversed(rows)
         ]
-
-    def close(self) -> None:
-        with self._lock:
-            self._con.close()
