@@ -14,7 +14,7 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot import jobs
+from bot import interactions
 from bot.errors import NotModerator, UserFacingError
 from bot.metrics import BotMetrics, MetricsServer
 from bot.text import NO_PINGS
@@ -62,14 +62,14 @@ class SpookyTree(app_commands.CommandTree["SpookyBot"]):
             # A per-command handler answers these; answer here only when none did.
             if not interaction.response.is_done() or interaction.extras.get("public_loading"):
                 message = error.message if isinstance(error, UserFacingError) else str(error)
-                await jobs.tell(interaction, message)
+                await interactions.tell(interaction, message)
             return
         if isinstance(error, app_commands.CheckFailure):
-            await jobs.tell(interaction, "You cannot use this command here.")
+            await interactions.tell(interaction, "You cannot use this command here.")
             return
         original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
         name = f"/{command.qualified_name}" if command is not None else "an unknown command"
-        await jobs.report_unexpected(interaction, original, where=name)
+        await interactions.report_unexpected(interaction, original, where=name)
 
 
 class SpookyBot(commands.Bot):

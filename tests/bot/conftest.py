@@ -61,7 +61,6 @@ max_steps = 400
 """
 
 
-
 @dataclass
 class EngineProcess:
     url: str

@@ -3,7 +3,10 @@
 The real discord.py client talks to it over HTTP and a websocket, as it would to Discord. It keeps
 messages (with their attachments' bytes), records every request for assertions, sends
 INTERACTION_CREATE on demand, and can inject faults: 5xx, dropped connections, 413/40005 above an
-upload size, and interaction tokens that expire (401/50027) after a configurable lifetime.
+upload size, and interaction tokens that expire (401/50027) after a configurable lifetime. Like
+Discord, a channel post with `enforce_nonce` and a nonce seen in the last `nonce_window_s` returns
+the message first created with it instead of a new one. A `hold` keeps a request's answer back
+(after the fake has acted on it) until the test releases it, to kill a bot at that moment.
 
 Payload shapes follow the Discord API v10 documentation and what discord.py 2.x reads.
 """
@@ -92,6 +95,25 @@ class Fault:
 
 
 @dataclass
+class Hold:
+    """A matching request is acted on, then its answer waits for `released` (see FakeDiscord.hold)."""
+
+    method: str | None
+    path_re: re.Pattern[str]
+    record: Recorded | None = None
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def matches(self, rec: Recorded) -> bool:
+        return (
+            self.record is None and self.method in (None, rec.method) and bool(self.path_re.search(rec.path))
+        )
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@dataclass
 class User:
     id: str
     username: str
@@ -146,6 +168,9 @@ class FakeDiscord:
         self.token_lifetime_s = token_lifetime_s
         self.ack_deadline_s = ack_deadline_s
         self.upload_limit_bytes = upload_limit_bytes
+        self.nonce_window_s = 300.0  # Discord: "a few minutes"
+        self._nonces: dict[tuple[str, str], tuple[str, float]] = {}  # (channel, nonce) -> (message, at)
+        self.holds: list[Hold] = []
         self.app_id = self.snowflake()
         self.bot_user = User(self.app_id, "SpookyBot", bot=True)
         self.owner = User(self.snowflake(), "operator")
@@ -200,6 +225,8 @@ class FakeDiscord:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
+        for held in self.holds:
+            held.release()
         for ws, _ in list(self._ws):
             await ws.close()
         if self._runner is not None:
@@ -222,6 +249,12 @@ class FakeDiscord:
         fault = Fault(method, re.compile(path_re), status, times, drop, code, filename)
         self.faults.append(fault)
         return fault
+
+    def hold(self, path_re: str, *, method: str | None = None) -> Hold:
+        """Act on the next matching request but keep its answer back until `release()` (or forever)."""
+        held = Hold(method, re.compile(path_re))
+        self.holds.append(held)
+        return held
 
     def add_attachment(
         self, filename: str, content_type: str, data: bytes, *, size: int | None = None
@@ -584,6 +617,10 @@ class FakeDiscord:
             raise
         rec.status = response.status
         self._changed.set()
+        if held := next((h for h in self.holds if h.matches(rec)), None):
+            held.record = rec
+            held.reached.set()
+            await held.released.wait()
         return response
 
     async def _route(self, request: web.Request, rec: Recorded) -> web.StreamResponse:
@@ -740,7 +777,18 @@ class FakeDiscord:
         if message_id is None:
             if rec.method != "POST":
                 return _error(405, 0, "405: Method Not Allowed")
-            return _json(self._new_message(channel_id, rec.json or {}, rec.files, None))
+            body = rec.json if isinstance(rec.json, dict) else {}
+            nonce = str(body["nonce"]) if body.get("enforce_nonce") and body.get("nonce") else None
+            if nonce is not None and (seen := self._nonces.get((channel_id, nonce))):
+                message_id, at = seen
+                if time.monotonic() - at <= self.nonce_window_s and not self.messages[message_id].get(
+                    "deleted"
+                ):
+                    return _json(self.messages[message_id])
+            message = self._new_message(channel_id, body, rec.files, None)
+            if nonce is not None:
+                self._nonces[(channel_id, nonce)] = (message["id"], time.monotonic())
+            return _json(message)
         message = self.messages.get(message_id)
         if message is None or message.get("deleted") or message["channel_id"] != channel_id:
             return _error(404, 10008, "Unknown Message")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.progress import EditThrottle, JobSnapshot, bar, render_progress
-from bot.text import duration, escape
+from bot.text import duration, escape, size
 from bot.tracker import CursorFile, refit_target
 from spooky.contract import Event, EventType, JobKind, JobState
 
@@ -93,9 +93,21 @@ def test_cursor_file_is_written_atomically(tmp_path: Path) -> None:
 def test_refit_target_prefers_discord_tiers_then_halves() -> None:
     # Believed 50 MiB (boosted), Discord refused 30 MiB: the server is back at 10 MiB.
     assert refit_target(30 * MiB, 50 * MiB) == int(10 * MiB * 0.95)
-    # Under the smallest tier: the limit is unknown, ask for half (never below the engine's floor).
+    # Under the smallest tier: the limit is unknown, ask for half, however small that is.
     assert refit_target(300_000, 10 * MiB) == 150_000
-    assert refit_target(100_000, 10 * MiB) == 64 * 1024
+    assert refit_target(100_000, 10 * MiB) == 50_000
+    # Over the limit the interaction announced (40 KiB): ask for that, with room for overhead.
+    assert refit_target(70_000, 40 * 1024) == int(40 * 1024 * 0.95)
+
+
+@pytest.mark.parametrize("believed", [1024, 40 * 1024, 64 * 1024, 10 * MiB, 50 * MiB, 100 * MiB])
+def test_refit_target_is_always_below_what_was_refused(believed: int) -> None:
+    for sent in (2048, 65_536, 65_537, 100_000, 10 * MiB, 10 * MiB + 1, 60 * MiB, 200 * MiB):
+        assert 0 < refit_target(sent, believed) < sent, (sent, believed)
+
+
+def test_sizes_are_said_in_the_unit_that_shows_them() -> None:
+    assert (size(812), size(49_664), size(3 * MiB + MiB // 2)) == ("812 B", "48.5 KB", "3.5 MB")
 
 
 def test_bot_imports_no_torch_and_no_engine() -> None:
