@@ -452,7 +452,8 @@ class JobFeed:
                         if note:
                             content = f"{content}\n{note}"
                         continue
-                    note = f"{self._over_limit('result', sent)} and could not be made small enough to post."
+                    what = "video" if refit is not None else "result"
+                    note = f"{self._over_limit(what, sent)} and could not be made small enough to post."
                     content, uploads = f"{content}\n{note}", []
                     continue
                 if isinstance(e, discord.DiscordServerError) or e.status == 429:

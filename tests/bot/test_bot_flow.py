@@ -17,6 +17,7 @@ from bot_helpers import (
     filenames,
     final_of,
     job_id_of,
+    job_of,
     original,
     probe_video,
     uploaded,
@@ -29,6 +30,7 @@ from support import free_port
 from bot import tracker as tracker_module
 from bot.errors import UNEXPECTED
 from bot.messenger import CONTINUED
+from bot.text import size
 from spooky.contract import JobState
 from spooky.engine_client import EngineClient
 
@@ -396,10 +398,38 @@ async def test_result_that_cannot_fit_says_why(
     inter = await fake.invoke("spooky", {"prompt": "a huge ghost"})
     final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
     assert filenames(final) == []
-    assert "over this server's upload limit" in final["content"]
-    assert [r.status for r in fake.requests if "spooky.png" in uploaded(r)] == [413]
+    (refused,) = [r for r in fake.requests if "spooky.png" in uploaded(r)]
+    assert refused.status == 413
+    # The real sizes, not "(0.0 MB)": what was refused, and what the interaction announced.
+    assert (
+        f"The result ({size(refused.upload_bytes)}) is over this server's upload limit "
+        "(below the 10.0 MB it announced) and could not be made small enough to post."
+    ) in final["content"]
     async with asyncio.timeout(10):
         while not (await engine_client.job(job_id_of(final))).delivered:
+            await asyncio.sleep(0.1)
+
+
+async def test_video_that_cannot_fit_asks_for_less_and_says_the_real_sizes(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    await bots.start()
+    fake.upload_limit_bytes = 2 * 1024  # no MP4 is this small: every size the bot asks for is refused
+    image = fake.add_attachment("face.png", "image/png", _noise_png(128))
+    inter = await fake.invoke("nightmare", {"image": image, "frames": 30})
+    final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
+    assert filenames(final) == []
+    refused = [r.upload_bytes for r in fake.requests if "nightmare.mp4" in uploaded(r)]
+    assert refused and all(r.status == 413 for r in fake.requests if "nightmare.mp4" in uploaded(r))
+    # Each upload after a 413 is a re-encode strictly smaller than the one refused before it.
+    assert all(b < a for a, b in itertools.pairwise(refused)), refused
+    # Said in real sizes: the last size refused, the limit announced (the engine's reason follows).
+    assert (
+        f"⚠️ The video ({size(refused[-1])}) is over this server's upload limit "
+        "(below the 10.0 MB it announced) and could not be "
+    ) in final["content"], final["content"]
+    async with asyncio.timeout(10):
+        while not (await job_of(engine_client, fake, inter)).delivered:
             await asyncio.sleep(0.1)
 
 
@@ -427,3 +457,25 @@ async def test_sweep_delivers_what_the_event_stream_never_announced(
     final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
     assert filenames(final) == ["stylegan.png", "spooky.png"]
     await fake.wait_for(lambda: bot.tracker.delivered == [job_id_of(final)], 10)
+
+
+async def test_progress_message_is_never_edited_to_what_it_already_says(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    # Short edit windows, so a waiting job's QUEUED event is not folded into a later state.
+    await bots.start(progress_interval_s=0.2)
+    # A few jobs at once: each waiting one's first "in the queue" state arrives twice (the submit
+    # answer, then its QUEUED event), identical.
+    inters = [await fake.invoke("spooky", {"prompt": f"echoing ghost {i}"}) for i in range(4)]
+    for inter in inters:
+        await fake.wait_for(lambda inter=inter: final_of(fake, inter), RENDER_TIMEOUT_S)
+    for inter in inters:
+        edits = [
+            (r.json.get("content"), uploaded(r))
+            for r in webhook_edits(fake, inter)
+            if isinstance(r.json, dict)
+        ]
+        assert len(edits) >= 2, edits
+        repeats = [a for a, b in itertools.pairwise(edits) if a == b and not b[1]]
+        assert not repeats, f"no-op edits: {repeats}"
+        assert (await job_of(engine_client, fake, inter)).delivered
