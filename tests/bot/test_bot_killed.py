@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot_helpers import RENDER_TIMEOUT_S, buttons, final_of, original
+from bot_helpers import RENDER_TIMEOUT_S, buttons, final_of, job_of, original
 from conftest import ROOT, SECRET
+from engine_proxy import EngineProxy
 from fake_discord import FakeDiscord
 
 from bot.messenger import CONTINUED
@@ -90,3 +91,25 @@ async def test_bot_killed_while_posting_its_channel_message_posts_it_once(
     async with asyncio.timeout(10):
         while not (await engine_client.job(job_id)).delivered:
             await asyncio.sleep(0.1)
+
+
+async def test_channel_message_id_store_is_retried_until_the_engine_takes_it(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    proxy = EngineProxy(bots.engine_url)
+    await proxy.start()
+    try:
+        # The engine is unavailable for the first two attempts to store the message id.
+        outage = proxy.fail("PATCH", r"^/v1/jobs/[^/]+/client$", times=2)
+        await bots.start(engine_url=proxy.url, interaction_ttl_s=SPENT_TOKEN_TTL_S)
+        inter = await fake.invoke("spooky", {"prompt": "a ghost the engine forgot"})
+        job = await job_of(engine_client, fake, inter)
+        final = await fake.wait_for(lambda: final_of(fake, inter, job.id), RENDER_TIMEOUT_S)
+        assert final["via"] == "channel" and len(outage.seen) == 2
+        stores = [r for r in proxy.requests if r[0] == "PATCH" and r[1].endswith("/client")]
+        assert [status for *_, status in stores][:3] == [503, 503, 200]
+        # A bot restarted now finds the message it must edit: no second post, ever.
+        assert (await engine_client.job(job.id)).request.client["channel_message_id"] == final["id"]
+    finally:
+        await bots.close_all()
+        await proxy.stop()
