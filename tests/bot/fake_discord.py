@@ -100,13 +100,18 @@ class Hold:
 
     method: str | None
     path_re: re.Pattern[str]
+    filename: str | None = None  # only requests uploading a file of this name
     record: Recorded | None = None
     reached: asyncio.Event = field(default_factory=asyncio.Event)
     released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def matches(self, rec: Recorded) -> bool:
         return (
-            self.record is None and self.method in (None, rec.method) and bool(self.path_re.search(rec.path))
+            self.record is None
+            and 200 <= rec.status < 300
+            and self.method in (None, rec.method)
+            and bool(self.path_re.search(rec.path))
+            and (self.filename is None or any(name == self.filename for name, _ in rec.files))
         )
 
     def release(self) -> None:
@@ -145,6 +150,7 @@ class Interaction:
     callback_type: int | None = None
     callback: dict[str, Any] | None = None
     original_id: str | None = None  # the response message
+    expired: bool = False  # the test spent the token early (see FakeDiscord.expire)
     acked: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -250,11 +256,16 @@ class FakeDiscord:
         self.faults.append(fault)
         return fault
 
-    def hold(self, path_re: str, *, method: str | None = None) -> Hold:
-        """Act on the next matching request but keep its answer back until `release()` (or forever)."""
-        held = Hold(method, re.compile(path_re))
+    def hold(self, path_re: str, *, method: str | None = None, filename: str | None = None) -> Hold:
+        """Act on the next matching request that succeeds, but keep its answer back until
+        `release()` (the fake's stop releases every hold)."""
+        held = Hold(method, re.compile(path_re), filename)
         self.holds.append(held)
         return held
+
+    def expire(self, inter: Interaction) -> None:
+        """Make Discord refuse this interaction's token from now on (401/50027), as if it had expired."""
+        inter.expired = True
 
     def add_attachment(
         self, filename: str, content_type: str, data: bytes, *, size: int | None = None
@@ -702,7 +713,11 @@ class FakeDiscord:
     # interactions
 
     def _token_ok(self, inter: Interaction | None) -> bool:
-        return inter is not None and time.monotonic() - inter.created_at <= self.token_lifetime_s
+        return (
+            inter is not None
+            and not inter.expired
+            and time.monotonic() - inter.created_at <= self.token_lifetime_s
+        )
 
     def _callback(self, inter_id: str, token: str, rec: Recorded) -> web.Response:
         inter = self.interactions.get(inter_id)
