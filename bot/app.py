@@ -18,7 +18,7 @@ from bot import interactions
 from bot.errors import NotModerator, UserFacingError
 from bot.metrics import BotMetrics, MetricsServer
 from bot.text import NO_PINGS
-from bot.tracker import Tracker
+from bot.tracker import Shards, Tracker
 from bot.views import DYNAMIC_ITEMS
 from spooky.config import BotConfig, Settings
 from spooky.engine_client import EngineClient
@@ -72,8 +72,12 @@ class SpookyTree(app_commands.CommandTree["SpookyBot"]):
         await interactions.report_unexpected(interaction, original, where=name)
 
 
-class SpookyBot(commands.Bot):
-    """Slash commands only: no message content, no prefix commands."""
+class SpookyBot(commands.AutoShardedBot):
+    """Slash commands only: no message content, no prefix commands.
+
+    Sharded as `[bot] shard_count` / `shard_ids` say (unset: Discord's recommended count, all in this
+    process); a process that runs some shards only delivers the jobs of those shards' servers.
+    """
 
     def __init__(
         self,
@@ -101,10 +105,14 @@ class SpookyBot(commands.Bot):
             tree_cls=SpookyTree,
             max_messages=None,
             chunk_guilds_at_startup=False,
+            shard_count=self.config.shard_count,
+            shard_ids=self.config.shard_ids,
         )
+        shards = Shards(self.config.shard_count, self.config.shard_ids)
         self.tracker = Tracker(
             self,
-            cursor_path=self.config.data_dir / "engine-events.cursor",
+            shards=shards,
+            cursor_path=self.config.data_dir / shards.cursor_name,
             interval_s=self.config.progress_interval_s,
             ttl_s=self.config.interaction_ttl_s,
             clock=clock,

@@ -16,7 +16,8 @@ import os
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -111,6 +112,28 @@ def refit_target(sent_bytes: int, believed_limit: int) -> int:
     return sent_bytes // 2
 
 
+@dataclass(frozen=True)
+class Shards:
+    """The shards this process runs; `ids` None = all of them, so every job is this process's."""
+
+    count: int | None = None
+    ids: Sequence[int] | None = None
+
+    def runs(self, guild_id: str | None) -> bool:
+        """Whether this process runs the shard of `guild_id` (direct messages: shard 0, as Discord)."""
+        if self.ids is None or self.count is None:
+            return True
+        shard = (int(guild_id) >> 22) % self.count if guild_id else 0
+        return shard in self.ids
+
+    @property
+    def cursor_name(self) -> str:
+        """Each set of shards follows the engine with a cursor of its own."""
+        if self.ids is None:
+            return "engine-events.cursor"
+        return f"engine-events.shards-{'-'.join(map(str, sorted(self.ids)))}-of-{self.count}.cursor"
+
+
 class Tracker:
     """The bot's single follower of engine events."""
 
@@ -118,12 +141,14 @@ class Tracker:
         self,
         bot: SpookyBot,
         *,
+        shards: Shards | None = None,
         cursor_path: Path,
         interval_s: float,
         ttl_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.bot = bot
+        self.shards = shards or Shards()
         self.cursor = CursorFile(cursor_path)
         self.interval_s = interval_s
         self.ttl_s = ttl_s
@@ -258,7 +283,11 @@ class Tracker:
     def _ours(self, job: JobView) -> bool:
         state = ClientState.from_client(job.request.client)
         mine = str(self.bot.application_id) if self.bot.application_id else None
-        return state.channel_id is not None and (mine is None or state.app_id == mine)
+        return (
+            state.channel_id is not None
+            and (mine is None or state.app_id == mine)
+            and self.shards.runs(state.guild_id)
+        )
 
     def _feed(self, job: JobView) -> JobFeed:
         feed = JobFeed(self, job)

@@ -200,7 +200,7 @@ async def test_result_after_token_expiry_goes_to_the_channel(
     # its next message (progress or the result, however fast the render) is past the token's life.
     held = fake.hold(WEBHOOK_EDIT, method="PATCH")
     inter = await fake.invoke("spooky", {"prompt": "a very old vampire"})
-    job = await job_of(engine_client, fake, inter)
+    job = await job_of(engine_client, inter)
     await asyncio.wait_for(held.reached.wait(), 30)
     offset[0] = bot.config.interaction_ttl_s + 1
     held.release()
@@ -275,7 +275,7 @@ async def test_restart_mid_job_still_delivers_and_buttons_work(
     # The bot is stopped while its first edit waits for Discord's answer: it never sees the job end.
     held = fake.hold(WEBHOOK_EDIT, method="PATCH")
     inter = await fake.invoke("spooky", {"prompt": "restless spirit", "steps": 3})
-    job_id = (await job_of(engine_client, fake, inter)).id
+    job_id = (await job_of(engine_client, inter)).id
     await asyncio.wait_for(held.reached.wait(), 30)
     await bots.stop(first_bot)
     held.release()
@@ -294,7 +294,7 @@ async def test_restart_mid_job_still_delivers_and_buttons_work(
     # A button of a message sent before the restart is handled by the new process.
     reroll = await fake.click(final["id"], f"spooky:reroll:{job_id}")
     await asyncio.wait_for(reroll.acked.wait(), 3)
-    again = await job_of(engine_client, fake, reroll)
+    again = await job_of(engine_client, reroll)
     assert again.id != job_id and again.request.prompt == "restless spirit"
     assert again.request.steps == 3 and again.request.seed != (await engine_client.job(job_id)).result["seed"]
 
@@ -309,7 +309,7 @@ async def test_result_survives_discord_outage(
     # The attempt that works is answered only when the test has looked at the engine.
     posted = fake.hold(r"^/webhooks/", method="PATCH", filename="spooky.png")
     inter = await fake.invoke("spooky", {"prompt": "a storm of bats"})
-    job_id = (await job_of(engine_client, fake, inter)).id
+    job_id = (await job_of(engine_client, inter)).id
     await asyncio.wait_for(posted.reached.wait(), RENDER_TIMEOUT_S)
     attempts = [r for r in fake.requests if "spooky.png" in uploaded(r)]
     assert [r.status for r in attempts] == [-1, -1, 503, 200]
@@ -374,7 +374,7 @@ async def test_deleted_progress_message_gets_a_new_result_message(
     # Someone removes the progress message right after the bot's first edit of it.
     held = fake.hold(WEBHOOK_EDIT, method="PATCH")
     inter = await fake.invoke("spooky", {"prompt": "vanishing ghost"})
-    job_id = (await job_of(engine_client, fake, inter)).id
+    job_id = (await job_of(engine_client, inter)).id
     await asyncio.wait_for(held.reached.wait(), 30)
     original(fake, inter)["deleted"] = True
     held.release()
@@ -442,7 +442,7 @@ async def test_video_that_cannot_fit_asks_for_less_and_says_the_real_sizes(
         "(below the 10.0 MB it announced) and could not be "
     ) in final["content"], final["content"]
     async with asyncio.timeout(10):
-        while not (await job_of(engine_client, fake, inter)).delivered:
+        while not (await job_of(engine_client, inter)).delivered:
             await asyncio.sleep(0.1)
 
 
@@ -453,7 +453,7 @@ async def test_token_refused_early_falls_back_to_the_channel(
     # Discord refuses the token (50027) from the bot's second edit on, however fast the render.
     held = fake.hold(WEBHOOK_EDIT, method="PATCH")
     inter = await fake.invoke("spooky", {"prompt": "impatient ghost"})
-    job_id = (await job_of(engine_client, fake, inter)).id
+    job_id = (await job_of(engine_client, inter)).id
     await asyncio.wait_for(held.reached.wait(), 30)
     fake.expire(inter)
     held.release()
@@ -497,4 +497,4 @@ async def test_progress_message_is_never_edited_to_what_it_already_says(
         assert len(edits) >= 2, edits
         repeats = [a for a, b in itertools.pairwise(edits) if a == b and not b[1]]
         assert not repeats, f"no-op edits: {repeats}"
-        assert (await job_of(engine_client, fake, inter)).delivered
+        assert (await job_of(engine_client, inter)).delivered

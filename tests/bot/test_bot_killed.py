@@ -103,7 +103,7 @@ async def test_channel_message_id_store_is_retried_until_the_engine_takes_it(
         outage = proxy.fail("PATCH", r"^/v1/jobs/[^/]+/client$", times=2)
         await bots.start(engine_url=proxy.url, interaction_ttl_s=SPENT_TOKEN_TTL_S)
         inter = await fake.invoke("spooky", {"prompt": "a ghost the engine forgot"})
-        job = await job_of(engine_client, fake, inter)
+        job = await job_of(engine_client, inter)
         final = await fake.wait_for(lambda: final_of(fake, inter, job.id), RENDER_TIMEOUT_S)
         assert final["via"] == "channel" and len(outage.seen) == 2
         stores = [r for r in proxy.requests if r[0] == "PATCH" and r[1].endswith("/client")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,8 +12,10 @@ import pytest
 
 from bot.progress import EditThrottle, JobSnapshot, bar, render_progress
 from bot.text import duration, escape, size
-from bot.tracker import CursorFile, refit_target
+from bot.tracker import CursorFile, Shards, refit_target
+from spooky.config import load_settings
 from spooky.contract import Event, EventType, JobKind, JobState
+from spooky.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -140,3 +143,27 @@ def test_cli_refuses_to_start_without_token(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert "no Discord bot token" in out.stderr and "DISCORD_TOKEN" in out.stderr
+
+
+def test_shards_route_servers_as_discord_does() -> None:
+    assert Shards().runs("175928847299117063") and Shards(4).runs(None)
+    guild = str((1234 << 22) | 99)  # (id >> 22) % 4 == 2
+    assert Shards(4, [2]).runs(guild) and not Shards(4, [0, 1, 3]).runs(guild)
+    assert Shards(4, [0]).runs(None)  # direct messages come on shard 0
+    assert Shards().cursor_name == "engine-events.cursor"
+    assert Shards(4, [3, 1]).cursor_name == "engine-events.shards-1-3-of-4.cursor"
+
+
+@pytest.mark.parametrize(
+    ("section", "why"),
+    [
+        ({"shard_ids": [0]}, "needs shard_count"),
+        ({"shard_count": 2, "shard_ids": [2]}, "from 0 to 1"),
+        ({"shard_count": 2, "shard_ids": [1, 1]}, "distinct"),
+        ({"shard_count": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_shard_settings_are_checked(section: dict, why: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, env={f"SPOOKY_BOT__{k.upper()}": json.dumps(v) for k, v in section.items()})
+    assert why in str(e.value) and "bot." in str(e.value)
