@@ -14,11 +14,11 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot import jobs
+from bot import interactions
 from bot.errors import NotModerator, UserFacingError
 from bot.metrics import BotMetrics, MetricsServer
 from bot.text import NO_PINGS
-from bot.tracker import Tracker
+from bot.tracker import Shards, Tracker
 from bot.views import DYNAMIC_ITEMS
 from spooky.config import BotConfig, Settings
 from spooky.engine_client import EngineClient
@@ -62,18 +62,22 @@ class SpookyTree(app_commands.CommandTree["SpookyBot"]):
             # A per-command handler answers these; answer here only when none did.
             if not interaction.response.is_done() or interaction.extras.get("public_loading"):
                 message = error.message if isinstance(error, UserFacingError) else str(error)
-                await jobs.tell(interaction, message)
+                await interactions.tell(interaction, message)
             return
         if isinstance(error, app_commands.CheckFailure):
-            await jobs.tell(interaction, "You cannot use this command here.")
+            await interactions.tell(interaction, "You cannot use this command here.")
             return
         original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
         name = f"/{command.qualified_name}" if command is not None else "an unknown command"
-        await jobs.report_unexpected(interaction, original, where=name)
+        await interactions.report_unexpected(interaction, original, where=name)
 
 
-class SpookyBot(commands.Bot):
-    """Slash commands only: no message content, no prefix commands."""
+class SpookyBot(commands.AutoShardedBot):
+    """Slash commands only: no message content, no prefix commands.
+
+    Sharded as `[bot] shard_count` / `shard_ids` say (unset: Discord's recommended count, all in this
+    process); a process that runs some shards only delivers the jobs of those shards' servers.
+    """
 
     def __init__(
         self,
@@ -101,10 +105,14 @@ class SpookyBot(commands.Bot):
             tree_cls=SpookyTree,
             max_messages=None,
             chunk_guilds_at_startup=False,
+            shard_count=self.config.shard_count,
+            shard_ids=self.config.shard_ids,
         )
+        shards = Shards(self.config.shard_count, self.config.shard_ids)
         self.tracker = Tracker(
             self,
-            cursor_path=self.config.data_dir / "engine-events.cursor",
+            shards=shards,
+            cursor_path=self.config.data_dir / shards.cursor_name,
             interval_s=self.config.progress_interval_s,
             ttl_s=self.config.interaction_ttl_s,
             clock=clock,

@@ -4,10 +4,15 @@ An interaction token lives 15 minutes (SPEC §5). Until `interaction_ttl_s` the 
 message is the interaction's original response, edited through the webhook; after that (or as soon
 as Discord says the token is invalid) the bot posts its own channel message and edits that one.
 The message ids are kept in the job's `client` dict on the engine, so a restarted bot finds them.
+
+The channel message is posted with a nonce derived from the job and `enforce_nonce`: a bot killed
+after Discord created the message but before its id was stored sends the same nonce again on
+restart, and Discord answers with the message it already has instead of creating a second one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -17,7 +22,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.utils import MISSING
 
-from bot.jobs import K_APP, K_AT, K_CHANNEL, K_CHANNEL_MESSAGE, K_GUILD, K_MESSAGE, K_TOKEN
+from bot.client_state import ClientState
 from bot.text import NO_PINGS
 
 if TYPE_CHECKING:
@@ -45,6 +50,12 @@ def too_large(e: discord.HTTPException) -> bool:
     return e.status == 413 or e.code == 40005
 
 
+def post_nonce(job_id: str, replaces: str | None) -> str:
+    """The nonce of the job's channel post: the same for every retry and restart, a new one only
+    when the message it would return (`replaces`) was deleted. Discord allows 25 characters."""
+    return hashlib.sha256(f"{job_id}/{replaces or ''}".encode()).hexdigest()[:25]
+
+
 def _files(uploads: Sequence[Upload]) -> list[discord.File]:
     return [discord.File(io.BytesIO(data), filename=name) for name, data in uploads]
 
@@ -56,15 +67,15 @@ class JobMessages:
         self,
         bot: SpookyBot,
         job_id: str,
-        state: dict[str, str],
+        state: ClientState,
         *,
         ttl_s: float,
-        on_state: Callable[[dict[str, str]], Awaitable[None]],
+        on_state: Callable[[ClientState], Awaitable[None]],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.bot = bot
         self.job_id = job_id
-        self.state = dict(state)
+        self.state = state
         self.ttl_s = ttl_s
         self._on_state = on_state
         self._clock = clock
@@ -72,10 +83,9 @@ class JobMessages:
 
     @property
     def token_fresh(self) -> bool:
-        if self._token_dead or not self.state.get(K_TOKEN) or not self.state.get(K_APP):
+        if self._token_dead or not self.state.token or not self.state.app_id:
             return False
-        born = float(self.state.get(K_AT, "0") or 0)
-        return self._clock() - born < self.ttl_s
+        return self._clock() - self.state.interaction_at < self.ttl_s
 
     @property
     def via(self) -> str:
@@ -98,7 +108,7 @@ class JobMessages:
                     )
                 elif message_gone(e):
                     log.info("job %s: its message was deleted; posting a new one in the channel", self.job_id)
-                    self.state.pop(K_MESSAGE, None)
+                    self.state.message_id = None
                 else:
                     raise
                 self._token_dead = True
@@ -107,10 +117,11 @@ class JobMessages:
     async def _edit_original(
         self, content: str, uploads: Sequence[Upload] | None, view: discord.ui.View | None
     ) -> discord.Message:
-        webhook = discord.Webhook.partial(int(self.state[K_APP]), self.state[K_TOKEN], client=self.bot)
+        assert self.state.app_id and self.state.token  # token_fresh checked both
+        webhook = discord.Webhook.partial(int(self.state.app_id), self.state.token, client=self.bot)
         # discord.py quotes a string id; "@original" is only a fallback when the callback
         # response did not carry the message id.
-        message_id: int | str = int(self.state[K_MESSAGE]) if self.state.get(K_MESSAGE) else "@original"
+        message_id: int | str = int(self.state.message_id) if self.state.message_id else "@original"
         message = await webhook.edit_message(
             message_id,  # type: ignore[arg-type]
             content=content,
@@ -118,45 +129,62 @@ class JobMessages:
             view=view,
             allowed_mentions=NO_PINGS,
         )
-        if not self.state.get(K_MESSAGE):
-            self.state[K_MESSAGE] = str(message.id)
+        if not self.state.message_id:
+            self.state.message_id = str(message.id)
         return message
 
     def _channel_obj(self) -> discord.PartialMessageable:
-        guild = self.state.get(K_GUILD)
-        return self.bot.get_partial_messageable(
-            int(self.state[K_CHANNEL]), guild_id=int(guild) if guild else None
-        )
+        guild, channel = self.state.guild_id, self.state.channel_id
+        if channel is None:
+            raise ValueError(f"job {self.job_id} has no channel to post in")
+        return self.bot.get_partial_messageable(int(channel), guild_id=int(guild) if guild else None)
 
     async def _channel(
         self, content: str, uploads: Sequence[Upload] | None, view: discord.ui.View | None
     ) -> discord.Message:
         channel = self._channel_obj()
-        existing = self.state.get(K_CHANNEL_MESSAGE)
+        existing = self.state.channel_message_id
         if existing:
             try:
-                return await channel.get_partial_message(int(existing)).edit(
-                    content=content,
-                    attachments=_files(uploads) if uploads is not None else MISSING,
-                    view=view,
-                    allowed_mentions=NO_PINGS,
-                )
+                return await self._edit_channel(int(existing), content, uploads, view)
             except discord.NotFound:
                 log.info("job %s: channel message %s was deleted; posting a new one", self.job_id, existing)
-        if uploads is None:
-            uploads = []  # a new message cannot keep attachments it never had
+        files = _files(uploads or [])  # a new message cannot keep attachments it never had
         message = await channel.send(
-            content, files=_files(uploads) or MISSING, view=view or MISSING, allowed_mentions=NO_PINGS
+            content,
+            files=files or MISSING,
+            view=view or MISSING,
+            allowed_mentions=NO_PINGS,
+            nonce=post_nonce(self.job_id, existing),
         )
-        self.state[K_CHANNEL_MESSAGE] = str(message.id)
+        if message.content != content or len(message.attachments) != len(files):
+            # Discord returned the message an earlier (killed) attempt posted with this nonce,
+            # as it was then: bring it up to date.
+            log.info("job %s: channel message %s was already posted; updating it", self.job_id, message.id)
+            message = await self._edit_channel(message.id, content, uploads or [], view)
+        self.state.channel_message_id = str(message.id)
         await self._on_state(self.state)
         if not existing:
             await self._retire_original()
         return message
 
+    async def _edit_channel(
+        self, message_id: int, content: str, uploads: Sequence[Upload] | None, view: discord.ui.View | None
+    ) -> discord.Message:
+        return (
+            await self._channel_obj()
+            .get_partial_message(message_id)
+            .edit(
+                content=content,
+                attachments=_files(uploads) if uploads is not None else MISSING,
+                view=view,
+                allowed_mentions=NO_PINGS,
+            )
+        )
+
     async def _retire_original(self) -> None:
         """Point the stale interaction message at the new one (best effort: it may not be editable)."""
-        original = self.state.get(K_MESSAGE)
+        original = self.state.message_id
         if not original:
             return
         try:

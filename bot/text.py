@@ -37,3 +37,12 @@ def duration(seconds: float | None) -> str:
     if s < 3600:
         return f"{round(s / 60)} min"
     return f"{s // 3600} h {round((s % 3600) / 60)} min"
+
+
+def size(n_bytes: int) -> str:
+    """A file size as Discord states limits (binary units): '812 B', '48.5 KB', '3.4 MB'."""
+    if n_bytes < 1024:
+        return f"{n_bytes} B"
+    if n_bytes < 1024 * 1024:
+        return f"{n_bytes / 1024:.1f} KB"
+    return f"{n_bytes / 2**20:.1f} MB"

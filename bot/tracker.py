@@ -16,16 +16,18 @@ import os
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 import discord
 
-from bot.jobs import K_APP, K_CHANNEL, K_MAX_BYTES
+from bot.client_state import ClientState
 from bot.messenger import JobMessages, Upload, too_large
 from bot.progress import EditThrottle, JobSnapshot, render_progress, render_result, render_stopped
+from bot.text import size
 from bot.views import progress_view, result_view
 from spooky.contract import Event, EventType, JobKind, JobState, JobView
 from spooky.engine_client import EngineClient, EngineRequestError, EngineUnavailable
@@ -48,6 +50,9 @@ SWEEP_INTERVAL_S = 60.0
 
 #: Discord's upload limits by boost tier; a 413 below our guess means the server's is one of these.
 DISCORD_UPLOAD_TIERS = (10 * 1024 * 1024, 50 * 1024 * 1024, 100 * 1024 * 1024)
+
+#: Re-encodes asked for one result after 413s, each for a strictly smaller budget.
+MAX_REFITS = 3
 
 
 class CursorFile:
@@ -93,12 +98,40 @@ class Backoff:
 
 
 def refit_target(sent_bytes: int, believed_limit: int) -> int:
-    """Byte budget to ask the engine for after Discord refused `sent_bytes` as too large."""
+    """Byte budget to ask the engine for after Discord refused `sent_bytes` as too large.
+
+    Always strictly below `sent_bytes`: asking for what was just refused would only be refused again.
+    """
     lower_tiers = [t for t in DISCORD_UPLOAD_TIERS if t < min(sent_bytes, believed_limit)]
     if lower_tiers:
         return int(max(lower_tiers) * 0.95)
-    # No known tier below: the limit is smaller than we were told; halve and try once more.
-    return max(64 * 1024, sent_bytes // 2)
+    if sent_bytes > believed_limit:
+        # Over the limit the interaction announced: leave room for the request's own overhead.
+        return int(believed_limit * 0.95)
+    # No known tier below: the limit is smaller than we were told; halve and try again.
+    return sent_bytes // 2
+
+
+@dataclass(frozen=True)
+class Shards:
+    """The shards this process runs; `ids` None = all of them, so every job is this process's."""
+
+    count: int | None = None
+    ids: Sequence[int] | None = None
+
+    def runs(self, guild_id: str | None) -> bool:
+        """Whether this process runs the shard of `guild_id` (direct messages: shard 0, as Discord)."""
+        if self.ids is None or self.count is None:
+            return True
+        shard = (int(guild_id) >> 22) % self.count if guild_id else 0
+        return shard in self.ids
+
+    @property
+    def cursor_name(self) -> str:
+        """Each set of shards follows the engine with a cursor of its own."""
+        if self.ids is None:
+            return "engine-events.cursor"
+        return f"engine-events.shards-{'-'.join(map(str, sorted(self.ids)))}-of-{self.count}.cursor"
 
 
 class Tracker:
@@ -108,12 +141,14 @@ class Tracker:
         self,
         bot: SpookyBot,
         *,
+        shards: Shards | None = None,
         cursor_path: Path,
         interval_s: float,
         ttl_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.bot = bot
+        self.shards = shards or Shards()
         self.cursor = CursorFile(cursor_path)
         self.interval_s = interval_s
         self.ttl_s = ttl_s
@@ -246,9 +281,13 @@ class Tracker:
         feed.apply(event)
 
     def _ours(self, job: JobView) -> bool:
-        client = job.request.client
+        state = ClientState.from_client(job.request.client)
         mine = str(self.bot.application_id) if self.bot.application_id else None
-        return bool(client.get(K_CHANNEL)) and (mine is None or client.get(K_APP) == mine)
+        return (
+            state.channel_id is not None
+            and (mine is None or state.app_id == mine)
+            and self.shards.runs(state.guild_id)
+        )
 
     def _feed(self, job: JobView) -> JobFeed:
         feed = JobFeed(self, job)
@@ -290,7 +329,7 @@ class JobFeed:
         self.messages = JobMessages(
             tracker.bot,
             job.id,
-            job.request.client,
+            ClientState.from_client(job.request.client),
             ttl_s=tracker.ttl_s,
             on_state=self._save_state,
             clock=tracker.clock,
@@ -299,6 +338,7 @@ class JobFeed:
         self._wake = asyncio.Event()
         self._wake.set()  # show the current state at once
         self._shown_still: str | None = None
+        self._shown_text: str | None = None  # the progress text last sent, to skip no-op edits
         self.task: asyncio.Task[None] | None = None
 
     def apply(self, event: Event) -> None:
@@ -311,6 +351,7 @@ class JobFeed:
         self._wake.set()
 
     async def run(self) -> None:
+        """Show each new state (throttled) until the job ends, then deliver its result once."""
         delivered = False
         try:
             while True:
@@ -318,10 +359,13 @@ class JobFeed:
                 # Events arriving during this wait are folded into one edit.
                 await asyncio.sleep(self.throttle.wait_s())
                 self._wake.clear()
-                if self.snapshot.state.terminal:
-                    delivered = await self._deliver()
+                if not self.snapshot.state.terminal:
+                    await self._show_progress()
+                    continue
+                outcome = await self._deliver()
+                if outcome is not None:
+                    delivered = outcome
                     return
-                await self._show_progress()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -331,27 +375,36 @@ class JobFeed:
         finally:
             self.tracker._finished(self, delivered)
 
-    async def _save_state(self, state: dict[str, str]) -> None:
+    async def _save_state(self, state: ClientState) -> None:
+        """Store the message ids on the engine, waiting out an unavailable engine: a bot restarted
+        without them would post the job's message a second time once the nonce has expired."""
+        engine, client = self.tracker.engine, state.to_client()
         try:
-            await self.tracker.engine.set_client_state(self.job_id, state)
-        except (EngineUnavailable, EngineRequestError) as e:
-            # Not fatal: the message id is also known in memory; only a restart would lose it.
-            log.warning("job %s: could not store its message ids on the engine: %s", self.job_id, e)
+            await self.tracker.engine_call(
+                "storing the message ids", lambda: engine.set_client_state(self.job_id, client)
+            )
+        except EngineRequestError as e:
+            # The engine refused the record itself (the job is gone): retrying cannot help.
+            log.error("job %s: the engine refused its message ids: %s %s", self.job_id, e.status, e.body)
 
     async def _show_progress(self) -> None:
         snap = self.snapshot
+        text = render_progress(snap)
         uploads: list[Upload] | None = None
         if snap.still and snap.still != self._shown_still:
             try:
                 uploads = [("still.png", await self.tracker.engine.artifact(snap.still))]
             except (EngineUnavailable, EngineRequestError) as e:
                 log.warning("job %s: could not fetch still %s: %s", self.job_id, snap.still, e)
+        if text == self._shown_text and uploads is None:
+            return  # the message already says this: an edit would only spend rate limit
         try:
-            await self.messages.show(render_progress(snap), uploads=uploads, view=progress_view(self.job_id))
+            await self.messages.show(text, uploads=uploads, view=progress_view(self.job_id))
         except (discord.HTTPException, *TRANSIENT) as e:
             # Progress is best effort: the next event or the result will bring the message up to date.
             log.warning("job %s: progress edit failed: %s", self.job_id, e)
         else:
+            self._shown_text = text
             if uploads:
                 self._shown_still = snap.still
         finally:
@@ -359,7 +412,9 @@ class JobFeed:
 
     # --- the result ------------------------------------------------------------------------------
 
-    async def _deliver(self) -> bool:
+    async def _deliver(self) -> bool | None:
+        """Post the result and mark it delivered: True; False = not ours to post (already delivered,
+        or Discord refused it for good); None = the job is running again, keep following."""
         engine = self.tracker.engine
         job = await self.tracker.engine_call("fetching the job", lambda: engine.job(self.job_id))
         if job.delivered:
@@ -368,7 +423,7 @@ class JobFeed:
             # An INTERRUPTED event we read as final but the engine retried: keep following.
             self.snapshot = JobSnapshot.from_job(job)
             self._wake.set()
-            return await self._continue()
+            return None
         if job.state is JobState.SUCCEEDED:
             posted = await self._post_result(job)
         else:
@@ -378,15 +433,6 @@ class JobFeed:
         await self.tracker.engine_call("marking delivered", lambda: engine.mark_delivered(self.job_id))
         log.info("job %s (%s, %s) delivered via %s", job.id, job.kind, job.state, self.messages.via)
         return True
-
-    async def _continue(self) -> bool:
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(self.throttle.wait_s())
-            self._wake.clear()
-            if self.snapshot.state.terminal:
-                return await self._deliver()
-            await self._show_progress()
 
     async def _artifact(self, artifact_id: str) -> bytes:
         engine = self.tracker.engine
@@ -415,9 +461,10 @@ class JobFeed:
         *,
         refit: str | None = None,
     ) -> bool:
-        """Post until it works; a 413 asks the engine for a smaller video once. False = gave up."""
+        """Post until it works; a 413 asks the engine for a smaller video (each time strictly
+        smaller, at most MAX_REFITS times), then posts without the file. False = gave up."""
         backoff = Backoff()
-        refitted = False
+        refits = 0
         while True:
             await asyncio.sleep(self.throttle.wait_s())
             try:
@@ -426,19 +473,16 @@ class JobFeed:
                 return True
             except discord.HTTPException as e:
                 self.throttle.mark()
-                if too_large(e):
-                    sent = sum(len(b) for _, b in uploads)
-                    if refit is not None and not refitted:
-                        refitted = True
+                sent = sum(len(b) for _, b in uploads)
+                if too_large(e) and sent:
+                    if refit is not None and refits < MAX_REFITS:
+                        refits += 1
                         uploads, note = await self._refit(refit, sent)
                         if note:
                             content = f"{content}\n{note}"
                         continue
-                    size_mb = sent / 2**20
-                    note = (
-                        f"⚠️ The result ({size_mb:.1f} MB) is over this server's upload limit "
-                        "and could not be made small enough to post."
-                    )
+                    what = "video" if refit is not None else "result"
+                    note = f"{self._over_limit(what, sent)} and could not be made small enough to post."
                     content, uploads = f"{content}\n{note}", []
                     continue
                 if isinstance(e, discord.DiscordServerError) or e.status == 429:
@@ -459,10 +503,18 @@ class JobFeed:
                 log.warning("job %s: could not reach Discord (%r); retrying in %.0f s", self.job_id, e, delay)
                 await asyncio.sleep(delay)
 
+    def _believed_limit(self) -> int:
+        return self.messages.state.max_bytes or self.tracker.bot.config.upload_limit_bytes
+
+    def _over_limit(self, what: str, sent: int) -> str:
+        """'⚠️ The video (70.2 KB) is over this server's upload limit (48.0 KB)', in real sizes."""
+        believed = self._believed_limit()
+        limit = size(believed) if believed < sent else f"below the {size(believed)} it announced"
+        return f"⚠️ The {what} ({size(sent)}) is over this server's upload limit ({limit})"
+
     async def _refit(self, video_id: str, sent: int) -> tuple[list[Upload], str | None]:
         """Ask the engine to re-encode the video under a smaller budget; explain if it cannot."""
-        believed = int(self.messages.state.get(K_MAX_BYTES) or self.tracker.bot.config.upload_limit_bytes)
-        target = refit_target(sent, believed)
+        target = refit_target(sent, self._believed_limit())
         engine = self.tracker.engine
         log.info("job %s: video of %d bytes too large for Discord; asking for %d", self.job_id, sent, target)
         try:
@@ -472,8 +524,7 @@ class JobFeed:
         except EngineRequestError as e:
             why = e.body.error.message
             note = (
-                f"⚠️ The video ({sent / 2**20:.1f} MB) is over this server's upload limit and could not be "
-                f"re-encoded under {target / 2**20:.1f} MB: {why}"
+                f"{self._over_limit('video', sent)} and could not be re-encoded under {size(target)}: {why}"
             )
             return [], note
         data = await self._artifact(artifact.id)

@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
-from bot import jobs
+from bot import interactions
+from bot.host import host_of
 from spooky.contract import MAX_SEED, JobKind
-
-if TYPE_CHECKING:
-    from bot.app import SpookyBot
 
 log = logging.getLogger(__name__)
 
 _JOB = r"(?P<job_id>[A-Za-z0-9_-]{1,80})"
-
-
-def _bot(interaction: discord.Interaction) -> SpookyBot:
-    return interaction.client  # type: ignore[return-value]
 
 
 class _JobButton:
@@ -54,12 +48,14 @@ class _JobButton:
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        commands = interaction.client.metrics.commands  # type: ignore[attr-defined]
+        commands = host_of(interaction).metrics.commands
         try:
             await self.press(interaction)
         except Exception as exc:
             commands.labels(f"button:{self.action}", "error").inc()
-            await jobs.report_unexpected(interaction, exc, where=f"button {self.action} on job {self.job_id}")
+            await interactions.report_unexpected(
+                interaction, exc, where=f"button {self.action} on job {self.job_id}"
+            )
         else:
             commands.labels(f"button:{self.action}", "ok").inc()
 
@@ -75,12 +71,12 @@ class RerollButton(
     action, label, emoji, style = "reroll", "Reroll", "🎲", discord.ButtonStyle.secondary
 
     async def press(self, interaction: discord.Interaction) -> None:
-        await jobs.ack(interaction)
-        source = await jobs.fetch_job(interaction, self.job_id)
+        await interactions.ack(interaction)
+        source = await interactions.fetch_job(interaction, self.job_id)
         if source is None:
             return
         req = source.request
-        await jobs.submit(
+        await interactions.submit(
             interaction,
             kind=JobKind.SPOOKY,
             prompt=req.prompt,
@@ -100,18 +96,20 @@ class NightmareButton(
     action, label, emoji, style = "nightmare", "Nightmare", "🕯️", discord.ButtonStyle.danger
 
     async def press(self, interaction: discord.Interaction) -> None:
-        await jobs.ack(interaction)
-        source = await jobs.fetch_job(interaction, self.job_id)
+        await interactions.ack(interaction)
+        source = await interactions.fetch_job(interaction, self.job_id)
         if source is None:
             return
         still = source.artifacts.get("spooky") or source.artifacts.get("stylegan")
         if still is None:
-            await jobs.tell(interaction, "This render has no finished image to animate; run /spooky again.")
+            await interactions.tell(
+                interaction, "This render has no finished image to animate; run /spooky again."
+            )
             return
-        await jobs.submit(
+        await interactions.submit(
             interaction,
             kind=JobKind.NIGHTMARE,
-            prompt=_bot(interaction).settings.pipeline.nightmare_prompt,
+            prompt=host_of(interaction).settings.pipeline.nightmare_prompt,
             init_artifact=still,
         )
 
@@ -124,8 +122,8 @@ class CancelButton(
     action, label, emoji, style = "cancel", "Cancel", "✖️", discord.ButtonStyle.secondary
 
     async def press(self, interaction: discord.Interaction) -> None:
-        await jobs.ack(interaction, ephemeral=True)
-        await jobs.cancel(interaction, self.job_id)
+        await interactions.ack(interaction, ephemeral=True)
+        await interactions.cancel(interaction, self.job_id)
 
 
 DYNAMIC_ITEMS = (RerollButton, NightmareButton, CancelButton)

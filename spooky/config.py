@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from spooky.bounds import MIN_VIDEO_BYTES
 from spooky.contract import LimitValues
@@ -160,6 +168,22 @@ class BotConfig(_Section):
     # Prometheus `GET /metrics` of the bot (commands, ack latency, Discord errors); port 0 = off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(0, ge=0, le=65535)
+    # Shards (Discord splits the servers of a bot in more than 2,500 of them): how many in all, and
+    # which this process runs. Unset: Discord's recommended count, all in this one process.
+    shard_count: int | None = Field(None, ge=1)
+    shard_ids: list[int] | None = None
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shards(cls, ids: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if ids is None:
+            return ids
+        count = info.data.get("shard_count")
+        if count is None:
+            raise ValueError("shard_ids needs shard_count (the total number of shards of the bot)")
+        if not ids or len(set(ids)) != len(ids) or any(not 0 <= i < count for i in ids):
+            raise ValueError(f"shard_ids must be distinct shards from 0 to {count - 1}, got {ids}")
+        return ids
 
 
 class LimitsConfig(LimitValues):

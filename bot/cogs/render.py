@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import jobs
+from bot import interactions
 from bot.errors import BadAttachment, BadPrompt, UserFacingError
 from spooky.contract import MAX_PROMPT_CHARS, MAX_SEED, JobKind
 from spooky.engine_client import EngineRefused, EngineRequestError, EngineUnavailable
@@ -63,9 +63,9 @@ def check_image(attachment: discord.Attachment) -> None:
 async def reply_user_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
     """Per-command handler body: show user mistakes as they are."""
     if isinstance(error, UserFacingError):
-        await jobs.tell(interaction, error.message)
+        await interactions.tell(interaction, error.message)
     elif isinstance(error, app_commands.TransformerError):
-        await jobs.tell(interaction, f"“{error.value}” is not a valid value for that option.")
+        await interactions.tell(interaction, f"“{error.value}” is not a valid value for that option.")
 
 
 class Render(commands.Cog):
@@ -87,8 +87,8 @@ class Render(commands.Cog):
         scare_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
         steps: app_commands.Range[int, 1, 1000] | None = None,
     ) -> None:
-        await jobs.ack(interaction)
-        await jobs.submit(
+        await interactions.ack(interaction)
+        await interactions.submit(
             interaction, kind=JobKind.SPOOKY, prompt=prompt, seed=seed, scare_prompt=scare_prompt, steps=steps
         )
 
@@ -113,13 +113,13 @@ class Render(commands.Cog):
         frames: app_commands.Range[int, 1, 3000] | None = None,
         image: discord.Attachment | None = None,
     ) -> None:
-        await jobs.ack(interaction)
+        await interactions.ack(interaction)
         init_artifact = None
         if image is not None:
             init_artifact = await self._upload(interaction, image)
             if init_artifact is None:
                 return
-        await jobs.submit(
+        await interactions.submit(
             interaction,
             kind=JobKind.NIGHTMARE,
             prompt=prompt or self.bot.settings.pipeline.nightmare_prompt,
@@ -140,7 +140,7 @@ class Render(commands.Cog):
             data = await image.read()
         except discord.HTTPException as e:
             log.warning("could not download attachment %s: %s", image.id, e)
-            await jobs.tell(
+            await interactions.tell(
                 interaction, "Discord did not let me download that image; please attach it again."
             )
             return None
@@ -149,14 +149,14 @@ class Render(commands.Cog):
                 data, user_id=str(interaction.user.id), channel_id=str(interaction.channel_id)
             )
         except EngineUnavailable:
-            await jobs.engine_down(interaction)
+            await interactions.engine_down(interaction)
             return None
         except EngineRefused as e:
             log.info("upload from user %s refused: %s", interaction.user.id, e.refusal.code)
-            await jobs.tell(interaction, e.refusal.message)
+            await interactions.tell(interaction, e.refusal.message)
             return None
         except EngineRequestError as e:
-            await jobs.tell(interaction, jobs.describe_request_error(e))
+            await interactions.tell(interaction, interactions.describe_request_error(e))
             return None
         return artifact.id
 

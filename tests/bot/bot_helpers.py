@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import tempfile
@@ -10,6 +11,9 @@ from typing import Any
 
 import imageio_ffmpeg
 from fake_discord import EPHEMERAL, FakeDiscord, Interaction, Recorded
+
+from spooky.contract import JobView
+from spooky.engine_client import EngineClient
 
 RENDER_TIMEOUT_S = 180.0  # the engine shares two cores with the test and other work
 
@@ -114,3 +118,14 @@ def probe_video(data: bytes) -> tuple[str, int, tuple[int, int]]:
     frames = re.findall(r"frame=\s*(\d+)", log)
     assert codec and size and frames, log
     return codec[1], int(frames[-1]), (int(size[1]), int(size[2]))
+
+
+async def job_of(engine: EngineClient, inter: Interaction) -> JobView:
+    """The engine job this interaction submitted (its id is the idempotency key), read from the
+    engine rather than from a message the bot may already have rewritten."""
+    async with asyncio.timeout(30):
+        while True:
+            for job in await engine.jobs(guild_id=inter.payload["guild_id"], limit=1000):
+                if job.request.idempotency_key == inter.id:
+                    return job
+            await asyncio.sleep(0.05)

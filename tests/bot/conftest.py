@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,6 @@ max_jobs_per_user = 50
 max_queue_per_server = 200
 max_steps = 400
 """
-
 
 
 @dataclass
@@ -151,10 +150,11 @@ class Bots:
         } | bot
         return Settings.model_validate({"bot": section, "engine": {"secret": SECRET}})
 
-    async def start(self, **bot: Any) -> SpookyBot:
+    async def start(self, *, clock: Callable[[], float] = time.time, **bot: Any) -> SpookyBot:
+        """A bot with these `[bot]` settings; `clock` is the wall clock it judges token age by."""
         settings = self.settings(**bot)
         client = EngineClient(settings.bot.engine_url, SECRET, timeout=5.0)
-        instance = SpookyBot(settings, client)
+        instance = SpookyBot(settings, client, clock=clock)
         sessions = self.fake.ready_sent
         task = asyncio.create_task(instance.start(self.fake.bot_token))
         self.running.append((instance, task, client))

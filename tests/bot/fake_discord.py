@@ -3,7 +3,12 @@
 The real discord.py client talks to it over HTTP and a websocket, as it would to Discord. It keeps
 messages (with their attachments' bytes), records every request for assertions, sends
 INTERACTION_CREATE on demand, and can inject faults: 5xx, dropped connections, 413/40005 above an
-upload size, and interaction tokens that expire (401/50027) after a configurable lifetime.
+upload size, and interaction tokens that expire (401/50027) after a configurable lifetime. It
+shards like Discord: a session's IDENTIFY names its shard, it is told of the servers on that
+shard only, and a server's interactions arrive on the session of its shard. Like
+Discord, a channel post with `enforce_nonce` and a nonce seen in the last `nonce_window_s` returns
+the message first created with it instead of a new one. A `hold` keeps a request's answer back
+(after the fake has acted on it) until the test releases it, to kill a bot at that moment.
 
 Payload shapes follow the Discord API v10 documentation and what discord.py 2.x reads.
 """
@@ -92,6 +97,30 @@ class Fault:
 
 
 @dataclass
+class Hold:
+    """A matching request is acted on, then its answer waits for `released` (see FakeDiscord.hold)."""
+
+    method: str | None
+    path_re: re.Pattern[str]
+    filename: str | None = None  # only requests uploading a file of this name
+    record: Recorded | None = None
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def matches(self, rec: Recorded) -> bool:
+        return (
+            self.record is None
+            and 200 <= rec.status < 300
+            and self.method in (None, rec.method)
+            and bool(self.path_re.search(rec.path))
+            and (self.filename is None or any(name == self.filename for name, _ in rec.files))
+        )
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@dataclass
 class User:
     id: str
     username: str
@@ -123,6 +152,7 @@ class Interaction:
     callback_type: int | None = None
     callback: dict[str, Any] | None = None
     original_id: str | None = None  # the response message
+    expired: bool = False  # the test spent the token early (see FakeDiscord.expire)
     acked: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -146,11 +176,16 @@ class FakeDiscord:
         self.token_lifetime_s = token_lifetime_s
         self.ack_deadline_s = ack_deadline_s
         self.upload_limit_bytes = upload_limit_bytes
+        self.nonce_window_s = 300.0  # Discord: "a few minutes"
+        self._nonces: dict[tuple[str, str], tuple[str, float]] = {}  # (channel, nonce) -> (message, at)
+        self.holds: list[Hold] = []
         self.app_id = self.snowflake()
         self.bot_user = User(self.app_id, "SpookyBot", bot=True)
         self.owner = User(self.snowflake(), "operator")
         self.guild_id = self.snowflake()
         self.channel_ids = [self.snowflake(), self.snowflake()]
+        self.guild_channels: dict[str, list[str]] = {self.guild_id: self.channel_ids}
+        self.recommended_shards = 1  # what GET /gateway/bot tells a bot that lets Discord decide
         self.moderator = User(self.snowflake(), "mod")
         self.member = User(self.snowflake(), "alice")
         self.other = User(self.snowflake(), "bob")
@@ -163,7 +198,9 @@ class FakeDiscord:
         self.commands: dict[str, dict[str, Any]] = {}  # synced global commands by name
         self.identified = asyncio.Event()
         self.ready_sent = 0  # READY frames sent (one per bot session)
-        self._ws: list[tuple[web.WebSocketResponse, list[int]]] = []
+        self.sessions_used: list[tuple[int, int]] = []  # the (shard, count) each interaction went to
+        # Gateway sessions: (socket, sequence, (shard id, shard count)).
+        self._ws: list[tuple[web.WebSocketResponse, list[int], tuple[int, int]]] = []
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -200,7 +237,9 @@ class FakeDiscord:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
-        for ws, _ in list(self._ws):
+        for held in self.holds:
+            held.release()
+        for ws, *_ in list(self._ws):
             await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -222,6 +261,33 @@ class FakeDiscord:
         fault = Fault(method, re.compile(path_re), status, times, drop, code, filename)
         self.faults.append(fault)
         return fault
+
+    def hold(self, path_re: str, *, method: str | None = None, filename: str | None = None) -> Hold:
+        """Act on the next matching request that succeeds, but keep its answer back until
+        `release()` (the fake's stop releases every hold)."""
+        held = Hold(method, re.compile(path_re), filename)
+        self.holds.append(held)
+        return held
+
+    def add_guild(self, *, shard: int, shard_count: int) -> str:
+        """Another server, whose id falls on `shard` of `shard_count`; returns its channel's id."""
+        ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+        ms += (shard - ms) % shard_count  # (id >> 22) is the millisecond part: pick one on the shard
+        guild_id = str((ms << 22) | (next(self._seq) & 0x3FFFFF))
+        channel_id = self.snowflake()
+        self.guild_channels[guild_id] = [channel_id]
+        return channel_id
+
+    def guild_of(self, channel_id: str) -> str | None:
+        return next((g for g, channels in self.guild_channels.items() if channel_id in channels), None)
+
+    @staticmethod
+    def shard_of(guild_id: str, shard_count: int) -> int:
+        return (int(guild_id) >> 22) % shard_count
+
+    def expire(self, inter: Interaction) -> None:
+        """Make Discord refuse this interaction's token from now on (401/50027), as if it had expired."""
+        inter.expired = True
 
     def add_attachment(
         self, filename: str, content_type: str, data: bytes, *, size: int | None = None
@@ -261,7 +327,7 @@ class FakeDiscord:
             "name": names[0],
             "type": 1,
             "options": opts,
-            "guild_id": self.guild_id,
+            "guild_id": self.guild_of(channel_id or self.channel_ids[0]),
         }
         if resolved:
             data["resolved"] = resolved
@@ -296,7 +362,7 @@ class FakeDiscord:
 
     async def drop_gateway(self) -> None:
         """Close every gateway connection (the bot reconnects)."""
-        for ws, _ in list(self._ws):
+        for ws, *_ in list(self._ws):
             await ws.close(code=4000)
 
     def requests_for(self, token: str) -> list[Recorded]:
@@ -319,8 +385,8 @@ class FakeDiscord:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         seq = [0]
+        entry: tuple[web.WebSocketResponse, list[int], tuple[int, int]] = (ws, seq, (0, 1))
         await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}))
-        entry = (ws, seq)
         try:
             async for msg in ws:
                 if msg.type is not WSMsgType.TEXT:
@@ -337,9 +403,13 @@ class FakeDiscord:
                     if frame["d"].get("token") != self.bot_token:
                         await ws.close(code=4004, message=b"Authentication failed.")
                         break
+                    shard_id, shard_count = frame["d"].get("shard") or (0, 1)
+                    entry = (ws, seq, (int(shard_id), int(shard_count)))
                     self._ws.append(entry)
-                    await self._dispatch(ws, seq, "READY", self._ready_payload())
-                    await self._dispatch(ws, seq, "GUILD_CREATE", self._guild_payload())
+                    guilds = [g for g in self.guild_channels if self.shard_of(g, shard_count) == shard_id]
+                    await self._dispatch(ws, seq, "READY", self._ready_payload(guilds, entry[2]))
+                    for guild_id in guilds:
+                        await self._dispatch(ws, seq, "GUILD_CREATE", self._guild_payload(guild_id))
                     self.ready_sent += 1
                     self.identified.set()
                 elif op == 6:
@@ -361,15 +431,15 @@ class FakeDiscord:
         seq[0] += 1
         await ws.send_str(json.dumps({"op": 0, "s": seq[0], "t": event, "d": data}))
 
-    def _ready_payload(self) -> dict[str, Any]:
+    def _ready_payload(self, guilds: list[str], shard: tuple[int, int]) -> dict[str, Any]:
         return {
             "v": 10,
             "user": self.bot_user.payload() | {"verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": self.guild_id, "unavailable": True}],
+            "guilds": [{"id": g, "unavailable": True} for g in guilds],
             "session_id": secrets.token_hex(8),
             "resume_gateway_url": self.gateway_url,
             "application": {"id": self.app_id, "flags": 0},
-            "shard": [0, 1],
+            "shard": list(shard),
         }
 
     def _member_payload(self, user: User, permissions: int | None = None) -> dict[str, Any]:
@@ -389,12 +459,14 @@ class FakeDiscord:
         return out
 
     def _channel_payload(self, channel_id: str) -> dict[str, Any]:
+        guild_id = self.guild_of(channel_id) or self.guild_id
+        channels = self.guild_channels[guild_id]
         return {
             "id": channel_id,
             "type": 0,
-            "guild_id": self.guild_id,
-            "name": f"spooky-{self.channel_ids.index(channel_id)}",
-            "position": self.channel_ids.index(channel_id),
+            "guild_id": guild_id,
+            "name": f"spooky-{channels.index(channel_id)}",
+            "position": channels.index(channel_id),
             "permission_overwrites": [],
             "nsfw": False,
             "parent_id": None,
@@ -403,9 +475,9 @@ class FakeDiscord:
             "rate_limit_per_user": 0,
         }
 
-    def _guild_payload(self) -> dict[str, Any]:
+    def _guild_payload(self, guild_id: str) -> dict[str, Any]:
         everyone = {
-            "id": self.guild_id,
+            "id": guild_id,
             "name": "@everyone",
             "permissions": str(PERM_ALL_MEMBER),
             "position": 0,
@@ -422,7 +494,7 @@ class FakeDiscord:
             "position": 1,
         }
         return {
-            "id": self.guild_id,
+            "id": guild_id,
             "name": "Haunted House",
             "icon": None,
             "owner_id": self.owner.id,
@@ -440,7 +512,7 @@ class FakeDiscord:
             "roles": [everyone, moderators],
             "emojis": [],
             "stickers": [],
-            "channels": [self._channel_payload(c) for c in self.channel_ids],
+            "channels": [self._channel_payload(c) for c in self.guild_channels[guild_id]],
             "threads": [],
             "members": [self._member_payload(self.bot_user)],
             "member_count": 4,
@@ -516,6 +588,8 @@ class FakeDiscord:
             raise AssertionError("no bot is connected to the gateway")
         user = user or self.member
         channel_id = channel_id or self.channel_ids[0]
+        guild_id = self.guild_of(channel_id)
+        assert guild_id is not None, f"no guild has channel {channel_id}"
         inter_id = self.snowflake()
         token = "tok_" + secrets.token_urlsafe(24)
         payload: dict[str, Any] = {
@@ -523,8 +597,8 @@ class FakeDiscord:
             "application_id": self.app_id,
             "type": kind,
             "data": data,
-            "guild_id": self.guild_id,
-            "guild": {"id": self.guild_id, "locale": "en-US", "features": []},
+            "guild_id": guild_id,
+            "guild": {"id": guild_id, "locale": "en-US", "features": []},
             "channel_id": channel_id,
             "channel": self._channel_payload(channel_id),
             "member": self._member_payload(user, permissions),
@@ -534,7 +608,7 @@ class FakeDiscord:
             "locale": "en-US",
             "guild_locale": "en-US",
             "entitlements": [],
-            "authorizing_integration_owners": {"0": self.guild_id},
+            "authorizing_integration_owners": {"0": guild_id},
             "context": 0,
             "attachment_size_limit": size_limit,
         }
@@ -542,7 +616,12 @@ class FakeDiscord:
             payload["message"] = message
         inter = Interaction(inter_id, token, kind, payload, 0.0, time.monotonic())
         self.interactions[inter_id] = inter
-        ws, seq = self._ws[-1]
+        # Discord sends a server's events on the session of the shard that server falls on.
+        on_shard = [e for e in self._ws if self.shard_of(guild_id, e[2][1]) == e[2][0]]
+        if not on_shard:
+            raise AssertionError(f"no bot session runs the shard of guild {guild_id}")
+        ws, seq, _ = on_shard[-1]
+        self.sessions_used.append(on_shard[-1][2])
         inter.sent_at = time.monotonic()
         await self._dispatch(ws, seq, "INTERACTION_CREATE", payload)
         return inter
@@ -584,6 +663,10 @@ class FakeDiscord:
             raise
         rec.status = response.status
         self._changed.set()
+        if held := next((h for h in self.holds if h.matches(rec)), None):
+            held.record = rec
+            held.reached.set()
+            await held.released.wait()
         return response
 
     async def _route(self, request: web.Request, rec: Recorded) -> web.StreamResponse:
@@ -615,7 +698,7 @@ class FakeDiscord:
             return _json(
                 {
                     "url": self.gateway_url,
-                    "shards": 1,
+                    "shards": self.recommended_shards,
                     "session_start_limit": {
                         "total": 1000,
                         "remaining": 1000,
@@ -665,7 +748,11 @@ class FakeDiscord:
     # interactions
 
     def _token_ok(self, inter: Interaction | None) -> bool:
-        return inter is not None and time.monotonic() - inter.created_at <= self.token_lifetime_s
+        return (
+            inter is not None
+            and not inter.expired
+            and time.monotonic() - inter.created_at <= self.token_lifetime_s
+        )
 
     def _callback(self, inter_id: str, token: str, rec: Recorded) -> web.Response:
         inter = self.interactions.get(inter_id)
@@ -735,12 +822,23 @@ class FakeDiscord:
         return _error(405, 0, "405: Method Not Allowed")
 
     def _channel_message(self, channel_id: str, message_id: str | None, rec: Recorded) -> web.Response:
-        if channel_id not in self.channel_ids:
+        if self.guild_of(channel_id) is None:
             return _error(404, 10003, "Unknown Channel")
         if message_id is None:
             if rec.method != "POST":
                 return _error(405, 0, "405: Method Not Allowed")
-            return _json(self._new_message(channel_id, rec.json or {}, rec.files, None))
+            body = rec.json if isinstance(rec.json, dict) else {}
+            nonce = str(body["nonce"]) if body.get("enforce_nonce") and body.get("nonce") else None
+            if nonce is not None and (seen := self._nonces.get((channel_id, nonce))):
+                message_id, at = seen
+                if time.monotonic() - at <= self.nonce_window_s and not self.messages[message_id].get(
+                    "deleted"
+                ):
+                    return _json(self.messages[message_id])
+            message = self._new_message(channel_id, body, rec.files, None)
+            if nonce is not None:
+                self._nonces[(channel_id, nonce)] = (message["id"], time.monotonic())
+            return _json(message)
         message = self.messages.get(message_id)
         if message is None or message.get("deleted") or message["channel_id"] != channel_id:
             return _error(404, 10008, "Unknown Message")
@@ -791,7 +889,7 @@ class FakeDiscord:
         message: dict[str, Any] = {
             "id": self.snowflake(),
             "channel_id": channel_id,
-            "guild_id": self.guild_id,
+            "guild_id": self.guild_of(channel_id),
             "author": self.bot_user.payload(),
             "content": body.get("content") or "",
             "timestamp": _now_iso(),

@@ -7,6 +7,7 @@ import io
 import itertools
 import logging
 import random
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,6 +18,7 @@ from bot_helpers import (
     filenames,
     final_of,
     job_id_of,
+    job_of,
     original,
     probe_video,
     uploaded,
@@ -29,6 +31,7 @@ from support import free_port
 from bot import tracker as tracker_module
 from bot.errors import UNEXPECTED
 from bot.messenger import CONTINUED
+from bot.text import size
 from spooky.contract import JobState
 from spooky.engine_client import EngineClient
 
@@ -36,6 +39,9 @@ if TYPE_CHECKING:
     from conftest import Bots
 
 MOD = PERM_ALL_MEMBER | PERM_MANAGE_GUILD
+
+#: The bot's edits of an interaction's messages (held in tests that act between two of them).
+WEBHOOK_EDIT = r"^/webhooks/\d+/[^/]+/messages/"
 
 
 async def test_spooky_progress_result_and_buttons(
@@ -59,7 +65,7 @@ async def test_spooky_progress_result_and_buttons(
     progress = [r for r in edits[:-1] if isinstance(r.json, dict)]
     assert any("still.png" in uploaded(r) for r in edits[:-1]), "no progress edit carried a still"
     with_steps = [r.json["content"] for r in progress if "step" in r.json.get("content", "")]
-    assert (with_steps and "█" in with_steps[-1]) or "░" in with_steps[-1]
+    assert with_steps and all("%" in t and ("█" in t or "░" in t) for t in with_steps), with_steps
     assert all(any(b.startswith("spooky:cancel:") for b in _ids(r.json)) for r in progress)
 
     # The result: both stills, the seed, Nightmare and Reroll.
@@ -181,28 +187,37 @@ async def test_limits_for_moderators_only(bots: Bots, fake: FakeDiscord, engine_
     text = (await fake.wait_for(lambda: ephemeral_replies(fake, too_many), 30))[0]
     assert "50" in text and "3" in text
     elsewhere = await fake.invoke("spooky", {"prompt": "a ghost"}, channel_id=fake.channel_ids[1])
-    assert (await fake.wait_for(lambda: ephemeral_replies(fake, elsewhere), 30))[0]
+    text = (await fake.wait_for(lambda: ephemeral_replies(fake, elsewhere), 30))[0]
+    assert "not open for rendering" in text and f"<#{fake.channel_ids[0]}>" in text
 
 
 async def test_result_after_token_expiry_goes_to_the_channel(
     bots: Bots, fake: FakeDiscord, engine_client: EngineClient
 ) -> None:
-    fake.token_lifetime_s = 3.0  # Discord: 15 min; scaled down
-    await bots.start(interaction_ttl_s=1.0)
-    inter = await fake.invoke("spooky", {"prompt": "a very old vampire", "steps": 120})
-    first = await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m) and m, 30)
-    job_id = job_id_of(first)
+    offset = [0.0]  # how far the bot's clock is ahead: the token ages when the test says so
+    bot = await bots.start(clock=lambda: time.time() + offset[0])
+    # The bot's first edit is answered only after its token has aged past interaction_ttl_s, so
+    # its next message (progress or the result, however fast the render) is past the token's life.
+    held = fake.hold(WEBHOOK_EDIT, method="PATCH")
+    inter = await fake.invoke("spooky", {"prompt": "a very old vampire"})
+    job = await job_of(engine_client, inter)
+    await asyncio.wait_for(held.reached.wait(), 30)
+    offset[0] = bot.config.interaction_ttl_s + 1
+    held.release()
 
-    final = await fake.wait_for(lambda: final_of(fake, inter, job_id), RENDER_TIMEOUT_S)
+    final = await fake.wait_for(lambda: final_of(fake, inter, job.id), RENDER_TIMEOUT_S)
     assert final["via"] == "channel" and filenames(final) == ["stylegan.png", "spooky.png"]
-    assert sorted(buttons(final)) == [f"spooky:nightmare:{job_id}", f"spooky:reroll:{job_id}"]
+    assert sorted(buttons(final)) == [f"spooky:nightmare:{job.id}", f"spooky:reroll:{job.id}"]
     posts = [r for r in fake.requests if r.method == "POST" and r.path.startswith("/channels/")]
-    assert posts, "no channel message was posted"
-    # The bot stopped using the webhook before Discord would have refused the token.
+    assert len(posts) == 1, "the job's channel message was posted more than once"
+    # The webhook was used once (the held edit) and never after the bot judged the token spent.
+    assert [r.method for r in webhook_edits(fake, inter)] == ["PATCH"]
     assert not [r for r in fake.requests_for(inter.token) if r.status == 401]
     # The stale interaction message points to the new one (right after the new one is posted).
     await fake.wait_for(lambda: original(fake, inter)["content"] == CONTINUED, 10)
-    assert (await engine_client.job(job_id)).delivered
+    async with asyncio.timeout(10):
+        while not (await engine_client.job(job.id)).delivered:
+            await asyncio.sleep(0.1)
     for body in fake.message_payloads():
         assert body.get("allowed_mentions") == {"parse": []}
 
@@ -234,7 +249,7 @@ async def test_nightmare_attachment_checks_and_refit(
     # Claims to be a PNG but is not: the engine's check refuses it.
     fake_png = fake.add_attachment("evil.png", "image/png", b"\x89PNG\r\n\x1a\n not really")
     evil = await fake.invoke("nightmare", {"image": fake_png})
-    assert (await fake.wait_for(lambda: ephemeral_replies(fake, evil), 30))[0]
+    assert "not an image" in (await fake.wait_for(lambda: ephemeral_replies(fake, evil), 30))[0]
     assert not [r for r in fake.requests if r.status == 413]
 
     # A real image whose video is over this server's (smaller than announced) upload limit.
@@ -257,10 +272,13 @@ async def test_restart_mid_job_still_delivers_and_buttons_work(
     bots: Bots, fake: FakeDiscord, engine_client: EngineClient
 ) -> None:
     first_bot = await bots.start()
-    inter = await fake.invoke("spooky", {"prompt": "restless spirit", "steps": 200})
-    progress = await fake.wait_for(lambda: (m := original(fake, inter)) and "step" in m["content"] and m, 60)
-    job_id = job_id_of(progress)
+    # The bot is stopped while its first edit waits for Discord's answer: it never sees the job end.
+    held = fake.hold(WEBHOOK_EDIT, method="PATCH")
+    inter = await fake.invoke("spooky", {"prompt": "restless spirit", "steps": 3})
+    job_id = (await job_of(engine_client, inter)).id
+    await asyncio.wait_for(held.reached.wait(), 30)
     await bots.stop(first_bot)
+    held.release()
 
     # The job finishes while no bot is running.
     async with asyncio.timeout(RENDER_TIMEOUT_S):
@@ -276,12 +294,9 @@ async def test_restart_mid_job_still_delivers_and_buttons_work(
     # A button of a message sent before the restart is handled by the new process.
     reroll = await fake.click(final["id"], f"spooky:reroll:{job_id}")
     await asyncio.wait_for(reroll.acked.wait(), 3)
-    shown = await fake.wait_for(lambda: (m := original(fake, reroll)) and buttons(m) and m, 30)
-    again = await engine_client.job(job_id_of(shown))
+    again = await job_of(engine_client, reroll)
     assert again.id != job_id and again.request.prompt == "restless spirit"
-    assert (
-        again.request.steps == 200 and again.request.seed != (await engine_client.job(job_id)).result["seed"]
-    )
+    assert again.request.steps == 3 and again.request.seed != (await engine_client.job(job_id)).result["seed"]
 
 
 async def test_result_survives_discord_outage(
@@ -291,21 +306,18 @@ async def test_result_survives_discord_outage(
     # The result post fails: twice the connection drops, once a 503; the bot keeps trying.
     fake.inject(r"^/webhooks/", method="PATCH", drop=True, times=2, filename="spooky.png")
     fake.inject(r"^/webhooks/", method="PATCH", status=503, times=1, filename="spooky.png")
+    # The attempt that works is answered only when the test has looked at the engine.
+    posted = fake.hold(r"^/webhooks/", method="PATCH", filename="spooky.png")
     inter = await fake.invoke("spooky", {"prompt": "a storm of bats"})
-    first = await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m) and m, 30)
-    job_id = job_id_of(first)
-    failed = await fake.wait_for(
-        lambda: [r for r in fake.requests if r.status in (-1, 503)], RENDER_TIMEOUT_S
-    )
-    assert failed
-    # Not marked delivered while Discord fails.
-    if not final_of(fake, inter):
-        assert not (await engine_client.job(job_id)).delivered
-    final = await fake.wait_for(lambda: final_of(fake, inter), 60)
-    assert filenames(final) == ["stylegan.png", "spooky.png"]
+    job_id = (await job_of(engine_client, inter)).id
+    await asyncio.wait_for(posted.reached.wait(), RENDER_TIMEOUT_S)
     attempts = [r for r in fake.requests if "spooky.png" in uploaded(r)]
     assert [r.status for r in attempts] == [-1, -1, 503, 200]
-    await fake.wait_for(lambda: True, 1)
+    # Not marked delivered while the post has not been answered.
+    assert not (await engine_client.job(job_id)).delivered
+    posted.release()
+    final = await fake.wait_for(lambda: final_of(fake, inter), 60)
+    assert filenames(final) == ["stylegan.png", "spooky.png"]
     async with asyncio.timeout(10):
         while not (await engine_client.job(job_id)).delivered:
             await asyncio.sleep(0.1)
@@ -359,10 +371,13 @@ async def test_deleted_progress_message_gets_a_new_result_message(
     bots: Bots, fake: FakeDiscord, engine_client: EngineClient
 ) -> None:
     await bots.start()
-    inter = await fake.invoke("spooky", {"prompt": "vanishing ghost", "steps": 200})
-    first = await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m) and m, 30)
-    job_id = job_id_of(first)
-    first["deleted"] = True  # someone removed the progress message
+    # Someone removes the progress message right after the bot's first edit of it.
+    held = fake.hold(WEBHOOK_EDIT, method="PATCH")
+    inter = await fake.invoke("spooky", {"prompt": "vanishing ghost"})
+    job_id = (await job_of(engine_client, inter)).id
+    await asyncio.wait_for(held.reached.wait(), 30)
+    original(fake, inter)["deleted"] = True
+    held.release()
     final = await fake.wait_for(lambda: final_of(fake, inter, job_id), RENDER_TIMEOUT_S)
     assert final["via"] == "channel" and filenames(final) == ["stylegan.png", "spooky.png"]
     async with asyncio.timeout(10):
@@ -396,19 +411,53 @@ async def test_result_that_cannot_fit_says_why(
     inter = await fake.invoke("spooky", {"prompt": "a huge ghost"})
     final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
     assert filenames(final) == []
-    assert "over this server's upload limit" in final["content"]
-    assert [r.status for r in fake.requests if "spooky.png" in uploaded(r)] == [413]
+    (refused,) = [r for r in fake.requests if "spooky.png" in uploaded(r)]
+    assert refused.status == 413
+    # The real sizes, not "(0.0 MB)": what was refused, and what the interaction announced.
+    assert (
+        f"The result ({size(refused.upload_bytes)}) is over this server's upload limit "
+        "(below the 10.0 MB it announced) and could not be made small enough to post."
+    ) in final["content"]
     async with asyncio.timeout(10):
         while not (await engine_client.job(job_id_of(final))).delivered:
             await asyncio.sleep(0.1)
 
 
-async def test_token_refused_early_falls_back_to_the_channel(bots: Bots, fake: FakeDiscord) -> None:
-    fake.token_lifetime_s = 0.5  # Discord says 50027 although the bot thinks the token is fresh
+async def test_video_that_cannot_fit_asks_for_less_and_says_the_real_sizes(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
     await bots.start()
-    inter = await fake.invoke("spooky", {"prompt": "impatient ghost", "steps": 30})
-    first = await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m) and m, 30)
-    final = await fake.wait_for(lambda: final_of(fake, inter, job_id_of(first)), RENDER_TIMEOUT_S)
+    fake.upload_limit_bytes = 2 * 1024  # no MP4 is this small: every size the bot asks for is refused
+    image = fake.add_attachment("face.png", "image/png", _noise_png(128))
+    inter = await fake.invoke("nightmare", {"image": image, "frames": 30})
+    final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
+    assert filenames(final) == []
+    refused = [r.upload_bytes for r in fake.requests if "nightmare.mp4" in uploaded(r)]
+    assert refused and all(r.status == 413 for r in fake.requests if "nightmare.mp4" in uploaded(r))
+    # Each upload after a 413 is a re-encode strictly smaller than the one refused before it.
+    assert all(b < a for a, b in itertools.pairwise(refused)), refused
+    # Said in real sizes: the last size refused, the limit announced (the engine's reason follows).
+    assert (
+        f"⚠️ The video ({size(refused[-1])}) is over this server's upload limit "
+        "(below the 10.0 MB it announced) and could not be "
+    ) in final["content"], final["content"]
+    async with asyncio.timeout(10):
+        while not (await job_of(engine_client, inter)).delivered:
+            await asyncio.sleep(0.1)
+
+
+async def test_token_refused_early_falls_back_to_the_channel(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    await bots.start()  # it believes its tokens live interaction_ttl_s (840 s)
+    # Discord refuses the token (50027) from the bot's second edit on, however fast the render.
+    held = fake.hold(WEBHOOK_EDIT, method="PATCH")
+    inter = await fake.invoke("spooky", {"prompt": "impatient ghost"})
+    job_id = (await job_of(engine_client, inter)).id
+    await asyncio.wait_for(held.reached.wait(), 30)
+    fake.expire(inter)
+    held.release()
+    final = await fake.wait_for(lambda: final_of(fake, inter, job_id), RENDER_TIMEOUT_S)
     assert final["via"] == "channel" and filenames(final) == ["stylegan.png", "spooky.png"]
     refused = [r for r in fake.requests_for(inter.token) if r.status == 401]
     # Refused once; after that the bot no longer uses the dead token.
@@ -427,3 +476,25 @@ async def test_sweep_delivers_what_the_event_stream_never_announced(
     final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
     assert filenames(final) == ["stylegan.png", "spooky.png"]
     await fake.wait_for(lambda: bot.tracker.delivered == [job_id_of(final)], 10)
+
+
+async def test_progress_message_is_never_edited_to_what_it_already_says(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    # Short edit windows, so a waiting job's QUEUED event is not folded into a later state.
+    await bots.start(progress_interval_s=0.2)
+    # A few jobs at once: each waiting one's first "in the queue" state arrives twice (the submit
+    # answer, then its QUEUED event), identical.
+    inters = [await fake.invoke("spooky", {"prompt": f"echoing ghost {i}"}) for i in range(4)]
+    for inter in inters:
+        await fake.wait_for(lambda inter=inter: final_of(fake, inter), RENDER_TIMEOUT_S)
+    for inter in inters:
+        edits = [
+            (r.json.get("content"), uploaded(r))
+            for r in webhook_edits(fake, inter)
+            if isinstance(r.json, dict)
+        ]
+        assert len(edits) >= 2, edits
+        repeats = [a for a, b in itertools.pairwise(edits) if a == b and not b[1]]
+        assert not repeats, f"no-op edits: {repeats}"
+        assert (await job_of(engine_client, inter)).delivered

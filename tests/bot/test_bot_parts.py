@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from bot.progress import EditThrottle, JobSnapshot, bar, render_progress
-from bot.text import duration, escape
-from bot.tracker import CursorFile, refit_target
+from bot.text import duration, escape, size
+from bot.tracker import CursorFile, Shards, refit_target
+from spooky.config import load_settings
 from spooky.contract import Event, EventType, JobKind, JobState
+from spooky.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -93,9 +96,21 @@ def test_cursor_file_is_written_atomically(tmp_path: Path) -> None:
 def test_refit_target_prefers_discord_tiers_then_halves() -> None:
     # Believed 50 MiB (boosted), Discord refused 30 MiB: the server is back at 10 MiB.
     assert refit_target(30 * MiB, 50 * MiB) == int(10 * MiB * 0.95)
-    # Under the smallest tier: the limit is unknown, ask for half (never below the engine's floor).
+    # Under the smallest tier: the limit is unknown, ask for half, however small that is.
     assert refit_target(300_000, 10 * MiB) == 150_000
-    assert refit_target(100_000, 10 * MiB) == 64 * 1024
+    assert refit_target(100_000, 10 * MiB) == 50_000
+    # Over the limit the interaction announced (40 KiB): ask for that, with room for overhead.
+    assert refit_target(70_000, 40 * 1024) == int(40 * 1024 * 0.95)
+
+
+@pytest.mark.parametrize("believed", [1024, 40 * 1024, 64 * 1024, 10 * MiB, 50 * MiB, 100 * MiB])
+def test_refit_target_is_always_below_what_was_refused(believed: int) -> None:
+    for sent in (2048, 65_536, 65_537, 100_000, 10 * MiB, 10 * MiB + 1, 60 * MiB, 200 * MiB):
+        assert 0 < refit_target(sent, believed) < sent, (sent, believed)
+
+
+def test_sizes_are_said_in_the_unit_that_shows_them() -> None:
+    assert (size(812), size(49_664), size(3 * MiB + MiB // 2)) == ("812 B", "48.5 KB", "3.5 MB")
 
 
 def test_bot_imports_no_torch_and_no_engine() -> None:
@@ -128,3 +143,27 @@ def test_cli_refuses_to_start_without_token(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert "no Discord bot token" in out.stderr and "DISCORD_TOKEN" in out.stderr
+
+
+def test_shards_route_servers_as_discord_does() -> None:
+    assert Shards().runs("175928847299117063") and Shards(4).runs(None)
+    guild = str((1234 << 22) | 99)  # (id >> 22) % 4 == 2
+    assert Shards(4, [2]).runs(guild) and not Shards(4, [0, 1, 3]).runs(guild)
+    assert Shards(4, [0]).runs(None)  # direct messages come on shard 0
+    assert Shards().cursor_name == "engine-events.cursor"
+    assert Shards(4, [3, 1]).cursor_name == "engine-events.shards-1-3-of-4.cursor"
+
+
+@pytest.mark.parametrize(
+    ("section", "why"),
+    [
+        ({"shard_ids": [0]}, "needs shard_count"),
+        ({"shard_count": 2, "shard_ids": [2]}, "from 0 to 1"),
+        ({"shard_count": 2, "shard_ids": [1, 1]}, "distinct"),
+        ({"shard_count": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_shard_settings_are_checked(section: dict, why: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, env={f"SPOOKY_BOT__{k.upper()}": json.dumps(v) for k, v in section.items()})
+    assert why in str(e.value) and "bot." in str(e.value)

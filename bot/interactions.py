@@ -1,4 +1,4 @@
-"""From an interaction to an engine job: acknowledge, submit, and tell the user what happened.
+"""Interactions turned into engine jobs: acknowledge, submit, and tell the user what happened.
 
 Shared by the slash commands and the buttons, so both follow the same rules: `defer()` before any
 engine call, the interaction id as idempotency key, refusals shown as the engine wrote them.
@@ -8,31 +8,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 from pydantic import ValidationError
 
+from bot.client_state import ClientState
 from bot.errors import ENGINE_DOWN, UNEXPECTED
+from bot.host import host_of
 from bot.text import NO_PINGS, escape
 from spooky.contract import JobKind, JobRequest, JobView, RefusalCode, Requester
 from spooky.engine_client import EngineRefused, EngineRequestError, EngineUnavailable
 
-if TYPE_CHECKING:
-    from bot.app import SpookyBot
-
 log = logging.getLogger(__name__)
 
 NO_IMAGE_HINT = "Run /spooky first or attach an image to /nightmare."
-
-# Keys of the job's `client` dict: how the tracker finds the messages again after a restart.
-K_APP, K_TOKEN, K_AT = "app_id", "token", "interaction_at"
-K_MESSAGE, K_CHANNEL, K_GUILD = "message_id", "channel_id", "guild_id"
-K_CHANNEL_MESSAGE, K_MAX_BYTES = "channel_message_id", "max_bytes"
-
-
-def _bot(interaction: discord.Interaction) -> SpookyBot:
-    return interaction.client  # type: ignore[return-value]
 
 
 def is_moderator(interaction: discord.Interaction) -> bool:
@@ -45,7 +35,7 @@ def upload_limit(interaction: discord.Interaction) -> int:
     limit = getattr(interaction, "filesize_limit", None)
     if not limit and interaction.guild is not None:
         limit = interaction.guild.filesize_limit
-    return int(limit or _bot(interaction).config.upload_limit_bytes)
+    return int(limit or host_of(interaction).config.upload_limit_bytes)
 
 
 async def ack(interaction: discord.Interaction, *, ephemeral: bool = False) -> None:
@@ -53,14 +43,14 @@ async def ack(interaction: discord.Interaction, *, ephemeral: bool = False) -> N
     if interaction.response.is_done():
         return
     response = await interaction.response.defer(thinking=True, ephemeral=ephemeral)
-    _bot(interaction).metrics.observe_ack(interaction)
+    host_of(interaction).metrics.observe_ack(interaction)
     interaction.extras["public_loading"] = not ephemeral
     interaction.extras["original_id"] = getattr(response, "message_id", None)
 
 
 async def engine_down(interaction: discord.Interaction) -> None:
     """Say at once that the engine cannot be reached (and count it)."""
-    _bot(interaction).metrics.engine_unreachable.inc()
+    host_of(interaction).metrics.engine_unreachable.inc()
     await tell(interaction, ENGINE_DOWN)
 
 
@@ -100,28 +90,23 @@ def describe_request_error(e: EngineRequestError) -> str:
     return f"The render engine could not take this request: {e.body.error.message}"
 
 
-def _client_state(interaction: discord.Interaction, *, max_bytes: int | None) -> dict[str, str]:
-    state = {
-        K_APP: str(interaction.application_id),
-        K_TOKEN: interaction.token,
-        # The token's life starts when Discord created the interaction (the snowflake's time).
-        K_AT: f"{interaction.created_at.timestamp():.3f}",
-        K_CHANNEL: str(interaction.channel_id),
-    }
-    if interaction.guild_id is not None:
-        state[K_GUILD] = str(interaction.guild_id)
-    if interaction.extras.get("original_id"):
-        state[K_MESSAGE] = str(interaction.extras["original_id"])
-    if max_bytes is not None:
-        state[K_MAX_BYTES] = str(max_bytes)
-    return state
+def _client_state(interaction: discord.Interaction, *, max_bytes: int | None) -> ClientState:
+    return ClientState(
+        app_id=str(interaction.application_id),
+        token=interaction.token,
+        interaction_at=interaction.created_at.timestamp(),
+        channel_id=str(interaction.channel_id),
+        guild_id=str(interaction.guild_id) if interaction.guild_id is not None else None,
+        message_id=str(interaction.extras["original_id"]) if interaction.extras.get("original_id") else None,
+        max_bytes=max_bytes,
+    )
 
 
 async def submit(
     interaction: discord.Interaction, *, kind: JobKind, prompt: str, **fields: Any
 ) -> JobView | None:
     """Submit a job for this interaction; on refusal or failure tell the user and return None."""
-    bot = _bot(interaction)
+    bot = host_of(interaction)
     max_bytes = upload_limit(interaction)
     requester = Requester(
         user_id=str(interaction.user.id),
@@ -136,7 +121,7 @@ async def submit(
             prompt=prompt,
             requester=requester,
             idempotency_key=str(interaction.id),
-            client=_client_state(interaction, max_bytes=max_bytes),
+            client=_client_state(interaction, max_bytes=max_bytes).to_client(),
             max_bytes=max_bytes if kind is JobKind.NIGHTMARE else None,
             **{k: v for k, v in fields.items() if v is not None},
         )
@@ -187,7 +172,7 @@ async def submit(
 async def fetch_job(interaction: discord.Interaction, job_id: str) -> JobView | None:
     """The engine's view of a job, or None after telling the user why not."""
     try:
-        return await _bot(interaction).engine.job(job_id)
+        return await host_of(interaction).engine.job(job_id)
     except EngineUnavailable:
         await engine_down(interaction)
     except EngineRequestError as e:
@@ -201,7 +186,7 @@ async def fetch_job(interaction: discord.Interaction, job_id: str) -> JobView | 
 async def cancel(interaction: discord.Interaction, job_id: str) -> None:
     """Cancel a job for its owner or a moderator, and say what happened (ephemeral)."""
     try:
-        job = await _bot(interaction).engine.cancel(
+        job = await host_of(interaction).engine.cancel(
             job_id, str(interaction.user.id), is_moderator=is_moderator(interaction)
         )
     except EngineUnavailable:
