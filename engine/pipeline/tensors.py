@@ -54,6 +54,27 @@ def clamp_with_grad(x: Tensor, low: float = 0.0, high: float = 1.0) -> Tensor:
     return _ClampWithGrad.apply(x, low, high)
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward `target` exactly; backward hands the gradient to `source` unchanged."""
+
+    @staticmethod
+    def forward(ctx, source: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+        return target.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+def straight_through(source: Tensor, target: Tensor) -> Tensor:
+    """`target` in the forward pass, bit for bit; its gradient goes to `source` as if it were `source`.
+
+    The usual `source + (target - source).detach()` rounds twice, so the codes VQGAN+CLIP decodes
+    were a hair off the codebook rows (and frame 1 was not the input's codes).
+    """
+    return _StraightThrough.apply(source, target.detach())
+
+
 def resize_square(x: Tensor, size: int) -> Tensor:
     """Antialiased bicubic resize of [N, C, H, W] to size x size (differentiable)."""
     if x.shape[-2:] == (size, size):

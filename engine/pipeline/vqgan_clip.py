@@ -23,7 +23,7 @@ from engine.pipeline.decode import decode
 from engine.pipeline.losses import weighted_prompt_loss
 from engine.pipeline.progress import Progress, ProgressCallback, no_progress
 from engine.pipeline.prompts import WeightedPrompt
-from engine.pipeline.tensors import clamp_with_grad, frozen, to_frame, to_still
+from engine.pipeline.tensors import clamp_with_grad, frozen, straight_through, to_frame, to_still
 from spooky.errors import EmptyPromptError, InputError, InvalidImageError, InvalidSizeError
 
 SCARE = "scare"
@@ -210,9 +210,11 @@ class _Optimisation:
     def __enter__(self) -> _Optimisation:
         self._stack.enter_context(frozen(self.vqgan))
         with torch.no_grad():
-            # Start from the codes of the image, as VQGAN+CLIP does (taming's encode quantises).
-            z = self.vqgan.quantize(self.vqgan.encode(self.x))
-        self.z = z.detach().requires_grad_(True)
+            # Start from the codes of the image, as VQGAN+CLIP does (taming's encode quantises):
+            # z is exactly those codebook rows, so the first step decodes the input's codes.
+            self.codes = self.vqgan.nearest_codes(self.vqgan.encode(self.x))
+            z = self.vqgan.quantize_codes(self.codes)
+        self.z = z.detach().clone().requires_grad_(True)
         self.optimiser = torch.optim.Adam([self.z], lr=self.params.lr)
         return self
 
@@ -228,6 +230,9 @@ class _Optimisation:
             self.optimiser.step()
             with torch.no_grad():
                 self.z.copy_(self.vqgan.clamp(self.z))
+                # Quantised once per update, not again in the forward: the codes a step decodes
+                # are those of the z it starts from (for step 1, the input's own codes).
+                self.codes = self.vqgan.nearest_codes(self.z)
             value = loss.item()
             del loss  # hold no graph across the yield
             yield i, decoded, value
@@ -235,10 +240,11 @@ class _Optimisation:
     @torch.no_grad()
     def decode_latent(self) -> Tensor:
         """The image of the current z, [1, 3, h, w] clamped to [-1, 1]."""
-        return self.vqgan.decode(self.vqgan.quantize(self.z)).clamp(-1, 1)
+        return self.vqgan.decode(self.vqgan.quantize_codes(self.codes)).clamp(-1, 1)
 
     def _forward(self) -> tuple[Tensor, Tensor]:
-        decoded = decode(self.vqgan, self.vqgan.quantize(self.z), checkpointed=self.params.checkpoint)
+        z_q = straight_through(self.z, self.vqgan.quantize_codes(self.codes))
+        decoded = decode(self.vqgan, z_q, checkpointed=self.params.checkpoint)
         # Keep the gradient of pixels the decoder pushes past [0, 1] so the loss can pull them back.
         x01 = clamp_with_grad(decoded.add(1).div(2), 0.0, 1.0)
         cuts = self.cutouts(x01, self.generator)
