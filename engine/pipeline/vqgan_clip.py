@@ -21,6 +21,7 @@ from engine.models.vqgan import VQGAN
 from engine.pipeline.cutouts import MakeCutouts
 from engine.pipeline.decode import decode
 from engine.pipeline.losses import weighted_prompt_loss
+from engine.pipeline.precision import Precision, networks, tf32_allowed
 from engine.pipeline.progress import Progress, ProgressCallback, no_progress
 from engine.pipeline.prompts import WeightedPrompt
 from engine.pipeline.tensors import clamp_with_grad, frozen, straight_through, to_frame, to_still
@@ -45,6 +46,8 @@ class VqganClipParams:
     # Recompute decoder activations block by block in the backward pass: same result, about a
     # third more time per step, and 608x752 fits an 8 GB GPU (decoder ~3 GiB instead of ~9 GiB).
     checkpoint: bool = True
+    # Arithmetic of the decoder and CLIP (see engine.pipeline.precision); z and the loss stay fp32.
+    precision: Precision = "fp32"
 
 
 def prepare_image(image: Tensor | Image.Image, size: tuple[int, int], factor: int) -> Tensor:
@@ -209,6 +212,7 @@ class _Optimisation:
 
     def __enter__(self) -> _Optimisation:
         self._stack.enter_context(frozen(self.vqgan))
+        self._stack.enter_context(tf32_allowed(self.params.precision))
         with torch.no_grad():
             # Start from the codes of the image, as VQGAN+CLIP does (taming's encode quantises):
             # z is exactly those codebook rows, so the first step decodes the input's codes.
@@ -240,16 +244,23 @@ class _Optimisation:
     @torch.no_grad()
     def decode_latent(self) -> Tensor:
         """The image of the current z, [1, 3, h, w] clamped to [-1, 1]."""
-        return self.vqgan.decode(self.vqgan.quantize_codes(self.codes)).clamp(-1, 1)
+        with networks(self.params.precision, self.x.device):
+            decoded = self.vqgan.decode(self.vqgan.quantize_codes(self.codes))
+        return decoded.float().clamp(-1, 1)
 
     def _forward(self) -> tuple[Tensor, Tensor]:
+        precision, device = self.params.precision, self.x.device
         z_q = straight_through(self.z, self.vqgan.quantize_codes(self.codes))
-        decoded = decode(self.vqgan, z_q, checkpointed=self.params.checkpoint)
+        with networks(precision, device):
+            decoded = decode(self.vqgan, z_q, checkpointed=self.params.checkpoint)
+        # Cutouts and their augmentations in fp32: cheap, and their noise is not rounded away.
+        decoded = decoded.float()
         # Keep the gradient of pixels the decoder pushes past [0, 1] so the loss can pull them back.
         x01 = clamp_with_grad(decoded.add(1).div(2), 0.0, 1.0)
         cuts = self.cutouts(x01, self.generator)
-        embeds = self.clip.encode_image(self.clip.normalize(cuts))
-        loss = weighted_prompt_loss(embeds, self.text_embeds, self.weights)
+        with networks(precision, device):
+            embeds = self.clip.encode_image(self.clip.normalize(cuts))
+        loss = weighted_prompt_loss(embeds.float(), self.text_embeds, self.weights)
         return decoded.detach(), loss
 
 
