@@ -84,17 +84,19 @@ class Renderer:
         self.models = models
         self.pipeline = pipeline
         self.precision: Precision = device_precision(pipeline.precision, models.device)
-        # Read once, right after the models loaded: later readings would count a job's own tensors.
-        self._free_bytes = free_bytes(models.device) if pipeline.decoder_checkpointing == "auto" else None
+        self._free_bytes: int | None = None
         self._step_memory: StepMemory | None = None
+        if pipeline.decoder_checkpointing == "auto":
+            # Read once, right after the models loaded: later readings would count a job's tensors.
+            self._free_bytes = free_bytes(models.device)
+            self._step_memory = measure_step_memory(models.vqgan, models.clip, self.precision)
 
     def decoder_checkpointing(self, size: tuple[int, int]) -> bool:
         """Whether stages 2/3 on a `size` canvas checkpoint the decoder (the setting, or `auto`'s call)."""
         setting = self.pipeline.decoder_checkpointing
         if isinstance(setting, bool):
             return setting
-        if self._step_memory is None:
-            self._step_memory = measure_step_memory(self.models.vqgan, self.models.clip, self.precision)
+        assert self._step_memory is not None  # measured in __init__ for "auto"
         need = self._step_memory.plain_bytes(size, self.pipeline.cutouts)
         return use_checkpointing(setting, need, self._free_bytes)
 
