@@ -95,7 +95,8 @@ def _polyphase_weight(kernel: Tensor, channels: int, like: Tensor) -> Tensor:
         for stale in [k for k in per_kernel if k[3] != kernel._version]:  # the kernel was changed
             del per_kernel[stale]
         with torch.no_grad():
-            weight = _polyphase_taps(kernel).to(dtype=like.dtype, device=like.device).repeat(channels, 1, 1, 1)
+            taps = _polyphase_taps(kernel).to(dtype=like.dtype, device=like.device)
+            weight = taps.repeat(channels, 1, 1, 1)
         per_kernel[key] = weight
     return weight
 
