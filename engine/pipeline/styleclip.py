@@ -11,7 +11,7 @@ from engine.models.clip import ClipModel
 from engine.models.stylegan2 import StyleGAN2Generator
 from engine.pipeline.losses import clip_similarity, styleclip_loss
 from engine.pipeline.precision import Precision, networks, tf32_allowed
-from engine.pipeline.progress import Progress, ProgressCallback, no_progress
+from engine.pipeline.progress import LossLog, Progress, ProgressCallback, no_progress
 from engine.pipeline.schedule import styleclip_lr
 from engine.pipeline.tensors import clamp_with_grad, frozen, resize_square, to_still
 from spooky.errors import InputError
@@ -72,7 +72,7 @@ def optimise_latent(
         start = start_latent(gen, params.seed, params.truncation)
         latent = start.clone().requires_grad_(True)
         optimiser = torch.optim.Adam([latent], lr=params.lr)
-        losses: list[float] = []
+        losses = LossLog()
         final: Tensor | None = None
         for i in range(params.steps):
             for group in optimiser.param_groups:
@@ -81,22 +81,22 @@ def optimise_latent(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            losses.append(loss.item())
+            losses.add(loss)  # kept on the device: no host wait inside the step
             del loss  # its graph is already freed by backward; drop the handle too
 
             step = i + 1
-            still = None
+            still = value = None
             if step == params.steps:
                 with torch.no_grad(), networks(params.precision, device):
                     final = gen.synthesis(latent, noise="const")
                 final = final.float().clamp(-1, 1)
-                still = to_still(final)
+                still, value = to_still(final), losses.latest()
             elif params.still_every and step % params.still_every == 0:
-                still = to_still(image)
+                still, value = to_still(image), losses.latest()
             del image
-            callback(Progress(STAGE, step, params.steps, losses[-1], still))
+            callback(Progress(STAGE, step, params.steps, value, still))
     assert final is not None  # steps >= 1 is checked above
-    return StyleClipResult(final, latent.detach(), start, losses)
+    return StyleClipResult(final, latent.detach(), start, losses.values())
 
 
 def clip_input(image: Tensor, clip: ClipModel) -> Tensor:
