@@ -23,7 +23,7 @@ from engine.pipeline.precision import Precision, device_precision
 from engine.pipeline.progress import ProgressCallback, no_progress
 from engine.pipeline.prompts import WeightedPrompt, parse_prompts
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
-from engine.pipeline.video import DEFAULT_CRF, VideoWriter, fit_to_budget
+from engine.pipeline.video import DEFAULT_CRF, BackgroundWriter, VideoWriter, fit_to_budget
 from engine.pipeline.vqgan_clip import VqganClipParams, check_size, nightmare_frames, scare, snap_size
 from spooky.config import PipelineConfig
 from spooky.contract import MAX_SEED
@@ -253,12 +253,15 @@ class Renderer:
         out_path = Path(out_path)
         written = 0
         last = None
-        with VideoWriter(out_path, size, fps=p.fps, crf=DEFAULT_CRF) as writer:
+        with (
+            VideoWriter(out_path, size, fps=p.fps, crf=DEFAULT_CRF) as writer,
+            BackgroundWriter(writer) as background,  # frame n encodes while frame n+1 computes
+        ):
             stream = nightmare_frames(
                 self.models.vqgan, self.models.clip, start, parse_prompts(job.prompt), params, callback
             )
             for frame in stream:
-                writer.write(frame)
+                background.write(frame)
                 written += 1
                 last = frame
         fit_to_budget(out_path, max_bytes)
