@@ -450,8 +450,10 @@ def run_items(args: argparse.Namespace, device: torch.device, items: list[tuple[
     """Run (stage, cutouts) items in this process with every needed model loaded once."""
     size = tuple(args.size)
     t0 = time.perf_counter()
-    need = {s.removeprefix("ref_").removesuffix("_frozen").replace("styleclip", "stylegan") for s, _ in items}
-    need = {"scare" if s == "vqgan_clip" else s for s in need}
+    # Which networks to build: "scare@bf16" needs the VQGAN, "ref_styleclip" the generator.
+    aliases = {"styleclip": "stylegan", "vqgan_clip": "scare"}
+    names = {s.partition("@")[0].removeprefix("ref_").removesuffix("_frozen") for s, _ in items}
+    need = {aliases.get(n, n) for n in names}
     models = build_models(device, need, size, args.preset)  # type: ignore[arg-type]
     if args.preset == "tiny":
         size = models.default_size
