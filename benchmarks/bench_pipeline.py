@@ -19,7 +19,8 @@ gives project / reference time per step.
 
 Per-step time is the mean after the first two steps: the first includes one-off work (text
 encoding, allocator warm-up, cuDNN autotuning), the second runs under FlopCounterMode, which
-gives the FLOPs of one step and hence the achieved TFLOP/s. Peak memory is
+gives the FLOPs of one step and hence the achieved TFLOP/s. With 4 or more steps the scare pass's
+last step (which also decodes the result) is left out too. Peak memory is
 `torch.cuda.max_memory_allocated` per stage on CUDA (all models resident, as in the engine),
 and on the CPU the peak RSS of a child process that runs just that stage (weights included).
 
@@ -164,11 +165,13 @@ class StepClock:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, drop_last: bool = False) -> dict[str, float]:
         times = np.diff([self.start, *self.stamps])
         cpu = np.diff([self.cpu_start, *self.cpu_stamps])
         # Step 1 warms up, step 2 is slowed by the FLOP counter: time the rest when there is one.
         rest = slice(2, None) if len(times) > 2 else slice(len(times) - 1, None)
+        if drop_last and len(times) > 3:  # the scare pass's last step also decodes its result
+            rest = slice(2, len(times) - 1)
         step_s = float(np.mean(times[rest]))
         return {
             "steps": len(times),
@@ -181,7 +184,9 @@ class StepClock:
         }
 
 
-def measure(device: torch.device, run: Callable[[StepClock], None]) -> dict[str, float]:
+def measure(
+    device: torch.device, run: Callable[[StepClock], None], drop_last: bool = False
+) -> dict[str, float]:
     clock = StepClock(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -193,7 +198,7 @@ def measure(device: torch.device, run: Callable[[StepClock], None]) -> dict[str,
         clock.close()
     clock._sync()
     end = time.perf_counter()
-    out = clock.summary()
+    out = clock.summary(drop_last)
     out["finish_s"] = end - clock.stamps[-1]  # after the last step (e.g. ffmpeg flush, budget fit)
     if device.type == "cuda":
         out["peak_gb"] = torch.cuda.max_memory_allocated(device) / GB
@@ -234,7 +239,11 @@ def bench_scare(
         checkpoint=checkpoint,
     )  # fmt: skip
     prompts = parse_prompts(PROMPT)
-    row = measure(models.device, lambda clock: scare(models.vqgan, models.clip, face, prompts, params, clock))
+    row = measure(
+        models.device,
+        lambda clock: scare(models.vqgan, models.clip, face, prompts, params, clock),
+        drop_last=True,
+    )
     row["checkpoint"] = checkpoint
     return row
 
