@@ -19,8 +19,8 @@ gives project / reference time per step.
 
 Per-step time is the mean after the first two steps: the first includes one-off work (text
 encoding, allocator warm-up, cuDNN autotuning), the second runs under FlopCounterMode, which
-gives the FLOPs of one step and hence the achieved TFLOP/s. With 4 or more steps the scare pass's
-last step (which also decodes the result) is left out too. Peak memory is
+gives the FLOPs of one step and hence the achieved TFLOP/s. With 4 or more steps the last step of
+stages 1 and 2 (which also renders the result) is left out too. Peak memory is
 `torch.cuda.max_memory_allocated` per stage on CUDA (all models resident, as in the engine),
 and on the CPU the peak RSS of a child process that runs just that stage (weights included).
 
@@ -170,7 +170,7 @@ class StepClock:
         cpu = np.diff([self.cpu_start, *self.cpu_stamps])
         # Step 1 warms up, step 2 is slowed by the FLOP counter: time the rest when there is one.
         rest = slice(2, None) if len(times) > 2 else slice(len(times) - 1, None)
-        if drop_last and len(times) > 3:  # the scare pass's last step also decodes its result
+        if drop_last and len(times) > 3:  # a last step that also renders the stage's result
             rest = slice(2, len(times) - 1)
         step_s = float(np.mean(times[rest]))
         return {
@@ -210,8 +210,10 @@ def bench_stylegan(models: Any, steps: int, precision: str) -> dict[str, float]:
     from engine.pipeline.styleclip import StyleClipParams, optimise_latent
 
     params = StyleClipParams(steps=steps, still_every=5, seed=0, precision=precision)  # type: ignore[arg-type]
-    return measure(
-        models.device, lambda clock: optimise_latent(models.stylegan, models.clip, PROMPT, params, clock)
+    return measure(  # its last step also renders the final image from the final latent
+        models.device,
+        lambda clock: optimise_latent(models.stylegan, models.clip, PROMPT, params, clock),
+        drop_last=True,
     )
 
 
