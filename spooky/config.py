@@ -81,9 +81,12 @@ class PipelineConfig(_Section):
     scare_steps: int = Field(10, ge=0, le=1000)
     scare_lr: float = Field(0.1, gt=0)
     # Recompute the VQGAN decoder's activations in the backward pass (stages 2 and 3): the same
-    # images, about a third more time per step, and 608x752 fits an 8 GB GPU. Turn off on GPUs
-    # with 16 GB or more for speed.
-    decoder_checkpointing: bool = True
+    # images, about a fifth more arithmetic per step, a third of the memory. "auto" turns it on only
+    # where the plain backward would not fit (free GPU memory at load, or system RAM on a CPU).
+    decoder_checkpointing: bool | Literal["auto"] = "auto"
+    # Arithmetic of the networks: "auto" = bf16 on GPUs with bf16 tensor cores, else fp32;
+    # "tf32" = TF32 matmuls/convolutions on CUDA. The latent and the loss are always fp32.
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     # Number of CLIP cutouts per step in stages 2 and 3.
     cutouts: int = Field(32, ge=1, le=256)
     # Stage-2/3 canvas, width x height; both multiples of the VQGAN's downsampling factor.

@@ -13,6 +13,7 @@ under autocast as they are.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -57,9 +58,47 @@ def _polyphase_taps(kernel: Tensor) -> Tensor:
             f"upsample2x supports a 4x4 FIR (rosinality's default [1,3,3,1]), got {list(kernel.shape)}"
         )
     padded = F.pad(kernel, (0, 1, 0, 1))  # index 4 reads a zero tap
-    sel = torch.tensor([[3, 1, 4], [4, 2, 0]], device=kernel.device)
-    taps = padded[sel[:, None, :, None], sel[None, :, None, :]]  # [phase_y, phase_x, 3, 3]
+    # Taps (3, 1, 4) and (4, 2, 0) along each axis, by slicing: an index tensor built from a Python
+    # list would be a host-to-device copy (a stream sync on CUDA) on every call.
+    rows = torch.stack([_phase_taps(padded, 0, even) for even in (True, False)])  # [2, 3, 5]
+    taps = torch.stack([_phase_taps(rows, 2, even) for even in (True, False)], dim=1)  # [2, 2, 3, 3]
     return taps.reshape(4, 1, 3, 3)
+
+
+def _phase_taps(padded: Tensor, dim: int, even: bool) -> Tensor:
+    """Along `dim` of a zero-padded 5-tap axis (k0..k3, 0): (k3, k1, 0) if `even` else (0, k2, k0)."""
+    flipped = padded.flip(dim)  # (0, k3, k2, k1, k0)
+    if not even:
+        return _every_other(flipped, dim, 0)
+    return torch.cat([_every_other(flipped, dim, 1), padded.narrow(dim, 4, 1)], dim=dim)
+
+
+def _every_other(x: Tensor, dim: int, start: int) -> Tensor:
+    index = [slice(None)] * x.dim()
+    index[dim] = slice(start, None, 2)
+    return x[tuple(index)]
+
+
+#: Polyphase weights per FIR kernel buffer (by id, dropped when the buffer is freed), per
+#: (channels, dtype, device, version): built once, so each ToRGB skip up-sampling is one conv.
+_TAPS_CACHE: dict[int, dict[tuple[object, ...], Tensor]] = {}
+
+
+def _polyphase_weight(kernel: Tensor, channels: int, like: Tensor) -> Tensor:
+    per_kernel = _TAPS_CACHE.get(id(kernel))
+    if per_kernel is None:
+        per_kernel = _TAPS_CACHE[id(kernel)] = {}
+        weakref.finalize(kernel, _TAPS_CACHE.pop, id(kernel), None)
+    key = (channels, like.dtype, like.device, kernel._version)
+    weight = per_kernel.get(key)
+    if weight is None:
+        for stale in [k for k in per_kernel if k[3] != kernel._version]:  # the kernel was changed
+            del per_kernel[stale]
+        with torch.no_grad():
+            taps = _polyphase_taps(kernel).to(dtype=like.dtype, device=like.device)
+            weight = taps.repeat(channels, 1, 1, 1)
+        per_kernel[key] = weight
+    return weight
 
 
 def upsample2x(x: Tensor, kernel: Tensor) -> Tensor:
@@ -70,5 +109,5 @@ def upsample2x(x: Tensor, kernel: Tensor) -> Tensor:
     output; about 6x faster on CPU than the equivalent stride-2 transposed conv.
     """
     c = x.shape[1]
-    weight = _polyphase_taps(kernel).to(dtype=x.dtype, device=x.device).repeat(c, 1, 1, 1)
+    weight = _polyphase_weight(kernel, c, x)
     return F.pixel_shuffle(F.conv2d(x, weight, padding=1, groups=c), 2)

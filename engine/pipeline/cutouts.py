@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,12 @@ class MakeCutouts(nn.Module):
     shift and perspective are folded into one homography per cutout and applied with a single
     `grid_sample`; brightness, saturation, hue and contrast are one colour matrix per cutout;
     then Gaussian noise of a random strength up to `noise_fac`. All randomness comes from the
-    `generator` passed to `forward`, so a seeded generator gives the same cutouts bit for bit.
+    `generator` passed to `forward` (and `crops`, when given), so seeded ones give the same
+    cutouts bit for bit.
+
+    Crop sides and offsets are Python ints that index the image, so they are drawn on the host
+    (`crops`, a `random.Random`): drawn on the GPU, reading them back would make the host wait
+    for the decoder forward queued just before. Device constants are built once per device.
     """
 
     def __init__(
@@ -63,13 +69,22 @@ class MakeCutouts(nn.Module):
         self.contrast = contrast
         self.saturation = saturation
         self.hue = hue
+        self._constants: dict[tuple[object, ...], tuple[Tensor, ...]] = {}
 
-    def forward(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """[1, 3, H, W] in [0, 1] -> [cutn, 3, cut_size, cut_size] (gradients flow to `image`)."""
+    def forward(
+        self, image: Tensor, generator: torch.Generator | None = None, crops: random.Random | None = None
+    ) -> Tensor:
+        """[1, 3, H, W] in [0, 1] -> [cutn, 3, cut_size, cut_size] (gradients flow to `image`).
+
+        Without `crops`, the crop draws are seeded from `generator` (one host read per call).
+        """
         if image.dim() != 4 or image.shape[0] != 1:
             raise ValueError(f"expected one image [1, C, H, W], got shape {tuple(image.shape)}")
         rand = _Sampler(generator, image.device, image.dtype)
-        batch = self._crops(image, rand)
+        if crops is None:
+            seed = torch.randint(2**62, (1,), generator=generator, device=rand.draw_device)
+            crops = random.Random(int(seed))
+        batch = self._crops(image, crops)
         if self.augment:
             batch = self._warp(batch, rand)
             batch = self._jitter_colour(batch, rand)
@@ -78,13 +93,13 @@ class MakeCutouts(nn.Module):
             batch = batch + strength * rand.normal(tuple(batch.shape))
         return batch
 
-    def _crops(self, image: Tensor, rand: _Sampler) -> Tensor:
+    def _crops(self, image: Tensor, crops: random.Random) -> Tensor:
         height, width = image.shape[-2:]
         max_size = min(height, width)
         min_size = min(height, width, self.cut_size)
-        draws = rand.uniform((self.cutn, 3), 0, 1).tolist()  # one host sync for all crops
         cuts = []
-        for u_size, u_x, u_y in draws:
+        for _ in range(self.cutn):
+            u_size, u_x, u_y = crops.random(), crops.random(), crops.random()
             size = int(min_size + (max_size - min_size) * u_size**self.cut_pow)
             x0 = min(int(u_x * (width - size + 1)), width - size)
             y0 = min(int(u_y * (height - size + 1)), height - size)
@@ -124,9 +139,7 @@ class MakeCutouts(nn.Module):
         persp[:, 2, :2] = torch.where(use_persp[:, None], tilt, torch.zeros_like(tilt))
 
         homography = flip @ affine @ persp
-        centres = (torch.arange(size, dtype=batch.dtype, device=batch.device) + 0.5) / size * 2 - 1
-        gy, gx = torch.meshgrid(centres, centres, indexing="ij")
-        points = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).reshape(1, -1, 3)
+        (points,) = self._cached(("grid", size), batch, lambda: _grid_points(size, batch.dtype, batch.device))
         src = points @ homography.transpose(1, 2)  # [n, size*size, 3]
         grid = (src[..., :2] / src[..., 2:]).reshape(n, size, size, 2)
         return F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -136,7 +149,7 @@ class MakeCutouts(nn.Module):
         n = batch.shape[0]
         dtype, device = batch.dtype, batch.device
         eye = torch.eye(3, dtype=dtype, device=device).expand(n, 3, 3)
-        luma = torch.tensor(_LUMA, dtype=dtype, device=device)
+        luma, cross, axis = self._cached(("colour",), batch, lambda: _colour_constants(dtype, device))
         use = rand.uniform((n,), 0, 1) < self.aug_p
 
         bright = rand.uniform((n, 1, 1), 1 - self.brightness, 1 + self.brightness)
@@ -145,12 +158,7 @@ class MakeCutouts(nn.Module):
         saturate = sat * eye + (1 - sat) * luma.expand(3, 3)
         # Hue turns colours about the grey diagonal (Rodrigues' rotation about (1,1,1)/√3).
         theta = rand.uniform((n, 1, 1), -self.hue, self.hue) * (2 * math.pi)
-        k = torch.full((3,), 1 / math.sqrt(3), dtype=dtype, device=device)
-        cross = torch.tensor(
-            [[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]], dtype=dtype, device=device
-        )
-        cross = cross / math.sqrt(3)
-        rotate = theta.cos() * eye + theta.sin() * cross + (1 - theta.cos()) * torch.outer(k, k)
+        rotate = theta.cos() * eye + theta.sin() * cross + (1 - theta.cos()) * axis
         matrix = torch.where(use[:, None, None], bright * rotate @ saturate, eye)
 
         out = torch.einsum("nij,njhw->nihw", matrix, batch)
@@ -160,6 +168,30 @@ class MakeCutouts(nn.Module):
         grey = torch.einsum("c,nchw->nhw", luma, out).mean(dim=(1, 2)).reshape(n, 1, 1, 1)
         # No clamp: it would zero the gradient of every pixel pushed past 0 or 1.
         return contrast * out + (1 - contrast) * grey
+
+
+    def _cached(self, key: tuple[object, ...], like: Tensor, make) -> tuple[Tensor, ...]:  # type: ignore[no-untyped-def]
+        full = (*key, like.dtype, like.device)
+        found = self._constants.get(full)
+        if found is None:
+            made = make()
+            found = self._constants[full] = made if isinstance(made, tuple) else (made,)
+        return found
+
+
+def _grid_points(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Pixel centres of a size x size output in grid_sample's [-1, 1] space, homogeneous: [1, size², 3]."""
+    centres = (torch.arange(size, dtype=dtype, device=device) + 0.5) / size * 2 - 1
+    gy, gx = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).reshape(1, -1, 3)
+
+
+def _colour_constants(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Luma weights, and the cross-product matrix and outer product of the grey axis (1,1,1)/√3."""
+    luma = torch.tensor(_LUMA, dtype=dtype, device=device)
+    cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]], dtype=dtype, device=device)
+    k = torch.full((3,), 1 / math.sqrt(3), dtype=dtype, device=device)
+    return luma, cross / math.sqrt(3), torch.outer(k, k)
 
 
 class _Sampler:

@@ -19,6 +19,8 @@ class Progress:
     stage: str  # "stylegan" | "scare" | "nightmare"
     step: int  # 1-based
     total: int
+    # This step's loss, on the steps that read it back (those with a still, and the last one):
+    # a read makes the host wait for the device, so the other steps report None.
     loss: float | None = None
     image: torch.Tensor | None = None
 
@@ -30,3 +32,24 @@ ProgressCallback = Callable[[Progress], None]
 
 def no_progress(_: Progress) -> None:
     """Default callback: ignore progress."""
+
+
+class LossLog:
+    """Per-step losses kept on the device and read back in batches: one host wait per read."""
+
+    def __init__(self) -> None:
+        self._pending: list[torch.Tensor] = []
+        self._values: list[float] = []
+
+    def add(self, loss: torch.Tensor) -> None:
+        self._pending.append(loss.detach())
+
+    def values(self) -> list[float]:
+        """Every loss so far, oldest first (reads the pending ones back)."""
+        if self._pending:
+            self._values.extend(torch.stack(self._pending).float().tolist())
+            self._pending.clear()
+        return list(self._values)
+
+    def latest(self) -> float:
+        return self.values()[-1]

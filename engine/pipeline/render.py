@@ -18,10 +18,12 @@ from PIL import Image, ImageOps
 
 from engine.models.factory import Models
 from engine.pipeline.images import from_pil, to_pil
+from engine.pipeline.memory import StepMemory, free_bytes, measure_step_memory, use_checkpointing
+from engine.pipeline.precision import Precision, device_precision
 from engine.pipeline.progress import ProgressCallback, no_progress
 from engine.pipeline.prompts import WeightedPrompt, parse_prompts
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
-from engine.pipeline.video import DEFAULT_CRF, VideoWriter, fit_to_budget
+from engine.pipeline.video import DEFAULT_CRF, BackgroundWriter, VideoWriter, fit_to_budget
 from engine.pipeline.vqgan_clip import VqganClipParams, check_size, nightmare_frames, scare, snap_size
 from spooky.config import PipelineConfig
 from spooky.contract import MAX_SEED
@@ -81,6 +83,22 @@ class Renderer:
     def __init__(self, models: Models, pipeline: PipelineConfig) -> None:
         self.models = models
         self.pipeline = pipeline
+        self.precision: Precision = device_precision(pipeline.precision, models.device)
+        self._free_bytes: int | None = None
+        self._step_memory: StepMemory | None = None
+        if pipeline.decoder_checkpointing == "auto":
+            # Read once, right after the models loaded: later readings would count a job's tensors.
+            self._free_bytes = free_bytes(models.device)
+            self._step_memory = measure_step_memory(models.vqgan, models.clip, self.precision)
+
+    def decoder_checkpointing(self, size: tuple[int, int]) -> bool:
+        """Whether stages 2/3 on a `size` canvas checkpoint the decoder (the setting, or `auto`'s call)."""
+        setting = self.pipeline.decoder_checkpointing
+        if isinstance(setting, bool):
+            return setting
+        assert self._step_memory is not None  # measured in __init__ for "auto"
+        need = self._step_memory.plain_bytes(size, self.pipeline.cutouts)
+        return use_checkpointing(setting, need, self._free_bytes)
 
     @property
     def factor(self) -> int:
@@ -153,6 +171,7 @@ class Renderer:
             l2_lambda=p.l2_lambda,
             still_every=still_every,
             seed=seed,
+            precision=self.precision,
         )
         scare_params = VqganClipParams(
             steps=job.scare_steps if job.scare_steps is not None else p.scare_steps,
@@ -161,7 +180,8 @@ class Renderer:
             still_every=still_every,
             seed=seed,
             size=size,  # type: ignore[arg-type]
-            checkpoint=p.decoder_checkpointing,
+            checkpoint=self.decoder_checkpointing(size),  # type: ignore[arg-type]
+            precision=self.precision,
         )
         stage1 = optimise_latent(self.models.stylegan, self.models.clip, job.prompt.strip(), face, callback)
         # Stage 2 stretches the square face to the canvas, as the original did.
@@ -182,6 +202,7 @@ class Renderer:
             "cut_pow": scare_params.cut_pow,
             "size": list(size),
             "still_every": still_every,
+            "precision": self.precision,
             "preset": self.models.preset,
             "models": self.models.description,
         }
@@ -223,7 +244,8 @@ class Renderer:
             still_every=p.still_every,
             seed=seed,
             size=size,
-            checkpoint=p.decoder_checkpointing,
+            checkpoint=self.decoder_checkpointing(size),
+            precision=self.precision,
         )
         # Crop only what falls outside the allowed aspect range, so the face is not distorted.
         image = ImageOps.fit(job.image.convert("RGB"), size, Image.Resampling.LANCZOS)
@@ -231,12 +253,15 @@ class Renderer:
         out_path = Path(out_path)
         written = 0
         last = None
-        with VideoWriter(out_path, size, fps=p.fps, crf=DEFAULT_CRF) as writer:
+        with (
+            VideoWriter(out_path, size, fps=p.fps, crf=DEFAULT_CRF) as writer,
+            BackgroundWriter(writer) as background,  # frame n encodes while frame n+1 computes
+        ):
             stream = nightmare_frames(
                 self.models.vqgan, self.models.clip, start, parse_prompts(job.prompt), params, callback
             )
             for frame in stream:
-                writer.write(frame)
+                background.write(frame)
                 written += 1
                 last = frame
         fit_to_budget(out_path, max_bytes)
@@ -253,6 +278,7 @@ class Renderer:
             "fps": p.fps,
             "max_bytes": max_bytes,
             "crf": DEFAULT_CRF,
+            "precision": self.precision,
             "preset": self.models.preset,
             "models": self.models.description,
         }

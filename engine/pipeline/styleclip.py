@@ -10,7 +10,8 @@ from torch import Tensor
 from engine.models.clip import ClipModel
 from engine.models.stylegan2 import StyleGAN2Generator
 from engine.pipeline.losses import clip_similarity, styleclip_loss
-from engine.pipeline.progress import Progress, ProgressCallback, no_progress
+from engine.pipeline.precision import Precision, networks, tf32_allowed
+from engine.pipeline.progress import LossLog, Progress, ProgressCallback, no_progress
 from engine.pipeline.schedule import styleclip_lr
 from engine.pipeline.tensors import clamp_with_grad, frozen, resize_square, to_still
 from spooky.errors import InputError
@@ -26,6 +27,8 @@ class StyleClipParams:
     still_every: int = 5  # a progress still every this many steps (0: only the final image)
     seed: int | None = None  # None starts from the mean face; a seed starts from a random one
     truncation: float = 0.7  # how far a seeded start may stray from the mean (0 = mean face)
+    # Arithmetic of the synthesis and CLIP (see engine.pipeline.precision); W+ and the loss stay fp32.
+    precision: Precision = "fp32"
 
 
 @dataclass
@@ -63,35 +66,37 @@ def optimise_latent(
     """
     _check(params)
     text = clip.check_prompt(prompt)
-    with frozen(gen):
+    device = gen.latent_avg.device
+    with frozen(gen), tf32_allowed(params.precision):
         text_embed = clip.encode_text([text])
         start = start_latent(gen, params.seed, params.truncation)
         latent = start.clone().requires_grad_(True)
         optimiser = torch.optim.Adam([latent], lr=params.lr)
-        losses: list[float] = []
+        losses = LossLog()
         final: Tensor | None = None
         for i in range(params.steps):
             for group in optimiser.param_groups:
                 group["lr"] = styleclip_lr(i, params.steps, params.lr)
-            image, loss = _forward(gen, clip, latent, start, text_embed, params.l2_lambda)
+            image, loss = _forward(gen, clip, latent, start, text_embed, params, device)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            losses.append(loss.item())
+            losses.add(loss)  # kept on the device: no host wait inside the step
             del loss  # its graph is already freed by backward; drop the handle too
 
             step = i + 1
-            still = None
+            still = value = None
             if step == params.steps:
-                with torch.no_grad():
-                    final = gen.synthesis(latent, noise="const").clamp(-1, 1)
-                still = to_still(final)
+                with torch.no_grad(), networks(params.precision, device):
+                    final = gen.synthesis(latent, noise="const")
+                final = final.float().clamp(-1, 1)
+                still, value = to_still(final), losses.latest()
             elif params.still_every and step % params.still_every == 0:
-                still = to_still(image)
+                still, value = to_still(image), losses.latest()
             del image
-            callback(Progress(STAGE, step, params.steps, losses[-1], still))
+            callback(Progress(STAGE, step, params.steps, value, still))
     assert final is not None  # steps >= 1 is checked above
-    return StyleClipResult(final, latent.detach(), start, losses)
+    return StyleClipResult(final, latent.detach(), start, losses.values())
 
 
 def clip_input(image: Tensor, clip: ClipModel) -> Tensor:
@@ -121,12 +126,14 @@ def _forward(
     latent: Tensor,
     start: Tensor,
     text_embed: Tensor,
-    l2_lambda: float,
+    params: StyleClipParams,
+    device: torch.device,
 ) -> tuple[Tensor, Tensor]:
     """The image for `latent` (detached) and the loss (its graph holds only this step)."""
-    image = gen.synthesis(latent, noise="const")
-    embed = clip.encode_image(clip_input(image, clip))
-    loss, _, _ = styleclip_loss(embed, text_embed, latent, start, l2_lambda)
+    with networks(params.precision, device):
+        image = gen.synthesis(latent, noise="const").float()
+        embed = clip.encode_image(clip_input(image, clip))
+    loss, _, _ = styleclip_loss(embed.float(), text_embed, latent, start, params.l2_lambda)
     return image.detach(), loss
 
 

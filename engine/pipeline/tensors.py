@@ -54,6 +54,27 @@ def clamp_with_grad(x: Tensor, low: float = 0.0, high: float = 1.0) -> Tensor:
     return _ClampWithGrad.apply(x, low, high)
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward `target` exactly; backward hands the gradient to `source` unchanged."""
+
+    @staticmethod
+    def forward(ctx, source: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+        return target.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+def straight_through(source: Tensor, target: Tensor) -> Tensor:
+    """`target` in the forward pass, bit for bit; its gradient goes to `source` as if it were `source`.
+
+    The usual `source + (target - source).detach()` rounds twice, so the codes VQGAN+CLIP decodes
+    were a hair off the codebook rows (and frame 1 was not the input's codes).
+    """
+    return _StraightThrough.apply(source, target.detach())
+
+
 def resize_square(x: Tensor, size: int) -> Tensor:
     """Antialiased bicubic resize of [N, C, H, W] to size x size (differentiable)."""
     if x.shape[-2:] == (size, size):
@@ -63,10 +84,42 @@ def resize_square(x: Tensor, size: int) -> Tensor:
 
 def to_still(image: Tensor) -> Tensor:
     """[1, 3, H, W] in about [-1, 1] -> detached CPU float [3, H, W] in [0, 1]."""
-    return image.detach()[0].clamp(-1, 1).add(1).div(2).float().cpu()
+    return HostCopy(image.detach()[0].clamp(-1, 1).add(1).div(2).float()).result()
 
 
 def to_frame(image: Tensor) -> Tensor:
     """[1, 3, H, W] in about [-1, 1] -> CPU uint8 [H, W, 3] (converted on the device, so only bytes move)."""
+    return frame_copy(image).result()
+
+
+def frame_copy(image: Tensor) -> HostCopy:
+    """Start moving `to_frame(image)` to host memory; `.result()` is the frame."""
     x = image.detach()[0].clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 0).contiguous().cpu()
+    return HostCopy(x.permute(1, 2, 0).contiguous())
+
+
+class HostCopy:
+    """A device tensor on its way to host memory, without making the host wait for it now.
+
+    On CUDA the copy goes into pinned memory with `non_blocking` and records an event: the
+    stream runs on (the backward pass queued after it), and `result()` waits for the copy only.
+    On the CPU the tensor already is host memory (a fresh one, owned by the copy).
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        self._event: torch.cuda.Event | None = None
+        if x.device.type == "cuda":
+            self._host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+            self._host.copy_(x, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        elif x.device.type == "cpu":
+            self._host = x
+        else:
+            self._host = x.to("cpu")
+
+    def result(self) -> Tensor:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        return self._host

@@ -16,10 +16,12 @@ import contextlib
 import errno
 import math
 import os
+import queue
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,7 +211,7 @@ class VideoWriter:
             raise VideoError(f"writing a frame to ffmpeg failed for {self.path}: {e}") from e
         self.frames += 1
 
-    def _as_bytes(self, frame: Any) -> bytes:
+    def _as_bytes(self, frame: Any) -> memoryview:
         if hasattr(frame, "detach"):  # a torch tensor; torch is not imported here
             frame = frame.detach().cpu().numpy()
         arr = np.asarray(frame)
@@ -218,7 +220,7 @@ class VideoWriter:
             raise ValueError(f"frame must be uint8 [{h}, {w}, 3], got {arr.dtype} {list(arr.shape)}")
         if any(self._pad):
             arr = np.pad(arr, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
-        return np.ascontiguousarray(arr).tobytes()
+        return memoryview(np.ascontiguousarray(arr)).cast("B")  # no copy of a contiguous frame
 
     def close(self) -> Path:
         """Finish the file (waits for ffmpeg) and return its path; VideoError if ffmpeg failed."""
@@ -238,6 +240,12 @@ class VideoWriter:
         self._proc = None
         self._stderr.close()
         return self.path
+
+    def kill(self) -> None:
+        """Kill ffmpeg now, from any thread: a write blocked on its pipe fails at once."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
 
     def abort(self) -> None:
         """Stop ffmpeg and delete the partial file (idempotent)."""
@@ -262,6 +270,80 @@ class VideoWriter:
         self._proc = None
         self._stderr.close()
         self._partial.unlink(missing_ok=True)
+
+
+_STOP = object()
+
+
+class BackgroundWriter:
+    """Feeds a `VideoWriter` from its own thread through a bounded queue of frames.
+
+    `write` returns once the frame is queued, so the next frame computes while this one is
+    converted and piped into ffmpeg; with `depth` frames waiting, `write` blocks (backpressure:
+    memory stays bounded when x264 is slower than the render). An error in the thread (ffmpeg
+    died, disk full) is raised by the next `write` or by `close`. On an exception `__exit__`
+    kills ffmpeg, so a thread blocked on the pipe returns, and joins it: a cancel never hangs.
+    """
+
+    def __init__(self, writer: VideoWriter, depth: int = 3) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self.writer = writer
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"video-writer:{writer.path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, frame: Any) -> None:
+        """Queue one frame (see `VideoWriter.write`); raises the thread's error if it failed."""
+        self._raise_error()
+        if not self._thread.is_alive():
+            raise VideoError(f"write to {self.writer.path} after the video was closed")
+        self._queue.put(frame)
+
+    def close(self) -> None:
+        """Wait until every queued frame is written; raises the thread's error if it failed."""
+        self._stop()
+        self._raise_error()
+
+    def abort(self) -> None:
+        """Drop the queued frames, stop ffmpeg and the thread (idempotent)."""
+        self.writer.kill()
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)  # the thread keeps taking frames even after a failure
+            self._thread.join()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        failed = False
+        while True:
+            frame = self._queue.get()
+            if frame is _STOP:
+                return
+            if failed:
+                continue  # drain, so a producer blocked on a full queue wakes up
+            try:
+                self.writer.write(frame)
+            except BaseException as e:  # handed to the render thread, which raises it
+                self._error, failed = e, True
 
 
 def encode_frames(

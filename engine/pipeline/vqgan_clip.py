@@ -7,6 +7,7 @@ Stage 2 ("scare") runs a few steps at lr 0.1 and returns the final image; stage 
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -21,9 +22,10 @@ from engine.models.vqgan import VQGAN
 from engine.pipeline.cutouts import MakeCutouts
 from engine.pipeline.decode import decode
 from engine.pipeline.losses import weighted_prompt_loss
-from engine.pipeline.progress import Progress, ProgressCallback, no_progress
+from engine.pipeline.precision import Precision, networks, tf32_allowed
+from engine.pipeline.progress import LossLog, Progress, ProgressCallback, no_progress
 from engine.pipeline.prompts import WeightedPrompt
-from engine.pipeline.tensors import clamp_with_grad, frozen, to_frame, to_still
+from engine.pipeline.tensors import HostCopy, clamp_with_grad, frame_copy, frozen, straight_through, to_still
 from spooky.errors import EmptyPromptError, InputError, InvalidImageError, InvalidSizeError
 
 SCARE = "scare"
@@ -45,6 +47,8 @@ class VqganClipParams:
     # Recompute decoder activations block by block in the backward pass: same result, about a
     # third more time per step, and 608x752 fits an 8 GB GPU (decoder ~3 GiB instead of ~9 GiB).
     checkpoint: bool = True
+    # Arithmetic of the decoder and CLIP (see engine.pipeline.precision); z and the loss stay fp32.
+    precision: Precision = "fp32"
 
 
 def prepare_image(image: Tensor | Image.Image, size: tuple[int, int], factor: int) -> Tensor:
@@ -125,14 +129,12 @@ def scare(
     if params.steps == 0:
         return x
     with _Optimisation(vqgan, clip, x, prompts, params) as run:
-        for i, decoded, loss in run.steps():
-            step = i + 1
-            still = None
+        for step, decoded, _frame in run.steps():
+            still = loss = None
             if step == params.steps:
                 decoded = run.decode_latent()
-                still = to_still(decoded)
-            elif params.still_every and step % params.still_every == 0:
-                still = to_still(decoded)
+            if _wants_still(step, params):
+                still, loss = to_still(decoded), run.losses.latest()
             callback(Progress(SCARE, step, params.steps, loss, still))
     return decoded
 
@@ -171,12 +173,18 @@ def _frames(
     if params.steps == 0:
         return
     with _Optimisation(vqgan, clip, x, prompts, params) as run:
-        for i, decoded, loss in run.steps():
-            step = i + 1
-            want_still = step == params.steps or (params.still_every and step % params.still_every == 0)
-            still = to_still(decoded) if want_still else None
+        for step, decoded, frame in run.steps(frames=True):
+            still = loss = None
+            if _wants_still(step, params):
+                still, loss = to_still(decoded), run.losses.latest()
             callback(Progress(NIGHTMARE, step, params.steps, loss, still))
-            yield to_frame(decoded)
+            assert frame is not None
+            yield frame.result()
+
+
+def _wants_still(step: int, params: VqganClipParams) -> bool:
+    """Stills (and the loss read that comes with them: a host wait) on these steps only."""
+    return step == params.steps or bool(params.still_every and step % params.still_every == 0)
 
 
 # --- the shared optimisation loop ---------------------------------------------------------
@@ -199,51 +207,75 @@ class _Optimisation:
         self.text_embeds = clip.encode_text([p.text for p in prompts])
         self.weights = torch.tensor([p.weight for p in prompts], device=self.text_embeds.device)
         self.cutouts = MakeCutouts(clip.image_size, params.cutouts, params.cut_pow, augment=params.augment)
-        # On the canvas's device, so the cutouts' noise is drawn where it is used.
+        # On the canvas's device, so the cutouts' noise is drawn where it is used; the crop
+        # positions come from a host RNG with the same seed (Python ints, no device read-back).
         self.generator = torch.Generator(device=x.device)
         if params.seed is None:
-            self.generator.seed()
+            seed = self.generator.seed()
         else:
-            self.generator.manual_seed(params.seed)
+            seed = params.seed
+            self.generator.manual_seed(seed)
+        self.crops = random.Random(seed)
+        self.losses = LossLog()
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> _Optimisation:
         self._stack.enter_context(frozen(self.vqgan))
+        self._stack.enter_context(tf32_allowed(self.params.precision))
         with torch.no_grad():
-            # Start from the codes of the image, as VQGAN+CLIP does (taming's encode quantises).
-            z = self.vqgan.quantize(self.vqgan.encode(self.x))
-        self.z = z.detach().requires_grad_(True)
+            # Start from the codes of the image, as VQGAN+CLIP does (taming's encode quantises):
+            # z is exactly those codebook rows, so the first step decodes the input's codes.
+            self.codes = self.vqgan.nearest_codes(self.vqgan.encode(self.x))
+            z = self.vqgan.quantize_codes(self.codes)
+        self.z = z.detach().clone().requires_grad_(True)
         self.optimiser = torch.optim.Adam([self.z], lr=self.params.lr)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
-    def steps(self) -> Iterator[tuple[int, Tensor, float]]:
-        """After each step: (0-based index, decoded image of that step detached, loss before it)."""
+    def steps(self, *, frames: bool = False) -> Iterator[tuple[int, Tensor, HostCopy | None]]:
+        """After each step: (1-based step, decoded image of that step detached, its frame's copy).
+
+        Nothing here reads a value back to the host: the loss goes to `self.losses` (read when
+        a caller asks), and with `frames` the frame's copy to host memory is queued right after
+        the decode, so on a GPU it lands while the backward pass still runs.
+        """
         for i in range(self.params.steps):
             decoded, loss = self._forward()
+            frame = frame_copy(decoded) if frames else None
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
             self.optimiser.step()
             with torch.no_grad():
                 self.z.copy_(self.vqgan.clamp(self.z))
-            value = loss.item()
+                # Quantised once per update, not again in the forward: the codes a step decodes
+                # are those of the z it starts from (for step 1, the input's own codes).
+                self.codes = self.vqgan.nearest_codes(self.z)
+            self.losses.add(loss)
             del loss  # hold no graph across the yield
-            yield i, decoded, value
+            yield i + 1, decoded, frame
 
     @torch.no_grad()
     def decode_latent(self) -> Tensor:
         """The image of the current z, [1, 3, h, w] clamped to [-1, 1]."""
-        return self.vqgan.decode(self.vqgan.quantize(self.z)).clamp(-1, 1)
+        with networks(self.params.precision, self.x.device):
+            decoded = self.vqgan.decode(self.vqgan.quantize_codes(self.codes))
+        return decoded.float().clamp(-1, 1)
 
     def _forward(self) -> tuple[Tensor, Tensor]:
-        decoded = decode(self.vqgan, self.vqgan.quantize(self.z), checkpointed=self.params.checkpoint)
+        precision, device = self.params.precision, self.x.device
+        z_q = straight_through(self.z, self.vqgan.quantize_codes(self.codes))
+        with networks(precision, device):
+            decoded = decode(self.vqgan, z_q, checkpointed=self.params.checkpoint)
+        # Cutouts and their augmentations in fp32: cheap, and their noise is not rounded away.
+        decoded = decoded.float()
         # Keep the gradient of pixels the decoder pushes past [0, 1] so the loss can pull them back.
         x01 = clamp_with_grad(decoded.add(1).div(2), 0.0, 1.0)
-        cuts = self.cutouts(x01, self.generator)
-        embeds = self.clip.encode_image(self.clip.normalize(cuts))
-        loss = weighted_prompt_loss(embeds, self.text_embeds, self.weights)
+        cuts = self.cutouts(x01, self.generator, self.crops)
+        with networks(precision, device):
+            embeds = self.clip.encode_image(self.clip.normalize(cuts))
+        loss = weighted_prompt_loss(embeds.float(), self.text_embeds, self.weights)
         return decoded.detach(), loss
 
 

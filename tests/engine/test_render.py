@@ -11,9 +11,21 @@ from PIL import Image
 from engine.models.factory import Models, load_models
 from engine.pipeline.progress import Progress
 from engine.pipeline.render import NightmareJob, Renderer, SpookyJob
-from engine.pipeline.video import probe
+from engine.pipeline.video import ENV_FFMPEG, probe
 from spooky.config import ModelsConfig, PipelineConfig
-from spooky.errors import EmptyPromptError, InputError, InvalidSizeError, JobCancelled, PromptTooLongError
+from spooky.errors import (
+    EmptyPromptError,
+    InputError,
+    InvalidSizeError,
+    JobCancelled,
+    PromptTooLongError,
+    VideoError,
+)
+
+try:
+    from .ffmpeg_fakes import fake_ffmpeg, gated_ffmpeg, writer_threads
+except ImportError:
+    from ffmpeg_fakes import fake_ffmpeg, gated_ffmpeg, writer_threads
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +169,45 @@ def test_cancelled_nightmare_leaves_no_file(renderer: Renderer, tmp_path: Path) 
     with pytest.raises(JobCancelled):
         renderer.nightmare(NightmareJob(Image.new("RGB", (64, 64)), frames=10), out, cancel_at_three)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_nightmare_computes_while_the_encoder_is_stuck(
+    renderer: Renderer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ffmpeg reads nothing until step 3: a 256x256 frame (192 KiB) overfills its 64 KiB pipe, so a
+    render that wrote frames on its own thread would never reach step 3 (and hang here)."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv(ENV_FFMPEG, gated_ffmpeg(tmp_path, gate))
+    steps: list[int] = []
+
+    def open_at_three(p: Progress) -> None:
+        steps.append(p.step)
+        if p.step == 3:
+            gate.touch()
+
+    job = NightmareJob(Image.new("RGB", (256, 256), (120, 40, 40)), frames=4, seed=2, size=(256, 256))
+    result = renderer.nightmare(job, tmp_path / "n.mp4", open_at_three)
+    assert steps == [1, 2, 3, 4] and probe(result.video_path).frames == 4
+
+
+def test_nightmare_raises_the_encoders_failure(
+    renderer: Renderer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exe = fake_ffmpeg(tmp_path, 'head -c 1000 >/dev/null; echo "simulated encoder crash" >&2; exit 3')
+    monkeypatch.setenv(ENV_FFMPEG, exe)
+    out = tmp_path / "out" / "n.mp4"
+    with pytest.raises(VideoError, match="simulated encoder crash"):
+        renderer.nightmare(NightmareJob(Image.new("RGB", (64, 64)), frames=12, seed=1), out)
+    assert list(out.parent.iterdir()) == [] and writer_threads() == []
+
+
+def test_cancelled_nightmare_stops_the_writer_thread(renderer: Renderer, tmp_path: Path) -> None:
+    def cancel_at_three(p: Progress) -> None:
+        if p.step == 3:
+            raise JobCancelled()
+
+    with pytest.raises(JobCancelled):
+        renderer.nightmare(
+            NightmareJob(Image.new("RGB", (64, 64)), frames=10), tmp_path / "c.mp4", cancel_at_three
+        )
+    assert writer_threads() == [] and list(tmp_path.iterdir()) == []

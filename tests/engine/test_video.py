@@ -11,18 +11,19 @@ import torch
 
 from engine.pipeline.video import (
     ENV_FFMPEG,
+    BackgroundWriter,
     VideoWriter,
     encode_frames,
     ffmpeg_exe,
     fit_to_budget,
     probe,
 )
-from spooky.errors import VideoError
+from spooky.errors import JobCancelled, VideoError
 
-
-def noise_frames(n: int, w: int, h: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+try:
+    from .ffmpeg_fakes import fake_ffmpeg, gated_ffmpeg, noise_frames, writer_threads
+except ImportError:
+    from ffmpeg_fakes import fake_ffmpeg, gated_ffmpeg, noise_frames, writer_threads
 
 
 def top_level_boxes(path: Path) -> list[str]:
@@ -39,13 +40,6 @@ def top_level_boxes(path: Path) -> list[str]:
         pos += size
     assert pos == len(data), "box sizes do not add up to the file size"
     return boxes
-
-
-def fake_ffmpeg(tmp_path: Path, body: str) -> str:
-    script = tmp_path / "ffmpeg"
-    script.write_text(f"#!/bin/bash\n{body}\n")
-    script.chmod(0o755)
-    return str(script)
 
 
 def test_writer_makes_faststart_h264_with_exact_frames(tmp_path: Path) -> None:
@@ -138,3 +132,58 @@ def test_disk_full_is_reported_as_such(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(VideoError, match="disk full while writing"):
         encode_frames(noise_frames(4, 64, 64), out, (64, 64), fps=30, max_bytes=None)
     assert not out.exists()
+
+
+# --- the writer thread -------------------------------------------------------------------------
+
+
+def test_background_writer_returns_while_the_encoder_is_stuck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames of 192 KiB overfill the 64 KiB pipe: a direct write would block until ffmpeg reads."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv(ENV_FFMPEG, gated_ffmpeg(tmp_path, gate))
+    out = tmp_path / "bg.mp4"
+    frames = noise_frames(4, 256, 256)
+    with VideoWriter(out, (256, 256)) as writer, BackgroundWriter(writer, depth=3) as background:
+        for frame in frames:  # one in the thread's hands, three queued: none of these waits
+            background.write(frame)
+        assert writer.frames == 0 and not gate.exists()  # nothing encoded yet, and no deadlock
+        gate.touch()
+    info = probe(out)
+    assert (info.frames, info.width, info.height) == (4, 256, 256)
+    assert writer_threads() == []
+
+
+def test_background_writer_raises_ffmpegs_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exe = fake_ffmpeg(tmp_path, 'head -c 1000 >/dev/null; echo "simulated encoder crash" >&2; exit 3')
+    monkeypatch.setenv(ENV_FFMPEG, exe)
+    out = tmp_path / "dead.mp4"
+    with (
+        pytest.raises(VideoError, match="simulated encoder crash"),
+        VideoWriter(out, (256, 256)) as writer,
+        BackgroundWriter(writer, depth=2) as background,
+    ):
+        for frame in noise_frames(40, 256, 256):
+            background.write(frame)
+    assert not out.exists() and list(tmp_path.glob(".dead.mp4*")) == []
+    assert writer_threads() == []
+
+
+def test_background_writer_abort_does_not_hang_on_a_stuck_encoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception in the render (a cancel) while the thread is blocked on a full pipe."""
+    gate = tmp_path / "never"  # never created: ffmpeg never reads
+    monkeypatch.setenv(ENV_FFMPEG, gated_ffmpeg(tmp_path, gate))
+    out = tmp_path / "cancel.mp4"
+    with (
+        pytest.raises(JobCancelled),
+        VideoWriter(out, (256, 256)) as writer,
+        BackgroundWriter(writer, depth=2) as background,
+    ):
+        for frame in noise_frames(3, 256, 256):
+            background.write(frame)
+        raise JobCancelled()  # as the progress callback does in the render thread
+    assert not out.exists() and list(tmp_path.glob(".cancel.mp4*")) == []
+    assert writer_threads() == []

@@ -1,0 +1,32 @@
+"""Frames and stand-in ffmpeg binaries for the video and render tests."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from engine.pipeline.video import ffmpeg_exe
+
+
+def noise_frames(n: int, w: int, h: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def fake_ffmpeg(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "ffmpeg"
+    script.write_text(f"#!/bin/bash\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def gated_ffmpeg(tmp_path: Path, gate: Path) -> str:
+    """The real ffmpeg, started only once `gate` exists: until then nothing reads the pipe."""
+    real = ffmpeg_exe()
+    return fake_ffmpeg(tmp_path, f'while [ ! -e "{gate}" ]; do sleep 0.01; done\nexec {real} "$@"')
+
+
+def writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("video-writer:")]
