@@ -223,9 +223,10 @@ class _Optimisation:
         self._stack.enter_context(frozen(self.vqgan))
         self._stack.enter_context(tf32_allowed(self.params.precision))
         with torch.no_grad():
-            # Start from the codes of the image, as VQGAN+CLIP does (taming's encode quantises):
-            # z is exactly those codebook rows, so the first step decodes the input's codes.
-            self.codes = self.vqgan.nearest_codes(self.vqgan.encode(self.x))
+            # Start from the codes of the image, picked the way the model's quantiser picks them
+            # (a Gumbel model scores codes with its `proj` logits): z is exactly those codebook
+            # rows, so the first step decodes the input's codes.
+            self.codes = self.vqgan.encode_to_codes(self.x)
             z = self.vqgan.quantize_codes(self.codes)
         self.z = z.detach().clone().requires_grad_(True)
         self.optimiser = torch.optim.Adam([self.z], lr=self.params.lr)

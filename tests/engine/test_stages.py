@@ -500,3 +500,29 @@ def test_scare_is_the_same_with_and_without_checkpointing(models: Models, face: 
         models.vqgan, models.clip, face, prompts, VqganClipParams(**{**vars(base), "checkpoint": False})
     )
     assert torch.equal(a, b)
+
+
+def test_stage3_of_a_gumbel_vqgan_starts_from_the_codes_its_quantiser_picks(models: Models) -> None:
+    """A Gumbel model picks codes from its `proj` logits: the nearest code vector is another picture."""
+    try:
+        from .test_vqgan import toy_yaml
+    except ImportError:
+        from test_vqgan import toy_yaml
+    torch.manual_seed(6)
+    gumbel = build_vqgan(toy_yaml(target="taming.models.vqgan.GumbelVQ"))
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    seen: list[torch.Tensor] = []
+    handle = gumbel.post_quant_conv.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        frames = nightmare_frames(
+            gumbel, models.clip, x, parse_prompts("nightmare"), _nightmare(steps=1, size=(32, 32))
+        )
+        next(frames)
+        frames.close()
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        canvas = prepare_image(x, (32, 32), gumbel.factor)
+        picked = gumbel.encode_to_codes(canvas)
+        assert not torch.equal(picked, gumbel.nearest_codes(gumbel.encode(canvas)))  # the case matters
+        assert torch.equal(seen[0], gumbel.quantize_codes(picked))
