@@ -62,6 +62,10 @@ from spooky.errors import SpookyError
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
+#: Rows each retention step deletes in one transaction (small: the store thread stays responsive).
+SWEEP_BATCH = 500
+#: A file without a row is a leftover once it is this old (a row follows its file within seconds).
+STRAY_AGE_S = 3600.0
 #: How long a cancel of a running job waits for the stage to stop before answering.
 CANCEL_WAIT_S = 10.0
 
@@ -281,9 +285,18 @@ class EngineCore:
         )
 
     async def health(self) -> Health:
-        detail = self.files.disk.detail or self.detail
+        status = "draining" if self.status == "stopped" else self.status
+        store_health = getattr(self.store, "health", None)
+        if store_health is not None and store_health.full_since is not None:
+            # Nothing else may write while the disk is full: a probe notices the space coming back.
+            await self.db(self.store.probe_write)
+        full = store_health.detail if store_health is not None else None
+        full = full or self.files.disk.detail
+        if full and status in ("loading", "ready"):
+            status = "degraded"
+        detail = full or self.detail
         return Health(
-            status="draining" if self.status == "stopped" else self.status,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
             preset=self.preset,
             device=self.device,
             queue_length=await self.db(self.store.queue_length),
@@ -499,20 +512,44 @@ class EngineCore:
         return last
 
     async def sweep(self) -> int:
-        """Delete artifacts past the retention limit (last images and inputs of waiting jobs stay)."""
-        cutoff = time.time() - self.settings.engine.artifact_retention_hours * 3600
-        expired = await self.db(self.store.expired_artifacts, cutoff)
-        if expired:
+        """Delete artifacts, events and finished jobs past the retention limit, and files that
+        have no row; the number of artifacts deleted. Last images and inputs of waiting jobs stay.
+
+        Every store call handles one small batch, so a backlog never holds the store thread for
+        long: health and submits get their turn between batches.
+        """
+        hours = self.settings.engine.artifact_retention_hours
+        cutoff = time.time() - hours * 3600
+        deleted = 0
+        while expired := await self.db(self.store.expired_artifacts, cutoff, SWEEP_BATCH):
             # Index first: a row without its file would be served as a broken artifact.
             await self.db(self.store.delete_artifacts, [r.id for r in expired])
             await asyncio.to_thread(self.files.delete, expired)
+            deleted += len(expired)
+        while await self.db(self.store.prune_events, cutoff, SWEEP_BATCH * 10) > 0:
+            pass
+        pruned = 0
+        while n := await self.db(self.store.prune_jobs, cutoff, SWEEP_BATCH):
+            pruned += n
+        # A kill between a file's move into place and its row leaves a file nobody indexes.
+        stray = await asyncio.to_thread(self.files.stray_files, self._known_artifacts, STRAY_AGE_S)
+        for path in stray:
+            path.unlink(missing_ok=True)
+        while await self.db(self.store.vacuum_step) > 0:
+            pass
+        if deleted or pruned or stray:
             log.info(
-                "retention: deleted %d artifact(s) older than %g h",
-                len(expired),
-                self.settings.engine.artifact_retention_hours,
+                "retention: deleted %d artifact(s) and %d job(s) older than %g h, %d file(s) without a row",
+                deleted,
+                pruned,
+                hours,
+                len(stray),
             )
-        await self.db(self.store.prune_events, cutoff)
-        return len(expired)
+        return deleted
+
+    def _known_artifacts(self, ids: list[str]) -> set[str]:
+        """For the file sweep (on its own thread): which ids have a row, asked on the store thread."""
+        return self._db.submit(self.store.known_artifacts, ids).result()
 
     # --- limits -----------------------------------------------------------------------------
 

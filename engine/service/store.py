@@ -58,6 +58,7 @@ from spooky.contract import (
     Progress,
     Refusal,
 )
+from spooky.errors import ConfigError, SpookyError
 
 SCHEMA_VERSION = 1
 
@@ -94,6 +95,10 @@ CREATE INDEX IF NOT EXISTS jobs_state_guild ON jobs(state, guild_id);
 CREATE INDEX IF NOT EXISTS jobs_state_user ON jobs(state, user_id);
 CREATE INDEX IF NOT EXISTS jobs_round ON jobs(claim_round, guild_id);
 CREATE INDEX IF NOT EXISTS jobs_user_round ON jobs(user_id, claim_round);
+-- recent_durations reads the newest finished jobs of a kind after every job: an index walk, not a
+-- scan of the whole history; the retention sweep finds old jobs and their artifacts the same way.
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(kind, state, finished_at);
+CREATE INDEX IF NOT EXISTS jobs_done_age ON jobs(finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,       -- strictly increasing, never reused
@@ -135,6 +140,9 @@ CREATE TABLE IF NOT EXISTS guild_limits (
     updated_at REAL NOT NULL
 );
 
+-- One row rewritten by `probe_write`: whether a write fits on the disk again.
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+
 CREATE TABLE IF NOT EXISTS limits_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     guild_id TEXT NOT NULL,
@@ -145,6 +153,22 @@ CREATE TABLE IF NOT EXISTS limits_log (
 """
 
 ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
+#: Free pages given back to the file system after each retention batch (4 KiB each).
+VACUUM_PAGES = 2000
+
+
+class DiskFullError(SpookyError):
+    """No space left for the database or the artifacts; fails a job or a request, not the engine."""
+
+    code = "disk_full"
+
+
+@dataclass
+class StoreHealth:
+    """The last write that failed for lack of space; cleared by the next write that commits."""
+
+    full_since: float | None = None
+    detail: str | None = None
 #: A job found running at start this many times (the engine died while it ran) fails instead of
 #: running again: once is bad luck, twice is likely the job itself.
 MAX_ATTEMPTS = 2
@@ -316,9 +340,13 @@ class JobStore(Protocol):
     def add_artifact(self, row: ArtifactRow) -> None: ...
     def get_artifact(self, artifact_id: str) -> ArtifactRow | None: ...
     def last_image(self, user_id: str, channel_id: str) -> LastImage | None: ...
-    def expired_artifacts(self, cutoff: float) -> list[ArtifactRow]: ...
+    def expired_artifacts(self, cutoff: float, limit: int = ...) -> list[ArtifactRow]: ...
     def delete_artifacts(self, ids: list[str]) -> None: ...
-    def prune_events(self, cutoff: float) -> int: ...
+    def known_artifacts(self, ids: list[str]) -> set[str]: ...
+    def prune_events(self, cutoff: float, limit: int = ...) -> int: ...
+    def prune_jobs(self, cutoff: float, limit: int) -> int: ...
+    def vacuum_step(self, pages: int = ...) -> int: ...
+    def probe_write(self) -> bool: ...
     def guild_limits(self, guild_id: str | None) -> GuildLimits: ...
     def update_limits(self, guild_id: str, actor_id: str, changes: dict[str, Any]) -> GuildLimits: ...
     def limits_log(self, guild_id: str, limit: int = 100) -> list[LimitsChange]: ...
@@ -337,20 +365,33 @@ class SQLiteStore:
         on_events: Callable[[int], None] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.default_limits = default_limits or GuildLimits()
         #: Called with the newest event id after every commit that wrote events (any thread).
         self.on_events = on_events
+        self.health = StoreHealth()
         self._lock = threading.RLock()
-        self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._con.row_factory = sqlite3.Row
-        self._con.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before the API answers, even across a power cut.
-        self._con.execute("PRAGMA synchronous=FULL")
-        self._con.execute("PRAGMA foreign_keys=ON")
-        with self._lock:
-            self._con.executescript(_SCHEMA)
-        self._con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._con.row_factory = sqlite3.Row
+            # Before the first table exists (a no-op on older files): freed pages can then be
+            # handed back in small steps (incremental_vacuum) instead of one long VACUUM.
+            self._con.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self._con.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before the API answers, even across a power cut.
+            self._con.execute("PRAGMA synchronous=FULL")
+            self._con.execute("PRAGMA foreign_keys=ON")
+            with self._lock:
+                self._con.executescript(_SCHEMA)
+            self._con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except (OSError, sqlite3.Error) as e:
+            raise ConfigError(
+                f"the engine cannot open its database {self.path} for writing: {e}",
+                hint=(
+                    f"engine.data_dir ({self.path.parent}) must be a folder the engine's user can "
+                    "write: it holds the SQLite file, its -wal/-shm files and the artifacts"
+                ),
+            ) from e
         self._pending_event_id = 0
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -360,16 +401,40 @@ class SQLiteStore:
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front (no upgrade races)."""
         with self._lock:
             self._pending_event_id = 0
-            self._con.execute("BEGIN IMMEDIATE")
             try:
-                yield self._con
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
-            self._con.execute("COMMIT")
+                self._con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._con
+                except BaseException:
+                    if self._con.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                        self._con.execute("ROLLBACK")
+                    raise
+                self._con.execute("COMMIT")
+            except sqlite3.Error as e:
+                if getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                    raise
+                if self._con.in_transaction:
+                    self._con.execute("ROLLBACK")
+                raise self._full(e) from e
+            if self.health.full_since is not None:
+                self.health = StoreHealth()  # space is back: writes commit again
             newest = self._pending_event_id
         if newest and self.on_events is not None:
             self.on_events(newest)
+
+    def probe_write(self) -> bool:
+        """Try one small write (health asks while the disk is full); True when it committed."""
+        try:
+            with self._write() as con:
+                con.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),))
+        except DiskFullError:
+            return False
+        return True
+
+    def _full(self, e: sqlite3.Error) -> DiskFullError:
+        detail = f"disk full: the database {self.path} cannot be written ({e})"
+        self.health = StoreHealth(self.health.full_since or time.time(), detail)
+        return DiskFullError(detail, hint=f"free space on the disk that holds {self.path.parent}")
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -790,13 +855,13 @@ class SQLiteStore:
     def last_event_id(self) -> int:
         return int(self._read("SELECT coalesce(max(id), 0) FROM events")[0][0])
 
-    def prune_events(self, cutoff: float) -> int:
-        """Delete events older than `cutoff` of jobs that have finished."""
+    def prune_events(self, cutoff: float, limit: int = 1_000_000) -> int:
+        """Delete up to `limit` events older than `cutoff` of jobs that have finished."""
         with self._write() as con:
             cur = con.execute(
-                "DELETE FROM events WHERE at < ?"
-                " AND job_id NOT IN (SELECT id FROM jobs WHERE state IN (?, ?))",
-                (cutoff, *ACTIVE),
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?"
+                " AND job_id NOT IN (SELECT id FROM jobs WHERE state IN (?, ?)) ORDER BY id LIMIT ?)",
+                (cutoff, *ACTIVE, limit),
             )
             return cur.rowcount
 
@@ -831,20 +896,55 @@ class SQLiteStore:
         )
         return LastImage(artifact_id=rows[0]["artifact_id"], job_id=rows[0]["job_id"]) if rows else None
 
-    def expired_artifacts(self, cutoff: float) -> list[ArtifactRow]:
-        """Artifacts older than `cutoff` that no last image and no waiting or running job refers to."""
+    def expired_artifacts(self, cutoff: float, limit: int = 1_000_000) -> list[ArtifactRow]:
+        """Up to `limit` artifacts older than `cutoff` that no last image and no waiting or running
+        job refers to, oldest first."""
         rows = self._read(
             "SELECT * FROM artifacts WHERE created_at < ?"
             " AND id NOT IN (SELECT artifact_id FROM last_images)"
             " AND id NOT IN (SELECT source_artifact FROM jobs"
-            "                WHERE state IN (?, ?) AND source_artifact IS NOT NULL)",
-            (cutoff, *ACTIVE),
+            "                WHERE state IN (?, ?) AND source_artifact IS NOT NULL)"
+            " ORDER BY created_at LIMIT ?",
+            (cutoff, *ACTIVE, limit),
         )
         return [ArtifactRow(**dict(r)) for r in rows]
 
     def delete_artifacts(self, ids: list[str]) -> None:
         with self._write() as con:
             con.executemany("DELETE FROM artifacts WHERE id = ?", [(i,) for i in ids])
+
+    def known_artifacts(self, ids: list[str]) -> set[str]:
+        """Those of `ids` that have a row (at most 500 ids per call)."""
+        rows = self._read(f"SELECT id FROM artifacts WHERE id IN ({','.join('?' * len(ids))})", tuple(ids))
+        return {r["id"] for r in rows}
+
+    def prune_jobs(self, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` jobs that finished before `cutoff`, with their events; the number
+        deleted. Jobs a last image points at stay (/nightmare without an image animates it); the
+        limits log does not refer to jobs. Their artifacts are the artifact sweep's (it has the files).
+        """
+        with self._write() as con:
+            ids = [
+                r[0]
+                for r in con.execute(
+                    "SELECT id FROM jobs WHERE finished_at < ? AND state NOT IN (?, ?)"
+                    " AND id NOT IN (SELECT job_id FROM last_images WHERE job_id IS NOT NULL)"
+                    " ORDER BY finished_at LIMIT ?",
+                    (cutoff, *ACTIVE, limit),
+                )
+            ]
+            con.executemany("DELETE FROM events WHERE job_id = ?", [(i,) for i in ids])
+            con.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+            return len(ids)
+
+    def vacuum_step(self, pages: int = VACUUM_PAGES) -> int:
+        """Give up to `pages` free pages back to the file system; the free pages left (0 when the
+        file predates incremental vacuum: its pages are reused, only a full VACUUM shrinks it)."""
+        with self._lock:
+            if self._con.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2 = INCREMENTAL
+                return 0
+            self._con.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+            return int(self._con.execute("PRAGMA freelist_count").fetchone()[0])
 
     # --- server limits ----------------------------------------------------------------------
 
