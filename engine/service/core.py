@@ -286,11 +286,10 @@ class EngineCore:
 
     async def health(self) -> Health:
         status = "draining" if self.status == "stopped" else self.status
-        store_health = getattr(self.store, "health", None)
-        if store_health is not None and store_health.full_since is not None:
+        if getattr(self.store, "health", None) and self.store.health.full_since is not None:
             # Nothing else may write while the disk is full: a probe notices the space coming back.
             await self.db(self.store.probe_write)
-        full = store_health.detail if store_health is not None else None
+        full = getattr(self.store, "health", None) and self.store.health.detail
         full = full or self.files.disk.detail
         if full and status in ("loading", "ready"):
             status = "degraded"

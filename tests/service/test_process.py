@@ -55,17 +55,20 @@ max_steps = 1000
 class Engine:
     """`python -m spooky.cli engine --config …` as a child process, its output in a log file."""
 
-    def __init__(self, cfg: Path, log: Path) -> None:
+    def __init__(self, cfg: Path, log: Path, env: dict[str, str] | None = None, group: bool = False) -> None:
+        """`env`: extra environment (e.g. SPOOKY_FFMPEG); `group`: lead its own process group, as a
+        shell or systemd starts it, so a test can signal the whole group."""
         self.cfg = cfg
         self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "spooky.cli", "engine", "--config", str(cfg)],
                 cwd=ROOT,
-                env=env,
+                env={**base, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=group,
             )
 
     def output(self) -> str:
