@@ -9,6 +9,10 @@
 
     python benchmarks/bench_service.py
     python benchmarks/bench_service.py --concurrency 100 --rounds 3 --jobs 6 --json bench_service.json
+    python benchmarks/bench_service.py --history 100000   # the same with 100,000 finished jobs stored
+
+  --history N seeds the store with N finished jobs (with their events) before the engine starts,
+  and also times `recent_durations` (read after every finished job) on that file.
 
 Not a test: it prints figures. Run it on an idle machine for numbers worth comparing.
 """
@@ -20,6 +24,7 @@ import asyncio
 import json
 import os
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -183,11 +188,62 @@ async def bench_jobs(client: EngineClient, args: argparse.Namespace) -> tuple[di
     return events, throughput
 
 
+def seed_history(db: Path, n: int) -> dict[str, Any]:
+    """Store `n` finished spooky jobs and three events each, as months of use would leave them."""
+    from engine.service.store import SQLiteStore
+
+    store = SQLiteStore(db)
+    store.close()
+    con = sqlite3.connect(db)
+    now = time.time() - 86400
+    req = job("1", argparse.Namespace(steps=10, scare_steps=5))
+    spec = json.dumps({"prompt": req.prompt, "seed": 1, "steps": 10, "scare_steps": 5, "size": None})
+    t0 = time.perf_counter()
+    with con:
+        con.executemany(
+            "INSERT INTO jobs (id, kind, state, guild_id, channel_id, user_id, request, spec, created_at,"
+            " started_at, finished_at, attempts, claim_round) VALUES (?,?,?,?,?,?,?,?,?,?,?,1,?)",
+            (
+                (
+                    f"hist-{i}", "spooky", "succeeded", str(100 + i % 50), "200", str(i % 5000),
+                    req.model_dump_json(), spec, now - n + i, now - n + i, now - n + i + 30.0, i,
+                )
+                for i in range(n)
+            ),
+        )  # fmt: skip
+        con.executemany(
+            "INSERT INTO events (job_id, type, at, guild_id, channel_id, user_id, data)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (
+                (f"hist-{i}", t, now - n + i, str(100 + i % 50), "200", str(i % 5000), "{}")
+                for i in range(n)
+                for t in ("queued", "started", "finished")
+            ),
+        )
+    con.close()
+    store = SQLiteStore(db)
+    try:
+        times = []
+        for _ in range(20):
+            t1 = time.perf_counter()
+            store.recent_durations(JobKind.SPOOKY)
+            times.append(time.perf_counter() - t1)
+    finally:
+        store.close()
+    return {
+        "jobs": n,
+        "seed_seconds": time.perf_counter() - t0,
+        "recent_durations_ms": statistics.median(times) * 1000,
+        "db_bytes": db.stat().st_size,
+    }
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         folder = Path(tmp)
         port = free_port()
         cfg = write_config(folder, port, args)
+        history = seed_history(folder / "data" / "engine.sqlite3", args.history) if args.history else None
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
         if args.threads:
             # On shared cores, OpenMP threads that outnumber the free cores spin against each other.
@@ -209,6 +265,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             proc.terminate()
             proc.wait(60)
     return {
+        "history": history,
         "submit": submit,
         "events": events,
         "throughput": throughput,
@@ -230,6 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="models.device of the engine")
     p.add_argument("--threads", type=int, help="torch CPU threads of the engine (OMP_NUM_THREADS)")
     p.add_argument("--timeout", type=float, default=900, help="give up on the throughput run after this")
+    p.add_argument("--history", type=int, default=0, help="finished jobs stored before the engine starts")
     p.add_argument("--json", type=Path, help="also write the figures here")
     return p.parse_args(argv)
 
@@ -238,6 +296,11 @@ if __name__ == "__main__":
     args = parse_args()
     figures = asyncio.run(main(args))
     s, e, t = figures["submit"], figures["events"], figures["throughput"]
+    if h := figures["history"]:
+        print(
+            f"history         {h['jobs']} finished jobs stored ({h['db_bytes'] / 2**20:.0f} MiB): "
+            f"recent_durations {h['recent_durations_ms']:.2f} ms (median of 20)"
+        )
     print(
         f"submit -> 202   ({s['submits']} submits, {s['concurrency']} at a time): "
         f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.1f} ms "
