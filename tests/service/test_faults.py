@@ -292,3 +292,40 @@ async def test_a_job_that_kills_the_engine_every_time_fails_after_the_attempt_li
         engine.kill()
         kill_pids(marker)
         await client.close()
+
+
+# --- event streams -------------------------------------------------------------------------------
+
+
+async def test_a_filtered_event_stream_gets_keep_alives_while_other_jobs_events_flow(
+    tmp_path: Path, monkeypatch
+):
+    import engine.service.api as api_module
+
+    monkeypatch.setattr(api_module, "SSE_KEEPALIVE_S", 0.5)
+    # No models: every job stays queued, so the watched job sends nothing after its QUEUED event.
+    async with running_engine(make_settings(tmp_path), autoload=False) as (svc, client):
+        watched = (await client.submit(request(user="1"))).job.id
+        lines: list[bytes] = []
+
+        async def read() -> None:
+            headers = {"Authorization": f"Bearer {SECRET}"}
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{svc.url}/v1/events", params={"job_id": watched}, headers=headers) as resp,
+            ):
+                async for line in resp.content:
+                    lines.append(line)
+
+        reader = asyncio.create_task(read())
+        try:
+            # Other jobs' events, every 0.1 s for 2.5 s: they wake the stream but are not its own.
+            for i in range(25):
+                other = (await client.submit(request(user=str(10 + i)))).job.id
+                await client.cancel(other, actor_id=str(10 + i))
+                await asyncio.sleep(0.1)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        assert lines.count(b": keep-alive\n") >= 3, lines
