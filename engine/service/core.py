@@ -25,6 +25,7 @@ from engine.service.scheduler import (
     check_limits,
     plan,
     seconds_per_unit,
+    step_cost,
     work_units,
 )
 from engine.service.store import (
@@ -202,7 +203,7 @@ class EngineCore:
         self.wake_worker: Callable[[], None] | None = None
         #: Set when the engine stops: event streams end.
         self.closing = asyncio.Event()
-        self.estimator = Estimator({k: seconds_per_unit(k, []) for k in JobKind})
+        self.estimator = self._estimator({})
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spooky-db")
         self._submits = GroupCommit(self)
 
@@ -218,11 +219,18 @@ class EngineCore:
 
     async def refresh_estimates(self) -> None:
         """Recompute seconds per step of each kind from the last finished jobs."""
-        rates = {}
+        samples = {}
         for kind in JobKind:
-            samples = await self.db(self.store.recent_durations, kind)
-            rates[kind] = seconds_per_unit(kind, [(d, work_units(kind, spec)) for d, spec in samples])
-        self.estimator = Estimator(rates)
+            rows = await self.db(self.store.recent_durations, kind)
+            samples[kind] = [(d, work_units(kind, spec)) for d, spec in rows]
+        self.estimator = self._estimator(samples)
+
+    def _estimator(self, samples: dict[JobKind, list[tuple[float, int]]]) -> Estimator:
+        """Rates from `samples`, seeded with the step cost measured for this preset and device, so
+        the first ETAs are not a GPU guess on a CPU (or the other way round)."""
+        cost = step_cost(self.preset, self.device)
+        rates = {k: seconds_per_unit(k, samples.get(k, []), cost) for k in JobKind}
+        return Estimator(rates, cost.overhead_s)
 
     async def _plan(self) -> tuple[list[QueueEntry], list[QueueEntry], dict[str, Placement], float]:
         """(queued in run order, running, placement by job id, ETA of the whole queue)."""
