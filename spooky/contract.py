@@ -112,6 +112,12 @@ class Requester(_Model):
     is_moderator: bool = False  # the bot checked Manage Server; moderators skip the user limits
 
 
+#: The smallest video budget a request may ask for: a server's upload limit can be far below the
+#: engine's default. The engine fits what it can (down to 64 px, a low bitrate) and, when even
+#: that is larger, fails the job with the real sizes.
+MIN_VIDEO_BYTES = 1024
+
+
 class JobRequest(_Model):
     kind: JobKind
     prompt: str = Field(..., max_length=MAX_PROMPT_CHARS)
@@ -122,7 +128,7 @@ class JobRequest(_Model):
     scare_steps: int | None = Field(None, ge=0)
     frames: int | None = Field(None, ge=1)  # nightmare frames (= steps) at 30 fps
     # Upload limit of the destination (Discord server); the engine fits the MP4 under it.
-    max_bytes: int | None = Field(None, ge=64 * 1024)
+    max_bytes: int | None = Field(None, ge=MIN_VIDEO_BYTES)
     size: tuple[int, int] | None = None  # (width, height) of the stage-2/3 canvas
     # Nightmare source: an uploaded or earlier artifact; None = the user's last image in the channel.
     init_artifact: ArtifactId | None = None

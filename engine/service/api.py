@@ -33,6 +33,7 @@ from engine.service.scheduler import REFUSAL_STATUS
 from spooky.contract import (
     API_PREFIX,
     AUTH_HEADER,
+    MIN_VIDEO_BYTES,
     ArtifactId,
     CancelRequest,
     ClientState,
@@ -88,7 +89,7 @@ class UserChannelQuery(_Query):
 
 
 class FitQuery(_Query):
-    max_bytes: int = Field(..., ge=64 * 1024)
+    max_bytes: int = Field(..., ge=MIN_VIDEO_BYTES)
 
 
 # --- helpers --------------------------------------------------------------------------------
