@@ -140,7 +140,7 @@ async def test_a_full_disk_under_the_database_is_degraded_then_recovers(tmp_path
         async with running_engine(make_settings(data), autoload=False) as (svc, client):
             await client.submit(request(user="1"))
             filler = data / "filler"
-            with open(filler, "wb") as f, contextlib.suppress(OSError):
+            with contextlib.suppress(OSError), open(filler, "wb") as f:
                 while True:
                     f.write(b"\0" * 65536)
                     f.flush()
@@ -329,3 +329,22 @@ async def test_a_filtered_event_stream_gets_keep_alives_while_other_jobs_events_
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
         assert lines.count(b": keep-alive\n") >= 3, lines
+
+
+@needs_root
+async def test_a_full_disk_during_the_mp4_write_is_disk_full_not_video(tmp_path: Path, tiny_models):
+    data = tmp_path / "data"
+    # No stills in the nightmare: the MP4 is the only write that meets the full disk.
+    settings = make_settings(data, pipeline={"still_every": 1000})
+    async with running_engine(settings, tiny_models) as (svc, client):
+        first = (await client.submit(request(user="1"))).job.id
+        assert (await wait_done(client, first, 120)).state is JobState.SUCCEEDED
+        with tmpfs(svc.files.tmp, "64k"):
+            with contextlib.suppress(OSError), open(svc.files.tmp / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+            job = (await client.submit(request("nightmare", "n", user="1", frames=10))).job.id
+            view = await wait_done(client, job, 120)
+        assert view.state is JobState.FAILED and view.error_code == "disk_full", view.error
+        assert "disk full" in view.error and str(svc.files.tmp) in view.error
