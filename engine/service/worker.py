@@ -26,7 +26,7 @@ from engine.pipeline.images import load_image, png_bytes, to_pil
 from engine.pipeline.progress import Progress
 from engine.pipeline.prompts import parse_prompts
 from engine.pipeline.render import NightmareJob, Renderer, SpookyJob
-from engine.pipeline.video import stop_children
+from engine.pipeline.video import VideoDiskFullError, stop_children
 from engine.service.artifacts import DiskFullError
 from engine.service.core import EngineCore
 from engine.service.store import ArtifactRow, JobRow
@@ -235,7 +235,7 @@ class Worker:
             )
             log.warning("job %s: %s", job.id, error)
             oom = True
-        except DiskFullError as e:
+        except (DiskFullError, VideoDiskFullError) as e:
             error, code = str(e), "disk_full"
         except InputError as e:
             error, code = str(e), e.code
