@@ -71,6 +71,7 @@ nightmare_frames = 6
 [limits]
 cooldown_s = 0
 max_jobs_per_user = 50
+max_queue_per_server = 50
 """,
         encoding="utf-8",
     )
@@ -179,8 +180,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         try:
             async with EngineClient(f"http://127.0.0.1:{port}", SECRET, timeout=30) as client:
                 final_start = await up(client, proc)
-                while jobs.unanswered:
-                    await jobs.submit(client, jobs.unanswered[0])
+                for unanswered in jobs.unanswered[:]:
+                    jobs.unanswered.remove(unanswered)
+                    await jobs.submit(client, unanswered)
                 deadline = time.monotonic() + args.timeout
                 while time.monotonic() < deadline:
                     views = [await client.job(j) for j in jobs.accepted.values()]

@@ -294,11 +294,10 @@ class EngineCore:
 
     async def health(self) -> Health:
         status = "draining" if self.status == "stopped" else self.status
-        if getattr(self.store, "health", None) and self.store.health.full_since is not None:
+        if self.store.health.full_since is not None:
             # Nothing else may write while the disk is full: a probe notices the space coming back.
             await self.db(self.store.probe_write)
-        full = getattr(self.store, "health", None) and self.store.health.detail
-        full = full or self.files.disk.detail
+        full = self.store.health.detail or self.files.disk.detail
         if full and status in ("loading", "ready"):
             status = "degraded"
         detail = full or self.detail
