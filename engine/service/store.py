@@ -169,6 +169,8 @@ class StoreHealth:
 
     full_since: float | None = None
     detail: str | None = None
+
+
 #: A job found running at start this many times (the engine died while it ran) fails instead of
 #: running again: once is bad luck, twice is likely the job itself.
 MAX_ATTEMPTS = 2

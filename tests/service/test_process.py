@@ -203,4 +203,3 @@ async def test_kill_restart_loses_nothing_and_sigterm_drains(tmp_path: Path):
     )
     assert check.returncode == 2 and "not reachable" in check.stderr
     assert "job finished" in log.read_text()
-
