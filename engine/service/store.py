@@ -405,6 +405,7 @@ class SQLiteStore:
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front (no upgrade races)."""
         with self._lock:
             self._pending_event_id = 0
+            changes = self._con.total_changes
             try:
                 self._con.execute("BEGIN IMMEDIATE")
                 try:
@@ -420,8 +421,9 @@ class SQLiteStore:
                 if self._con.in_transaction:
                     self._con.execute("ROLLBACK")
                 raise self._full(e) from e
-            if self.health.full_since is not None:
-                self.health = StoreHealth()  # space is back: writes commit again
+            if self.health.full_since is not None and self._con.total_changes > changes:
+                # Space is back: a commit that wrote rows (an empty one proves nothing) went through.
+                self.health = StoreHealth()
             newest = self._pending_event_id
         if newest and self.on_events is not None:
             self.on_events(newest)

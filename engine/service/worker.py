@@ -44,6 +44,9 @@ WATCH_S = 0.5
 #: past it, the ffmpeg it may be blocked on (one that never reads or never exits) is killed.
 STOP_GRACE_S = 2.0
 
+#: How often an outcome that met a full disk is written again.
+STORE_RETRY_S = 1.0
+
 #: The stages of each kind, in order: where an error between two progress reports happened.
 STAGES = {JobKind.SPOOKY: ("stylegan", "scare"), JobKind.NIGHTMARE: ("nightmare",)}
 
@@ -251,17 +254,19 @@ class Worker:
             torch.cuda.empty_cache()
         if state is JobState.FAILED:
             data = {"reason": error, "code": code}
-        await core.db(
-            core.store.finish,
-            job.id,
-            state,
-            event,
-            data,
-            artifacts=outcome.artifacts if outcome else None,
-            result=outcome.result if outcome else None,
-            error=error,
-            error_code=code,
-            last_image=outcome.last_image if outcome else None,
+        await self._until_stored(
+            lambda: core.store.finish(
+                job.id,
+                state,
+                event,
+                data,
+                artifacts=outcome.artifacts if outcome else None,
+                result=outcome.result if outcome else None,
+                error=error,
+                error_code=code,
+                last_image=outcome.last_image if outcome else None,
+            ),
+            job,
         )
         outcome_name = {JobState.SUCCEEDED: "succeeded", JobState.CANCELLED: "cancelled"}.get(
             state, code or "failed"
@@ -273,6 +278,21 @@ class Worker:
             core.metrics.stage_seconds.labels(stage).observe(seconds)
         if state is JobState.SUCCEEDED:
             await core.refresh_estimates()
+
+    async def _until_stored(self, write: Callable[[], Any], job: JobRow) -> None:
+        """Store a job's outcome, waiting out a full disk: the job must not stay `running` in the
+        store after it ended. A drain stops the wait; the next start then requeues the job."""
+        while True:
+            try:
+                await self.core.db(write)
+                return
+            except DiskFullError:
+                if self._stopping:
+                    raise
+                log.warning(
+                    "job %s: its outcome waits for disk space; retrying in %g s", job.id, STORE_RETRY_S
+                )
+                await asyncio.sleep(STORE_RETRY_S)
 
     @staticmethod
     async def _supervise(render: asyncio.Future[Outcome], control: JobControl) -> Outcome:

@@ -348,3 +348,35 @@ async def test_a_full_disk_during_the_mp4_write_is_disk_full_not_video(tmp_path:
             view = await wait_done(client, job, 120)
         assert view.state is JobState.FAILED and view.error_code == "disk_full", view.error
         assert "disk full" in view.error and str(svc.files.tmp) in view.error
+
+
+@needs_root
+async def test_a_job_that_meets_a_full_disk_is_recorded_once_space_is_back(tmp_path: Path, tiny_models):
+    data = tmp_path / "data"
+    with tmpfs(data, "8m"):
+        settings = make_settings(data, limits={"max_steps": 1000})
+        async with running_engine(settings, tiny_models) as (_, client):
+            job = (await client.submit(request(user="1", steps=1000, scare_steps=0))).job.id
+            await wait_for(lambda: _has_progress(client, job), 60, "the first step")
+            filler = data / "filler"
+            with contextlib.suppress(OSError), open(filler, "wb") as f:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            # The job's next write (a still, a progress row) meets the full disk and the job
+            # ends; its outcome cannot be stored yet, and health says why.
+            await wait_for(lambda: _degraded(client), 60, "health degraded")
+            filler.unlink()
+            view = await wait_done(client, job, 60)
+            assert view.state is JobState.FAILED and view.error_code == "disk_full", view
+            nxt = (await client.submit(request(user="2"))).job.id
+            assert (await wait_done(client, nxt, 120)).state is JobState.SUCCEEDED
+
+
+async def _has_progress(client: EngineClient, job_id: str) -> bool:
+    return (await client.job(job_id)).progress is not None
+
+
+async def _degraded(client: EngineClient) -> bool:
+    health = await client.health()
+    return health.status == "degraded" and "disk full" in (health.detail or "")
