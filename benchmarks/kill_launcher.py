@@ -5,7 +5,9 @@
 Points: load (model load under way), submit (after a submit's commit, before its answer),
 stylegan / scare / nightmare (at a step of that stage, before its progress is stored), fsync
 (an artifact's bytes are on disk, not yet renamed), move (an artifact file is in place, its row not
-yet written), video_close (the encoder is finishing the MP4). Without the variable it is the plain
+yet written), video_close (the encoder is finishing the MP4), fit (a re-encode to the byte budget
+is under way: its `spooky-fit-*` folder exists; the budget is forced down so every nightmare
+re-encodes). Without the variable it is the plain
 engine. Hooks wrap the real functions; nothing in the engine knows about them.
 """
 
@@ -73,6 +75,12 @@ def install() -> None:
         from engine.pipeline import video
 
         video.VideoWriter.close = lambda self: die()  # type: ignore[assignment,method-assign]
+    elif POINT == "fit":
+        from engine.pipeline import render, video
+
+        real_fit = video.fit_to_budget
+        video._reencode = lambda *a, **k: die()  # type: ignore[assignment]
+        render.fit_to_budget = lambda path, max_bytes: real_fit(path, min(max_bytes, 1024))  # type: ignore[assignment]
     elif POINT:
         raise SystemExit(f"unknown kill point {POINT!r}")
 

@@ -39,7 +39,7 @@ from spooky.engine_client import (  # noqa: E402
 )
 
 SECRET = "kill-points-secret"
-POINTS = ("load", "submit", "stylegan", "scare", "fsync", "move", "nightmare", "video_close")
+POINTS = ("load", "submit", "stylegan", "scare", "fsync", "move", "nightmare", "video_close", "fit")
 
 
 def free_port() -> int:
@@ -173,17 +173,17 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         jobs = Jobs()
         rounds = []
         for i in range(args.kills):
-            rounds.append(await round_(cfg, log, POINTS[i % len(POINTS)], jobs, port))
+            rounds.append(await round_(cfg, log, args.points[i % len(args.points)], jobs, port))
             print(json.dumps(rounds[-1]), flush=True)
         # A plain engine: answer what was left unanswered, then run the queue dry.
         proc = start(cfg, log, "")
         try:
             async with EngineClient(f"http://127.0.0.1:{port}", SECRET, timeout=30) as client:
                 final_start = await up(client, proc)
-                for unanswered in jobs.unanswered[:]:
+                for unanswered in jobs.unanswered[:] if final_start else []:
                     jobs.unanswered.remove(unanswered)
                     await jobs.submit(client, unanswered)
-                deadline = time.monotonic() + args.timeout
+                deadline = time.monotonic() + (args.timeout if final_start else 0)
                 while time.monotonic() < deadline:
                     views = [await client.job(j) for j in jobs.accepted.values()]
                     if all(v.state.terminal for v in views):
@@ -225,6 +225,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--points", nargs="+", choices=POINTS, default=list(POINTS), help="kill points, in turn")
     p.add_argument("--timeout", type=float, default=300, help="for the last engine to run the queue dry")
     figures = asyncio.run(main(p.parse_args()))
     print(json.dumps(figures, indent=2))

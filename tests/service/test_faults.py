@@ -3,6 +3,7 @@ ffmpeg that hangs, a signal to the whole process group, a job that takes the eng
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -380,3 +381,18 @@ async def _has_progress(client: EngineClient, job_id: str) -> bool:
 async def _degraded(client: EngineClient) -> bool:
     health = await client.health()
     return health.status == "degraded" and "disk full" in (health.detail or "")
+
+
+@pytest.mark.slow
+async def test_kill_9_at_chosen_points_loses_nothing_and_every_engine_starts_again():
+    """A few of benchmarks/kill_points.py's rounds (the full 20-kill run is the script itself)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import kill_points
+
+    # fit: a kill mid re-encode leaves a `spooky-fit-*` folder behind for the next start.
+    args = argparse.Namespace(kills=4, points=["move", "submit", "fsync", "fit"], timeout=120)
+    figures = await kill_points.main(args)
+    assert figures["kills"] == 4 and figures["points_not_reached"] == [], figures
+    assert figures["failed_starts"] == 0 and figures["lost"] == 0, figures
+    assert figures["finished_twice"] == 0 and figures["event_ids_repeated"] == 0, figures
+    assert figures["event_id_gaps"] == 0, figures
