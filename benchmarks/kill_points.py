@@ -39,6 +39,7 @@ from spooky.engine_client import (  # noqa: E402
 )
 
 SECRET = "kill-points-secret"
+VIDEO_POINTS = ("nightmare", "video_close", "fit")
 POINTS = ("load", "submit", "stylegan", "scare", "fsync", "move", "nightmare", "video_close", "fit")
 
 
@@ -116,12 +117,13 @@ class Jobs:
         self.refused = 0
         self.n = 0
 
-    def next(self) -> JobRequest:
+    def next(self, kind: JobKind | None = None) -> JobRequest:
+        """The next request: one left unanswered first, else a new one (alternating kinds)."""
         if self.unanswered:
             return self.unanswered.pop(0)
         self.n += 1
         user = str(1 + self.n % 3)
-        kind = JobKind.NIGHTMARE if self.n % 2 == 0 else JobKind.SPOOKY
+        kind = kind or (JobKind.NIGHTMARE if self.n % 2 == 0 else JobKind.SPOOKY)
         return JobRequest(
             kind=kind,
             prompt="dracula pale fangs",
@@ -152,9 +154,10 @@ async def round_(cfg: Path, log: Path, point: str, jobs: Jobs, port: int) -> dic
             return {"point": point, "started": False, "exit": proc.returncode}
         deadline = time.monotonic() + 90
         sent = 0
+        kind = JobKind.NIGHTMARE if point in VIDEO_POINTS else None  # only a nightmare reaches these
         while proc.poll() is None and time.monotonic() < deadline:
             if sent < 4 or jobs.unanswered:  # enough work to reach the point, not a flood
-                await jobs.submit(client, jobs.next())
+                await jobs.submit(client, jobs.next(kind))
                 sent += 1
             await asyncio.sleep(0.3)
     reached = proc.poll() == -9
