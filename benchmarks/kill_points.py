@@ -117,12 +117,12 @@ class Jobs:
         self.refused = 0
         self.n = 0
 
-    def next(self, kind: JobKind | None = None) -> JobRequest:
+    def next(self, kind: JobKind | None = None, user: str | None = None) -> JobRequest:
         """The next request: one left unanswered first, else a new one (alternating kinds)."""
         if self.unanswered:
             return self.unanswered.pop(0)
         self.n += 1
-        user = str(1 + self.n % 3)
+        user = user or str(1 + self.n % 3)
         kind = kind or (JobKind.NIGHTMARE if self.n % 2 == 0 else JobKind.SPOOKY)
         return JobRequest(
             kind=kind,
@@ -154,11 +154,17 @@ async def round_(cfg: Path, log: Path, point: str, jobs: Jobs, port: int) -> dic
             return {"point": point, "started": False, "exit": proc.returncode}
         deadline = time.monotonic() + 90
         sent = 0
-        kind = JobKind.NIGHTMARE if point in VIDEO_POINTS else None  # only a nightmare reaches these
+        video = point in VIDEO_POINTS  # only a nightmare reaches these: an image first, then nightmares
         while proc.poll() is None and time.monotonic() < deadline:
             if sent < 4 or jobs.unanswered:  # enough work to reach the point, not a flood
-                await jobs.submit(client, jobs.next(kind))
-                sent += 1
+                refused = jobs.refused
+                if video:
+                    kind = JobKind.SPOOKY if sent == 0 else JobKind.NIGHTMARE
+                    await jobs.submit(client, jobs.next(kind, user="1"))
+                else:
+                    await jobs.submit(client, jobs.next())
+                # A nightmare refused while its image is still rendering does not count: ask again.
+                sent += 0 if video and jobs.refused > refused else 1
             await asyncio.sleep(0.3)
     reached = proc.poll() == -9
     if proc.poll() is None:
