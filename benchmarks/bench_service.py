@@ -9,6 +9,10 @@
 
     python benchmarks/bench_service.py
     python benchmarks/bench_service.py --concurrency 100 --rounds 3 --jobs 6 --json bench_service.json
+    python benchmarks/bench_service.py --history 100000   # the same with 100,000 finished jobs stored
+
+  --history N seeds the store with N finished jobs (with their events) before the engine starts,
+  and also times `recent_durations` (read after every finished job) on that file.
 
 Not a test: it prints figures. Run it on an idle machine for numbers worth comparing.
 """
@@ -20,6 +24,7 @@ import asyncio
 import json
 import os
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -106,6 +111,17 @@ async def wait_ready(client: EngineClient, proc: subprocess.Popen, timeout: floa
     raise SystemExit("the engine did not become ready")
 
 
+async def first_answer(client: EngineClient, proc: subprocess.Popen, started: float) -> float:
+    """Seconds from the engine's start to its first health answer (a start-up sweep must not block it)."""
+    while proc.poll() is None:
+        try:
+            await client.health()
+            return time.monotonic() - started
+        except EngineUnavailable:
+            await asyncio.sleep(0.05)
+    raise SystemExit(f"the engine exited with {proc.returncode}")
+
+
 async def bench_submit(client: EngineClient, args: argparse.Namespace) -> dict[str, Any]:
     """Rounds of `concurrency` simultaneous submits; the accepted jobs are cancelled after each round."""
     latencies: list[float] = []
@@ -183,11 +199,65 @@ async def bench_jobs(client: EngineClient, args: argparse.Namespace) -> tuple[di
     return events, throughput
 
 
+def seed_history(db: Path, n: int, age_h: float) -> dict[str, Any]:
+    """Store `n` finished spooky jobs and three events each, the newest `age_h` hours old (past
+    engine.artifact_retention_hours, 24, the first sweep prunes them: the backlog case)."""
+    from engine.service.store import SQLiteStore
+
+    store = SQLiteStore(db)
+    store.close()
+    con = sqlite3.connect(db)
+    now = time.time() - age_h * 3600
+    req = job("1", argparse.Namespace(steps=10, scare_steps=5))
+    spec = json.dumps({"prompt": req.prompt, "seed": 1, "steps": 10, "scare_steps": 5, "size": None})
+    t0 = time.perf_counter()
+    with con:
+        con.executemany(
+            "INSERT INTO jobs (id, kind, state, guild_id, channel_id, user_id, request, spec, created_at,"
+            " started_at, finished_at, attempts, claim_round) VALUES (?,?,?,?,?,?,?,?,?,?,?,1,?)",
+            (
+                (
+                    f"hist-{i}", "spooky", "succeeded", str(100 + i % 50), "200", str(i % 5000),
+                    req.model_dump_json(), spec, now - n + i, now - n + i, now - n + i + 30.0, i,
+                )
+                for i in range(n)
+            ),
+        )  # fmt: skip
+        con.executemany(
+            "INSERT INTO events (job_id, type, at, guild_id, channel_id, user_id, data)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (
+                (f"hist-{i}", t, now - n + i, str(100 + i % 50), "200", str(i % 5000), "{}")
+                for i in range(n)
+                for t in ("queued", "started", "finished")
+            ),
+        )
+    con.close()
+    store = SQLiteStore(db)
+    try:
+        times = []
+        for _ in range(20):
+            t1 = time.perf_counter()
+            store.recent_durations(JobKind.SPOOKY)
+            times.append(time.perf_counter() - t1)
+    finally:
+        store.close()
+    return {
+        "jobs": n,
+        "seed_seconds": time.perf_counter() - t0,
+        "recent_durations_ms": statistics.median(times) * 1000,
+        "db_bytes": db.stat().st_size,
+    }
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         folder = Path(tmp)
         port = free_port()
         cfg = write_config(folder, port, args)
+        db = folder / "data" / "engine.sqlite3"
+        history = seed_history(db, args.history, args.history_age_h) if args.history else None
+        started = time.monotonic()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
         if args.threads:
             # On shared cores, OpenMP threads that outnumber the free cores spin against each other.
@@ -202,6 +272,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             )
         try:
             async with EngineClient(f"http://127.0.0.1:{port}", SECRET, timeout=60) as client:
+                first_health = await first_answer(client, proc, started)
                 await wait_ready(client, proc)
                 submit = await bench_submit(client, args)
                 events, throughput = await bench_jobs(client, args)
@@ -209,6 +280,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             proc.terminate()
             proc.wait(60)
     return {
+        "history": history,
+        "first_health_s": first_health,
         "submit": submit,
         "events": events,
         "throughput": throughput,
@@ -230,6 +303,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="models.device of the engine")
     p.add_argument("--threads", type=int, help="torch CPU threads of the engine (OMP_NUM_THREADS)")
     p.add_argument("--timeout", type=float, default=900, help="give up on the throughput run after this")
+    p.add_argument("--history", type=int, default=0, help="finished jobs stored before the engine starts")
+    p.add_argument(
+        "--history-age-h",
+        type=float,
+        default=1.0,
+        help="age of the newest stored job (over 24: swept at start)",
+    )
     p.add_argument("--json", type=Path, help="also write the figures here")
     return p.parse_args(argv)
 
@@ -238,6 +318,12 @@ if __name__ == "__main__":
     args = parse_args()
     figures = asyncio.run(main(args))
     s, e, t = figures["submit"], figures["events"], figures["throughput"]
+    if h := figures["history"]:
+        print(
+            f"history         {h['jobs']} finished jobs stored ({h['db_bytes'] / 2**20:.0f} MiB): "
+            f"recent_durations {h['recent_durations_ms']:.2f} ms (median of 20)"
+        )
+    print(f"first health    {figures['first_health_s']:.2f} s after the engine started")
     print(
         f"submit -> 202   ({s['submits']} submits, {s['concurrency']} at a time): "
         f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.1f} ms "

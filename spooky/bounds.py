@@ -9,8 +9,10 @@ from __future__ import annotations
 #: Longest prompt text accepted at the door; CLIP's 77-token limit is checked by the engine.
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1
-#: Smallest MP4 byte budget the encoder can meet (a request's max_bytes, fit?max_bytes=).
-MIN_VIDEO_BYTES = 64 * 1024
+#: The smallest video budget a request may ask for: a server's upload limit can be far below the
+#: engine's default. The engine fits what it can (down to 64 px, a low bitrate) and, when even
+#: that is larger, fails the job with the real sizes.
+MIN_VIDEO_BYTES = 1024
 #: Discord snowflakes: ASCII digits only, at most 20 of them (2**64 has 20 digits).
 SNOWFLAKE_PATTERN = r"^[0-9]{1,20}$"
 #: Event ids are SQLite integers: `after=` and Last-Event-ID beyond this cannot name an event.

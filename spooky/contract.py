@@ -288,7 +288,8 @@ class LastImage(_Model):
 
 
 class Health(_Model):
-    status: Literal["loading", "ready", "draining", "error"]
+    #: degraded: up, but a write cannot be stored (full disk); `detail` says what and where.
+    status: Literal["loading", "ready", "degraded", "draining", "error"]
     preset: str | None = None
     device: str | None = None
     queue_length: int = 0

@@ -97,7 +97,7 @@ def load_image(source: bytes | Path | str, max_pixels: int = DEFAULT_MAX_PIXELS)
                 )
             img.load()
             img = ImageOps.exif_transpose(img) or img
-            return img.convert("RGB")
+            return _to_rgb(img)
     except InvalidImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -110,3 +110,23 @@ def load_image(source: bytes | Path | str, max_pixels: int = DEFAULT_MAX_PIXELS)
         # Truncated or corrupt data surfaces as OSError ("image file is truncated") or, for some
         # formats, SyntaxError/ValueError from the decoder.
         raise InvalidImageError(f"{name} is damaged or truncated: {e}", hint="send the file again") from e
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB by the image's real range: PIL's own convert clips 16-bit and 32-bit greys at 255 (a
+    16-bit PNG comes out nearly all white) and truncates floats in [0, 1] to 0 (a float TIFF is black).
+    """
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return img.convert("RGB")
+    arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if img.mode == "F":
+        # Floats are conventionally in [0, 1]; anything else is stretched from its own min..max.
+        scale_low, scale_high = (0.0, 1.0) if low >= 0.0 and high <= 1.0 else (low, high)
+    else:
+        # 16-bit greys (PIL gives "I" or "I;16"): the format's full range, unless values lie outside.
+        scale_low, scale_high = (0.0, 65535.0) if low >= 0.0 and high <= 65535.0 else (low, high)
+    span = scale_high - scale_low
+    grey = np.zeros_like(arr) if span <= 0 else (arr - scale_low) / span
+    out = np.clip(np.round(grey * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(out, mode="L").convert("RGB")

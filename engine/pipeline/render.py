@@ -25,6 +25,7 @@ from engine.pipeline.prompts import WeightedPrompt, parse_prompts
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
 from engine.pipeline.video import DEFAULT_CRF, BackgroundWriter, VideoWriter, fit_to_budget
 from engine.pipeline.vqgan_clip import VqganClipParams, check_size, nightmare_frames, scare, snap_size
+from spooky.bounds import MIN_VIDEO_BYTES
 from spooky.config import PipelineConfig
 from spooky.contract import MAX_SEED
 from spooky.errors import InputError, InvalidImageError, InvalidSizeError
@@ -34,7 +35,6 @@ MAX_STEPS = 1000
 MAX_FRAMES = 3000
 #: Largest canvas side: VQGAN+CLIP memory grows with the pixel count, and 608x752 is the default.
 MAX_CANVAS_SIDE = 1024
-MIN_VIDEO_BYTES = 64 * 1024
 #: An uploaded image keeps its aspect ratio for the video, within these bounds (w / h).
 _ASPECT_RANGE = (0.5, 2.0)
 

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,41 @@ _MIN_BITS_PER_PIXEL = 0.02
 _MIN_SIDE = 64
 
 _STDERR_TAIL = 2000
+
+#: Longest a finished ffmpeg may take to exit after its input ends, and a probe or one re-encode
+#: pass may run: past this it is killed and the video fails (an ffmpeg that hangs never wedges the
+#: worker). Generous: a 300-frame 1024x1024 two-pass re-encode takes well under a minute.
+CHILD_DEADLINE_S = 600.0
+
+# Every ffmpeg this process runs, while it runs: `stop_children` ends them when a job is stopped
+# (cancel, time-out, drain) while its thread is blocked writing to or waiting on one.
+_children: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
+_children_lock = threading.Lock()
+
+
+class VideoDiskFullError(VideoError):
+    """No space left for the MP4 (or its re-encode): a full disk, not a video problem."""
+
+    code = "disk_full"
+
+
+def _spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start ffmpeg in its own session, so a Ctrl-C or a SIGTERM to the engine's process group
+    does not kill it mid-file: the engine's drain decides when an encode stops."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    with _children_lock:
+        _children.add(proc)
+    return proc
+
+
+def stop_children() -> int:
+    """Kill every ffmpeg still running (their callers then fail fast); the number killed."""
+    with _children_lock:
+        procs = [p for p in _children if p.poll() is None]
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    return len(procs)
 
 
 @dataclass(frozen=True)
@@ -129,7 +165,7 @@ def _read_tail(f: BinaryIO) -> str:
 
 def _failure(what: str, path: Path, stderr_tail: str) -> VideoError:
     if "No space left on device" in stderr_tail:
-        return VideoError(
+        return VideoDiskFullError(
             f"disk full while writing {path}",
             hint=f"free space on {path.parent} or lower pipeline.video_max_bytes / frames",
         )
@@ -175,7 +211,7 @@ class VideoWriter:
         # stderr goes to a file, so a chatty ffmpeg never blocks on a full pipe.
         self._stderr: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close/abort)
         try:
-            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            self._proc: subprocess.Popen[bytes] | None = _spawn(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr
             )
         except OSError as e:
@@ -206,8 +242,8 @@ class VideoWriter:
             raise _failure("ffmpeg exited while encoding; encoding", self.path, tail) from e
         except OSError as e:
             self.abort()
-            if e.errno == errno.ENOSPC:
-                raise VideoError(f"disk full while writing {self.path}") from e
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise VideoDiskFullError(f"disk full while writing {self.path}") from e
             raise VideoError(f"writing a frame to ffmpeg failed for {self.path}: {e}") from e
         self.frames += 1
 
@@ -231,12 +267,23 @@ class VideoWriter:
             self.abort()
             raise VideoError(f"no frames were written to {self.path}")
         self._close_stdin()  # a broken pipe here means ffmpeg exited: rc and stderr say why
-        rc = proc.wait()
+        try:
+            rc = proc.wait(CHILD_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            self.abort()
+            raise VideoError(
+                f"ffmpeg did not finish {self.path} within {CHILD_DEADLINE_S:g} s of its last frame; "
+                "it was killed"
+            ) from None
         tail = _read_tail(self._stderr)
         if rc != 0:
             self._cleanup()
             raise _failure(f"ffmpeg (exit code {rc}) encoding", self.path, tail)
-        os.replace(self._partial, self.path)
+        try:
+            os.replace(self._partial, self.path)
+        except FileNotFoundError as e:  # ffmpeg exited 0 without writing (a stand-in, or killed late)
+            self._cleanup()
+            raise VideoError(f"ffmpeg exited without writing {self.path}: {tail or 'no output'}") from e
         self._proc = None
         self._stderr.close()
         return self.path
@@ -386,9 +433,19 @@ def _split_top_level(text: str) -> list[str]:
 
 def _run(cmd: list[str], what: str, path: Path) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(cmd, capture_output=True, check=False)
+        proc = _spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as e:
         raise VideoError(f"cannot run ffmpeg ({cmd[0]}) to {what} {path}: {e}") from e
+    with proc:
+        try:
+            out, err = proc.communicate(timeout=CHILD_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise VideoError(
+                f"ffmpeg did not {what} {path} within {CHILD_DEADLINE_S:g} s; it was killed"
+            ) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def probe(path: Path | str) -> VideoInfo:

@@ -25,6 +25,7 @@ import asyncio
 import hmac
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -285,6 +286,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     await resp.write(b"retry: 1000\n\n")
     last = after
+    wrote = time.monotonic()  # a filtered stream can stay silent while other jobs' events flow
     try:
         while not core.closing.is_set():
             seen = core.hub.latest
@@ -297,13 +299,16 @@ async def events(request: web.Request) -> web.StreamResponse:
                     await resp.write(b"event: end\ndata: {}\n\n")
                     return resp
             if batch:
+                wrote = time.monotonic()
                 continue
             if job is not None and job.state.terminal:
                 # Reconnected after the terminal event (the `end` line was lost): nothing will follow.
                 await resp.write(b"event: end\ndata: {}\n\n")
                 return resp
-            if not await core.hub.wait_beyond(seen, SSE_KEEPALIVE_S) and not core.closing.is_set():
+            await core.hub.wait_beyond(seen, max(0.0, SSE_KEEPALIVE_S - (time.monotonic() - wrote)))
+            if time.monotonic() - wrote >= SSE_KEEPALIVE_S and not core.closing.is_set():
                 await resp.write(b": keep-alive\n\n")
+                wrote = time.monotonic()
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client left, or the engine is stopping
     return resp

@@ -6,28 +6,25 @@ real id. A full disk (ENOSPC, EDQUOT) becomes `DiskFullError`, which fails the j
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.service.store import ArtifactRow
-from spooky.errors import SpookyError
+from engine.service.store import ArtifactRow, DiskFullError
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ArtifactFiles", "DiskFullError", "DiskState", "new_id", "write_file"]
+
 MEDIA_SUFFIX = {"image/png": ".png", "video/mp4": ".mp4"}
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
-
-
-class DiskFullError(SpookyError):
-    """The artifacts folder has no space left."""
-
-    code = "disk_full"
 
 
 def new_id() -> str:
@@ -154,12 +151,47 @@ class ArtifactFiles:
                 pass
         return removed
 
-    def clean_tmp(self, older_than_s: float = 3600) -> None:
-        """Delete scratch files a crash left behind."""
+    def clean_tmp(self, older_than_s: float = 3600) -> int:
+        """Delete scratch files and folders a crash left behind; the number removed.
+
+        A kill during a re-encode leaves a `spooky-fit-*/` folder, a kill mid-write a `.part` file.
+        Nothing here may stop the engine from starting: what cannot be removed is logged and left.
+        """
         cutoff = time.time() - older_than_s
-        for p in self.tmp.iterdir():
+        removed = 0
+        for p in list(self.tmp.iterdir()):
             try:
-                if p.stat().st_mtime < cutoff:
+                if p.lstat().st_mtime >= cutoff:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
                     p.unlink()
+                removed += 1
             except FileNotFoundError:
                 pass
+            except OSError as e:
+                log.warning("could not remove the leftover scratch path %s: %s", p, e.strerror or e)
+        return removed
+
+    def stray_files(self, known: Callable[[list[str]], set[str]], older_than_s: float) -> list[Path]:
+        """Artifact files older than `older_than_s` whose id `known` does not report (no row).
+
+        A kill between a file's move into place and its row's commit leaves such a file; nothing
+        else would ever delete it. `known` gets ids in batches and returns those that have a row.
+        """
+        cutoff = time.time() - older_than_s
+        stray: list[Path] = []
+        for shard in sorted(self.root.iterdir()):
+            if shard == self.tmp or not shard.is_dir():
+                continue
+            batch: dict[str, Path] = {}
+            for f in shard.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if f.is_file() and f.stat().st_mtime < cutoff:
+                        batch[f.stem] = f
+            for i in range(0, len(batch), 500):
+                ids = list(batch)[i : i + 500]
+                have = known(ids)
+                stray += [batch[a] for a in ids if a not in have]
+        return stray

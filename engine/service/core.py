@@ -26,6 +26,7 @@ from engine.service.scheduler import (
     check_limits,
     plan,
     seconds_per_unit,
+    step_cost,
     work_units,
 )
 from engine.service.store import (
@@ -63,6 +64,10 @@ from spooky.errors import SpookyError
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
+#: Rows each retention step deletes in one transaction (small: the store thread stays responsive).
+SWEEP_BATCH = 500
+#: A file without a row is a leftover once it is this old (a row follows its file within seconds).
+STRAY_AGE_S = 3600.0
 #: How long a cancel of a running job waits for the stage to stop before answering.
 CANCEL_WAIT_S = 10.0
 
@@ -199,7 +204,7 @@ class EngineCore:
         self.wake_worker: Callable[[], None] | None = None
         #: Set when the engine stops: event streams end.
         self.closing = asyncio.Event()
-        self.estimator = Estimator({k: seconds_per_unit(k, []) for k in JobKind})
+        self.estimator = self._estimator({})
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spooky-db")
         self._submits = GroupCommit(self)
 
@@ -215,11 +220,18 @@ class EngineCore:
 
     async def refresh_estimates(self) -> None:
         """Recompute seconds per step of each kind from the last finished jobs."""
-        rates = {}
+        samples = {}
         for kind in JobKind:
-            samples = await self.db(self.store.recent_durations, kind)
-            rates[kind] = seconds_per_unit(kind, [(d, work_units(kind, spec)) for d, spec in samples])
-        self.estimator = Estimator(rates)
+            rows = await self.db(self.store.recent_durations, kind)
+            samples[kind] = [(d, work_units(kind, spec)) for d, spec in rows]
+        self.estimator = self._estimator(samples)
+
+    def _estimator(self, samples: dict[JobKind, list[tuple[float, int]]]) -> Estimator:
+        """Rates from `samples`, seeded with the step cost measured for this preset and device, so
+        the first ETAs are not a GPU guess on a CPU (or the other way round)."""
+        cost = step_cost(self.preset, self.device)
+        rates = {k: seconds_per_unit(k, samples.get(k, []), cost) for k in JobKind}
+        return Estimator(rates, cost.overhead_s)
 
     async def _plan(self) -> tuple[list[QueueEntry], list[QueueEntry], dict[str, Placement], float]:
         """(queued in run order, running, placement by job id, ETA of the whole queue)."""
@@ -284,9 +296,16 @@ class EngineCore:
         )
 
     async def health(self) -> Health:
-        detail = self.files.disk.detail or self.detail
+        status = "draining" if self.status == "stopped" else self.status
+        if self.store.health.full_since is not None:
+            # Nothing else may write while the disk is full: a probe notices the space coming back.
+            await self.db(self.store.probe_write)
+        full = self.store.health.detail or self.files.disk.detail
+        if full and status in ("loading", "ready"):
+            status = "degraded"
+        detail = full or self.detail
         return Health(
-            status="draining" if self.status == "stopped" else self.status,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
             preset=self.preset,
             device=self.device,
             queue_length=await self.db(self.store.queue_length),
@@ -508,20 +527,44 @@ class EngineCore:
         return last
 
     async def sweep(self) -> int:
-        """Delete artifacts past the retention limit (last images and inputs of waiting jobs stay)."""
-        cutoff = time.time() - self.settings.engine.artifact_retention_hours * 3600
-        expired = await self.db(self.store.expired_artifacts, cutoff)
-        if expired:
+        """Delete artifacts, events and finished jobs past the retention limit, and files that
+        have no row; the number of artifacts deleted. Last images and inputs of waiting jobs stay.
+
+        Every store call handles one small batch, so a backlog never holds the store thread for
+        long: health and submits get their turn between batches.
+        """
+        hours = self.settings.engine.artifact_retention_hours
+        cutoff = time.time() - hours * 3600
+        deleted = 0
+        while expired := await self.db(self.store.expired_artifacts, cutoff, SWEEP_BATCH):
             # Index first: a row without its file would be served as a broken artifact.
             await self.db(self.store.delete_artifacts, [r.id for r in expired])
             await asyncio.to_thread(self.files.delete, expired)
+            deleted += len(expired)
+        while await self.db(self.store.prune_events, cutoff, SWEEP_BATCH * 10) > 0:
+            pass
+        pruned = 0
+        while n := await self.db(self.store.prune_jobs, cutoff, SWEEP_BATCH):
+            pruned += n
+        # A kill between a file's move into place and its row leaves a file nobody indexes.
+        stray = await asyncio.to_thread(self.files.stray_files, self._known_artifacts, STRAY_AGE_S)
+        for path in stray:
+            path.unlink(missing_ok=True)
+        while await self.db(self.store.vacuum_step) > 0:
+            pass
+        if deleted or pruned or stray:
             log.info(
-                "retention: deleted %d artifact(s) older than %g h",
-                len(expired),
-                self.settings.engine.artifact_retention_hours,
+                "retention: deleted %d artifact(s) and %d job(s) older than %g h, %d file(s) without a row",
+                deleted,
+                pruned,
+                hours,
+                len(stray),
             )
-        await self.db(self.store.prune_events, cutoff)
-        return len(expired)
+        return deleted
+
+    def _known_artifacts(self, ids: list[str]) -> set[str]:
+        """For the file sweep (on its own thread): which ids have a row, asked on the store thread."""
+        return self._db.submit(self.store.known_artifacts, ids).result()
 
     # --- limits -----------------------------------------------------------------------------
 

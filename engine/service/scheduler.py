@@ -106,22 +106,44 @@ def work_units(kind: JobKind | str, spec: dict[str, Any]) -> int:
     return int(spec.get("frames", 0))
 
 
-#: Prior seconds per step before any job has finished (a mid-range GPU at the default sizes),
-#: and a fixed cost per job (PNG/MP4 encoding, transfers). Measured durations replace them.
-PRIOR_SECONDS_PER_UNIT: dict[JobKind, float] = {JobKind.SPOOKY: 0.5, JobKind.NIGHTMARE: 0.4}
-JOB_OVERHEAD_S = 2.0
+@dataclass(frozen=True)
+class StepCost:
+    """Seconds per step of each kind and a fixed cost per job (PNG/MP4 encoding, transfers)."""
+
+    per_unit: dict[JobKind, float]
+    overhead_s: float
+
+
+#: Before any job has finished: a guess for a mid-range GPU at the default sizes (not measured).
+PRIOR = StepCost({JobKind.SPOOKY: 0.5, JobKind.NIGHTMARE: 0.4}, 2.0)
+#: Step costs measured per (preset, device type) at the default pipeline settings (32 cutouts):
+#: tiny/cpu from `Renderer.spooky` with 5+2 and 25+10 steps and `Renderer.nightmare` with 10 and
+#: 40 frames on the 2-core development machine (the slope is the cost per step, the intercept the
+#: overhead); full/cpu from docs/operators.md "CPU measurements" (7.2 s per stage-1 step, 54 per
+#: scare step, weighted 40:10 as the defaults run them; 38 s per frame). Without an entry (a GPU
+#: nobody measured yet) the guess above is used. Measured durations replace them either way.
+MEASURED: dict[tuple[str, str], StepCost] = {
+    ("tiny", "cpu"): StepCost({JobKind.SPOOKY: 0.075, JobKind.NIGHTMARE: 0.24}, 0.2),
+    ("full", "cpu"): StepCost({JobKind.SPOOKY: 16.6, JobKind.NIGHTMARE: 38.0}, 5.0),
+}
+JOB_OVERHEAD_S = PRIOR.overhead_s
 #: The prior counts as this many observed jobs, so a single odd job does not swing the ETA.
 PRIOR_WEIGHT = 2.0
 
 
-def seconds_per_unit(kind: JobKind, samples: Sequence[tuple[float, int]]) -> float:
+def step_cost(preset: str | None, device: str | None) -> StepCost:
+    """The measured step cost of `preset` on `device` ("cpu", "cuda:0", …), else the guess."""
+    kind = (device or "").split(":")[0]
+    return MEASURED.get((preset or "", kind), PRIOR)
+
+
+def seconds_per_unit(kind: JobKind, samples: Sequence[tuple[float, int]], prior: StepCost = PRIOR) -> float:
     """Running average of seconds per step from recent (duration_s, units) of one kind."""
-    prior = PRIOR_SECONDS_PER_UNIT[kind]
-    total = prior * PRIOR_WEIGHT
+    total = prior.per_unit[kind] * PRIOR_WEIGHT
     weight = PRIOR_WEIGHT
     for duration, units in samples:
         if units > 0 and duration >= 0:
-            total += max(duration - JOB_OVERHEAD_S, 0.0) / units
+            total += max(duration - prior.overhead_s, 0.0) / units
             weight += 1
     return total / weight
 
@@ -131,9 +153,10 @@ class Estimator:
     """Seconds a job is expected to take, from the measured rate of its kind."""
 
     rates: dict[JobKind, float]
+    overhead_s: float = JOB_OVERHEAD_S
 
     def duration(self, kind: JobKind | str, spec: dict[str, Any]) -> float:
-        return JOB_OVERHEAD_S + self.rates[JobKind(kind)] * work_units(kind, spec)
+        return self.overhead_s + self.rates[JobKind(kind)] * work_units(kind, spec)
 
 
 @dataclass(frozen=True)

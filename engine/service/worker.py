@@ -26,17 +26,27 @@ from engine.pipeline.images import load_image, png_bytes, to_pil
 from engine.pipeline.progress import Progress
 from engine.pipeline.prompts import parse_prompts
 from engine.pipeline.render import NightmareJob, Renderer, SpookyJob
+from engine.pipeline.video import VideoDiskFullError, stop_children
 from engine.service.artifacts import DiskFullError
 from engine.service.core import EngineCore
 from engine.service.store import ArtifactRow, JobRow
 from engine.service.testgate import step_gate
 from engine.service.threads import run_in_daemon_thread
 from spooky.contract import EventType, JobKind, JobState
-from spooky.errors import InputError, JobCancelled, SpookyError
+from spooky.errors import InputError, JobCancelled, SpookyError, VideoError
 
 log = logging.getLogger(__name__)
 
 StopKind = Literal["cancel", "timeout", "drain"]
+
+#: How often the event loop looks at a running job's deadline and stop request.
+WATCH_S = 0.5
+#: After a stop (cancel, time-out, drain) the render thread gets this long to reach its next step;
+#: past it, the ffmpeg it may be blocked on (one that never reads or never exits) is killed.
+STOP_GRACE_S = 2.0
+
+#: How often an outcome that met a full disk is written again.
+STORE_RETRY_S = 1.0
 
 #: The stages of each kind, in order: where an error between two progress reports happened.
 STAGES = {JobKind.SPOOKY: ("stylegan", "scare"), JobKind.NIGHTMARE: ("nightmare",)}
@@ -190,7 +200,15 @@ class Worker:
         code: str | None = None
         oom = False
         try:
-            outcome = await run_in_daemon_thread(lambda: self._render(job, control), "spooky-render")
+            try:
+                outcome = await self._supervise(
+                    run_in_daemon_thread(lambda: self._render(job, control), "spooky-render"), control
+                )
+            except VideoError as e:
+                if control.stop_kind is None:
+                    raise
+                # The encoder was killed because the job was stopped: that is the stop, not a failure.
+                raise JobCancelled(f"stopped: {control.stop_kind}") from e
             state, event = JobState.SUCCEEDED, EventType.FINISHED
             data = {"artifacts": outcome.artifacts, "result": outcome.result}
         except JobCancelled:
@@ -222,7 +240,7 @@ class Worker:
             )
             log.warning("job %s: %s", job.id, error)
             oom = True
-        except DiskFullError as e:
+        except (DiskFullError, VideoDiskFullError) as e:
             error, code = str(e), "disk_full"
         except InputError as e:
             error, code = str(e), e.code
@@ -238,17 +256,19 @@ class Worker:
             torch.cuda.empty_cache()
         if state is JobState.FAILED:
             data = {"reason": error, "code": code}
-        await core.db(
-            core.store.finish,
-            job.id,
-            state,
-            event,
-            data,
-            artifacts=outcome.artifacts if outcome else None,
-            result=outcome.result if outcome else None,
-            error=error,
-            error_code=code,
-            last_image=outcome.last_image if outcome else None,
+        await self._until_stored(
+            lambda: core.store.finish(
+                job.id,
+                state,
+                event,
+                data,
+                artifacts=outcome.artifacts if outcome else None,
+                result=outcome.result if outcome else None,
+                error=error,
+                error_code=code,
+                last_image=outcome.last_image if outcome else None,
+            ),
+            job,
         )
         outcome_name = {JobState.SUCCEEDED: "succeeded", JobState.CANCELLED: "cancelled"}.get(
             state, code or "failed"
@@ -260,6 +280,41 @@ class Worker:
             core.metrics.stage_seconds.labels(stage).observe(seconds)
         if state is JobState.SUCCEEDED:
             await core.refresh_estimates()
+
+    async def _until_stored(self, write: Callable[[], Any], job: JobRow) -> None:
+        """Store a job's outcome, waiting out a full disk: the job must not stay `running` in the
+        store after it ended. A drain stops the wait; the next start then requeues the job."""
+        while True:
+            try:
+                await self.core.db(write)
+                return
+            except DiskFullError:
+                if self._stopping:
+                    raise
+                log.warning(
+                    "job %s: its outcome waits for disk space; retrying in %g s", job.id, STORE_RETRY_S
+                )
+                await asyncio.sleep(STORE_RETRY_S)
+
+    @staticmethod
+    async def _supervise(render: asyncio.Future[Outcome], control: JobControl) -> Outcome:
+        """Wait for the render thread while enforcing the job's deadline and stop request even when
+        the thread is blocked outside a step (writing to, or waiting on, ffmpeg)."""
+        while True:
+            done, _ = await asyncio.wait({render}, timeout=WATCH_S)
+            if done:
+                return render.result()
+            if control.stop_kind is None and time.monotonic() > control.deadline:
+                control.stop("timeout")
+            if control.stop_kind is not None and time.time() - (control.stop_at or 0) > STOP_GRACE_S:
+                killed = await asyncio.to_thread(stop_children)
+                if killed:
+                    log.warning(
+                        "job %s: stopped (%s) while blocked on ffmpeg; killed %d encoder(s)",
+                        control.job.id,
+                        control.stop_kind,
+                        killed,
+                    )
 
     @staticmethod
     def _where(control: JobControl) -> str:

@@ -9,7 +9,7 @@ import pytest
 from service_helpers import request
 
 from engine.service.scheduler import (
-    PRIOR_SECONDS_PER_UNIT,
+    PRIOR,
     FairState,
     Snapshot,
     banned_word_in,
@@ -131,7 +131,28 @@ def test_refusals_say_the_values():
 
 
 def test_eta_rate_starts_at_the_prior_and_follows_measurements():
-    prior = PRIOR_SECONDS_PER_UNIT[JobKind.SPOOKY]
+    prior = PRIOR.per_unit[JobKind.SPOOKY]
     assert seconds_per_unit(JobKind.SPOOKY, []) == prior
     fast = seconds_per_unit(JobKind.SPOOKY, [(2.0 + 0.01 * 50, 50)] * 20)
     assert 0.01 < fast < prior / 5
+
+
+async def test_first_etas_come_from_the_presets_measured_step_cost(tmp_path, tiny_models):
+    from service_helpers import make_settings, running_engine
+
+    from engine.service.scheduler import MEASURED, PRIOR, step_cost
+
+    assert step_cost("full", "cuda:0") is PRIOR  # nobody measured a GPU yet: the guess stays
+    assert step_cost("tiny", "cuda:0") is PRIOR and step_cost("tiny", None) is PRIOR
+    async with running_engine(make_settings(tmp_path), tiny_models) as (svc, _):
+        cost = step_cost("tiny", str(tiny_models.device))
+        assert cost is MEASURED[("tiny", "cpu")] or not str(tiny_models.device).startswith("cpu")
+        # No history yet: the ETA of a default spooky job is the tiny preset's measured cost,
+        # not the GPU guess (which put it 7x too high on a CPU).
+        spec = {"steps": 40, "scare_steps": 10}
+        assert svc.core.estimator.duration(JobKind.SPOOKY, spec) == pytest.approx(
+            cost.overhead_s + 50 * cost.per_unit[JobKind.SPOOKY]
+        )
+        assert svc.core.estimator.duration(JobKind.NIGHTMARE, {"frames": 300}) == pytest.approx(
+            cost.overhead_s + 300 * cost.per_unit[JobKind.NIGHTMARE]
+        )

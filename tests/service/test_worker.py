@@ -110,7 +110,7 @@ async def test_oom_disk_full_and_timeout_fail_only_their_job(tmp_path: Path, tin
         assert failed.state is JobState.FAILED and failed.error_code == "disk_full"
         assert "disk full" in failed.error and events[-1].data["code"] == "disk_full"
         health = await client.health()
-        assert health.status == "ready" and "disk full" in health.detail
+        assert health.status == "degraded" and "disk full" in health.detail
         monkeypatch.undo()
 
         # A job over the time limit: held after step 1 while its deadline passes, then let go.

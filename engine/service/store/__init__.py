@@ -13,12 +13,14 @@ from engine.service.store.base import (
     DatabaseUnavailableError,
     Decide,
     Describe,
+    DiskFullError,
     JobRow,
     JobStore,
     NewJob,
     QueueEntry,
     QueueSnapshot,
     SchemaTooNewError,
+    StoreHealth,
     Submitted,
 )
 from engine.service.store.sqlite import SCHEMA_VERSION, SQLiteStore
@@ -34,6 +36,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "Decide",
     "Describe",
+    "DiskFullError",
     "JobRow",
     "JobStore",
     "NewJob",
@@ -41,6 +44,7 @@ __all__ = [
     "QueueSnapshot",
     "SQLiteStore",
     "SchemaTooNewError",
+    "StoreHealth",
     "Submitted",
     "open_store",
 ]

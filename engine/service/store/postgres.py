@@ -112,7 +112,14 @@ _SCHEMA_1 = (
     )""",
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_1}
+#: Version 2: the retention sweep's and the ETA estimator's indexes, and the health probe's row.
+_SCHEMA_2 = (
+    "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(kind, state, finished_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_done_age ON jobs(finished_at) WHERE finished_at IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at DOUBLE PRECISION NOT NULL)",
+)
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_1, 2: _SCHEMA_2}
 
 #: `scheduler.fair_slots` in SQL. `cur` is the current round; a user's k-th waiting job is in
 #: round max(their last claimed round + 1, current) + k; within the current round a server's

@@ -19,15 +19,18 @@ from typing import Any, Protocol
 from engine.service.scheduler import FairState
 from engine.service.store.base import (
     ACTIVE,
+    VACUUM_PAGES,
     ArtifactRow,
     Counts,
     Decide,
     Describe,
+    DiskFullError,
     JobRow,
     NewJob,
     QueueEntry,
     QueueSnapshot,
     SchemaTooNewError,
+    StoreHealth,
     Submitted,
 )
 from spooky.contract import (
@@ -123,6 +126,7 @@ class SqlStore:
         self.default_limits = default_limits or GuildLimits()
         #: Called with the newest event id after every commit that wrote events (any thread).
         self.on_events = on_events
+        self.health = StoreHealth()
         self._lock = threading.RLock()
         self._pending_event_id = 0
 
@@ -594,13 +598,13 @@ class SqlStore:
     def last_event_id(self) -> int:
         return int(self._read("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"])
 
-    def prune_events(self, cutoff: float) -> int:
-        """Delete events older than `cutoff` of jobs that have finished."""
+    def prune_events(self, cutoff: float, limit: int = 1_000_000) -> int:
+        """Delete up to `limit` events older than `cutoff` of jobs that have finished."""
         with self._write() as con:
             cur = con.execute(
-                "DELETE FROM events WHERE at < ?"
-                " AND job_id NOT IN (SELECT id FROM jobs WHERE state IN (?, ?))",
-                (cutoff, *ACTIVE),
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?"
+                " AND job_id NOT IN (SELECT id FROM jobs WHERE state IN (?, ?)) ORDER BY id LIMIT ?)",
+                (cutoff, *ACTIVE, limit),
             )
             return cur.rowcount
 
@@ -635,20 +639,68 @@ class SqlStore:
         )
         return LastImage(artifact_id=rows[0]["artifact_id"], job_id=rows[0]["job_id"]) if rows else None
 
-    def expired_artifacts(self, cutoff: float) -> list[ArtifactRow]:
-        """Artifacts older than `cutoff` that no last image and no waiting or running job refers to."""
+    def expired_artifacts(self, cutoff: float, limit: int = 1_000_000) -> list[ArtifactRow]:
+        """Up to `limit` artifacts older than `cutoff` that no last image and no waiting or running
+        job refers to, oldest first."""
         rows = self._read(
             "SELECT * FROM artifacts WHERE created_at < ?"
             " AND id NOT IN (SELECT artifact_id FROM last_images)"
             " AND id NOT IN (SELECT source_artifact FROM jobs"
-            "                WHERE state IN (?, ?) AND source_artifact IS NOT NULL)",
-            (cutoff, *ACTIVE),
+            "                WHERE state IN (?, ?) AND source_artifact IS NOT NULL)"
+            " ORDER BY created_at LIMIT ?",
+            (cutoff, *ACTIVE, limit),
         )
         return [ArtifactRow(**dict(r)) for r in rows]
 
     def delete_artifacts(self, ids: list[str]) -> None:
         with self._write() as con:
             con.executemany("DELETE FROM artifacts WHERE id = ?", [(i,) for i in ids])
+
+    def known_artifacts(self, ids: list[str]) -> set[str]:
+        """Those of `ids` that have a row (at most 500 ids per call)."""
+        rows = self._read(f"SELECT id FROM artifacts WHERE id IN ({','.join('?' * len(ids))})", tuple(ids))
+        return {r["id"] for r in rows}
+
+    def prune_jobs(self, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` jobs that finished before `cutoff`, with their events; the number
+        deleted. Jobs a last image points at stay (/nightmare without an image animates it); the
+        limits log does not refer to jobs. Their artifacts are the artifact sweep's (it has the files).
+        Each user's job of their latest fair-queue round stays too: the claim order reads a user's
+        last round (and the current round) from the history, so pruning it would move them ahead.
+        """
+        with self._write() as con:
+            ids = [
+                r["id"]
+                for r in con.execute(
+                    "SELECT id FROM jobs WHERE finished_at < ? AND state NOT IN (?, ?)"
+                    " AND id NOT IN (SELECT job_id FROM last_images WHERE job_id IS NOT NULL)"
+                    " AND (user_id, coalesce(claim_round, -1)) NOT IN"
+                    "     (SELECT user_id, coalesce(max(claim_round), -1) FROM jobs GROUP BY user_id)"
+                    " ORDER BY finished_at LIMIT ?",
+                    (cutoff, *ACTIVE, limit),
+                ).fetchall()
+            ]
+            con.executemany("DELETE FROM events WHERE job_id = ?", [(i,) for i in ids])
+            con.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+            return len(ids)
+
+    def vacuum_step(self, pages: int = VACUUM_PAGES) -> int:
+        """Give up to `pages` free pages back to the file system; the free pages left. A store
+        whose database reclaims space by itself (PostgreSQL's autovacuum) has nothing to do."""
+        return 0
+
+    def probe_write(self) -> bool:
+        """Try one small write (health asks while the disk is full); True when it committed."""
+        try:
+            with self._write() as con:
+                con.execute(
+                    "INSERT INTO write_probe (id, at) VALUES (1, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                    (time.time(),),
+                )
+        except DiskFullError:
+            return False
+        return True
 
     # --- server limits ----------------------------------------------------------------------
 

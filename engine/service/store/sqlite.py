@@ -8,13 +8,16 @@ before the API answers.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from engine.service.scheduler import fair_slots
+from engine.service.store.base import VACUUM_PAGES, DiskFullError, StoreHealth
 from engine.service.store.sql import Connection, SqlStore, split_script
 from spooky.contract import GuildLimits
+from spooky.errors import ConfigError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -99,8 +102,19 @@ CREATE TABLE IF NOT EXISTS limits_log (
 );
 """
 
+#: Version 2: the indexes the retention sweep and the ETA estimator read on every job, and the row
+#: a health check rewrites to learn whether the disk has space again.
+_SCHEMA_2 = """
+-- recent_durations reads the newest finished jobs of a kind after every job: an index walk, not a
+-- scan of the whole history; the retention sweep finds old jobs and their artifacts the same way.
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(kind, state, finished_at);
+CREATE INDEX IF NOT EXISTS jobs_done_age ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+-- One row rewritten by `probe_write`: whether a write fits on the disk again.
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+"""
+
 #: Version 1 is the schema of the releases before the version table (PRAGMA user_version = 1).
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: tuple(split_script(_SCHEMA))}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: tuple(split_script(_SCHEMA)), 2: tuple(split_script(_SCHEMA_2))}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -118,15 +132,24 @@ class SQLiteStore(SqlStore):
     ) -> None:
         super().__init__(default_limits=default_limits, on_events=on_events)
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._con.row_factory = sqlite3.Row
-        self._con.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before the API answers, even across a power cut.
-        self._con.execute("PRAGMA synchronous=FULL")
-        self._con.execute("PRAGMA foreign_keys=ON")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._con.row_factory = sqlite3.Row
+            # Before the first table exists (a no-op on older files): freed pages can then be
+            # handed back in small steps (incremental_vacuum) instead of one long VACUUM.
+            self._con.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self._con.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before the API answers, even across a power cut.
+            self._con.execute("PRAGMA synchronous=FULL")
+            self._con.execute("PRAGMA foreign_keys=ON")
+        except (OSError, sqlite3.Error) as e:
+            raise self._unwritable(e) from e
         try:
             version = self._migrate()
+        except sqlite3.OperationalError as e:
+            self._con.close()
+            raise self._unwritable(e) from e
         except BaseException:
             self._con.close()
             raise
@@ -135,15 +158,42 @@ class SQLiteStore(SqlStore):
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        """BEGIN IMMEDIATE takes the write lock up front (no upgrade races)."""
+        """BEGIN IMMEDIATE takes the write lock up front (no upgrade races). A full disk
+        (SQLITE_FULL) is a `DiskFullError` and marks the store's health until a write commits."""
         with self._lock:
-            self._con.execute("BEGIN IMMEDIATE")
+            changes = self._con.total_changes
             try:
-                yield self._con
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
-            self._con.execute("COMMIT")
+                self._con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._con
+                except BaseException:
+                    if self._con.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                        self._con.execute("ROLLBACK")
+                    raise
+                self._con.execute("COMMIT")
+            except sqlite3.Error as e:
+                if getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                    raise
+                if self._con.in_transaction:
+                    self._con.execute("ROLLBACK")
+                raise self._full(e) from e
+            if self.health.full_since is not None and self._con.total_changes > changes:
+                # Space is back: a commit that wrote rows (an empty one proves nothing) went through.
+                self.health = StoreHealth()
+
+    def _unwritable(self, e: OSError | sqlite3.Error) -> ConfigError:
+        return ConfigError(
+            f"the engine cannot open its database {self.path} for writing: {e}",
+            hint=(
+                f"engine.data_dir ({self.path.parent}) must be a folder the engine's user can "
+                "write: it holds the SQLite file, its -wal/-shm files and the artifacts"
+            ),
+        )
+
+    def _full(self, e: sqlite3.Error) -> DiskFullError:
+        detail = f"disk full: the database {self.path} cannot be written ({e})"
+        self.health = StoreHealth(self.health.full_since or time.time(), detail)
+        return DiskFullError(detail, hint=f"free space on the disk that holds {self.path.parent}")
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -163,6 +213,15 @@ class SQLiteStore(SqlStore):
 
     def _describe_location(self) -> str:
         return f"the SQLite database {self.path}"
+
+    def vacuum_step(self, pages: int = VACUUM_PAGES) -> int:
+        """Give up to `pages` free pages back to the file system; the free pages left (0 when the
+        file predates incremental vacuum: its pages are reused, only a full VACUUM shrinks it)."""
+        with self._lock:
+            if self._con.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2 = INCREMENTAL
+                return 0
+            self._con.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+            return int(self._con.execute("PRAGMA freelist_count").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
