@@ -149,7 +149,7 @@ async def test_a_full_disk_under_the_database_is_degraded_then_recovers(tmp_path
             async with aiohttp.ClientSession() as http:
                 statuses = []
                 for user in "23456789":  # enough to outgrow the WAL pages already allocated
-                    body = request(user=user, prompt="x" * 400).model_dump_json()
+                    body = request(user=user, prompt="pale " * 60).model_dump_json()  # 300 chars, 60 tokens
                     post = {**headers, "Content-Type": "application/json"}
                     async with http.post(f"{svc.url}/v1/jobs", data=body, headers=post) as resp:
                         statuses.append(resp.status)

@@ -58,7 +58,9 @@ async def test_the_sweep_prunes_old_jobs_in_batches_and_keeps_what_is_still_need
         await svc.core.sweep()
 
         left = {r[0] for r in store._read("SELECT id FROM jobs")}
-        assert left == {"old-0", fresh}  # the job behind a last image, and the one still queued
+        # The job behind a last image, the newest claim (it carries the fair queue's current
+        # round), and the one still queued.
+        assert left == {"old-0", "old-29", fresh}
         orphans = store._read("SELECT count(*) FROM events WHERE job_id NOT IN (SELECT id FROM jobs)")
         assert orphans[0][0] == 0
         assert store.last_image("0", "200").artifact_id == kept_image.id

@@ -290,13 +290,14 @@ def test_the_schema_is_versioned_and_a_newer_one_is_refused(
     backend: str, open_at: Opener, pg_server_or_none: Any
 ):
     store = open_at()
-    assert store.schema_version() == 1
+    newest = max(type(store).MIGRATIONS)
+    assert store.schema_version() == newest
     submit(store, request(user="9"))
     store.close()
     _tamper(backend, pg_server_or_none, "UPDATE schema_version SET version = 99")
     with pytest.raises(SchemaTooNewError) as raised:
         open_at()
-    assert "schema version 99" in str(raised.value) and "up to 1" in str(raised.value)
+    assert "schema version 99" in str(raised.value) and f"up to {newest}" in str(raised.value)
 
 
 def test_the_schema_migrates_forward_keeping_the_data(open_at: Opener):
@@ -305,11 +306,13 @@ def test_the_schema_migrates_forward_keeping_the_data(open_at: Opener):
     old.close()
     base = type(old)
 
+    following = max(base.MIGRATIONS) + 1
+
     class Newer(base):  # type: ignore[misc, valid-type]
-        MIGRATIONS: ClassVar = {**base.MIGRATIONS, 2: ("ALTER TABLE jobs ADD COLUMN note TEXT",)}
+        MIGRATIONS: ClassVar = {**base.MIGRATIONS, following: ("ALTER TABLE jobs ADD COLUMN note TEXT",)}
 
     newer = open_at(Newer)
-    assert newer.schema_version() == 2
+    assert newer.schema_version() == following
     assert newer.get_job(job.id).id == job.id
     assert newer._read("SELECT note FROM jobs")[0]["note"] is None  # the column exists
     newer.close()
@@ -317,16 +320,41 @@ def test_the_schema_migrates_forward_keeping_the_data(open_at: Opener):
         open_at(base)  # and the older code refuses the migrated database
 
 
-def test_a_database_from_before_the_version_table_opens_as_version_1(tmp_path: Path):
+def test_a_database_from_before_the_version_table_opens_as_version_1_and_migrates(tmp_path: Path):
     path = tmp_path / "old.sqlite3"
     SQLiteStore(path).close()
     con = sqlite3.connect(path)
-    con.execute("DROP TABLE schema_version")  # what the releases before it left: user_version = 1
+    # What the releases before the version table left: version 1's tables, user_version = 1.
+    con.execute("DROP TABLE schema_version")
+    con.execute("DROP TABLE write_probe")
+    con.execute("DROP INDEX jobs_finished")
+    con.execute("PRAGMA user_version = 1")
     con.commit()
     con.close()
     store = SQLiteStore(path)
-    assert store.schema_version() == 1
+    assert store.schema_version() == max(SQLiteStore.MIGRATIONS) > 1
+    indexes = {r["name"] for r in store._read("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "jobs_finished" in indexes  # version 2 was applied to the old file
     store.close()
+
+
+def test_pruning_keeps_the_rounds_the_fair_order_reads(store: JobStore):
+    """Old finished jobs go, except those carrying the current round and a waiting user's last."""
+
+    def run(user: str) -> str:
+        job = submit(store, request(user=user)).job
+        assert store.claim_next().id == job.id
+        store.finish(job.id, JobState.SUCCEEDED, EventType.FINISHED, {})
+        return job.id
+
+    x1, y1, y2, z1, z2 = run("2"), run("1"), run("1"), run("3"), run("3")
+    assert [_claim_round(store, j) for j in (x1, y1, y2, z1, z2)] == [0, 0, 1, 1, 2]
+    waiting = submit(store, request(user="1")).job  # user 1 waits: their last round (1) is read
+    time.sleep(0.01)
+    assert store.prune_jobs(time.time(), limit=100) == 3
+    left = {j.id for j in store.list_jobs(limit=100)}
+    assert left == {y2, z2, waiting.id}  # user 1's last round, the newest claim, the waiting job
+    assert store.claim_next().id == waiting.id and _claim_round(store, waiting.id) == 2
 
 
 def test_open_store_picks_the_store_by_url(tmp_path: Path, pg_url: str):

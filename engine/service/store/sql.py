@@ -665,8 +665,9 @@ class SqlStore:
         """Delete up to `limit` jobs that finished before `cutoff`, with their events; the number
         deleted. Jobs a last image points at stay (/nightmare without an image animates it); the
         limits log does not refer to jobs. Their artifacts are the artifact sweep's (it has the files).
-        Each user's job of their latest fair-queue round stays too: the claim order reads a user's
-        last round (and the current round) from the history, so pruning it would move them ahead.
+        The fair order reads the current round (the newest claim's) and each waiting user's last
+        round from the history, so the jobs that carry those rounds stay too (the newest claim, and
+        each waiting user's last): pruning them would move the round back, or a waiting user ahead.
         """
         with self._write() as con:
             ids = [
@@ -674,10 +675,13 @@ class SqlStore:
                 for r in con.execute(
                     "SELECT id FROM jobs WHERE finished_at < ? AND state NOT IN (?, ?)"
                     " AND id NOT IN (SELECT job_id FROM last_images WHERE job_id IS NOT NULL)"
+                    " AND id <> coalesce((SELECT id FROM jobs WHERE claim_round IS NOT NULL"
+                    "                     ORDER BY claim_round DESC, seq DESC LIMIT 1), '')"
                     " AND (user_id, coalesce(claim_round, -1)) NOT IN"
-                    "     (SELECT user_id, coalesce(max(claim_round), -1) FROM jobs GROUP BY user_id)"
+                    "     (SELECT user_id, max(claim_round) FROM jobs WHERE claim_round IS NOT NULL"
+                    "      AND user_id IN (SELECT user_id FROM jobs WHERE state = ?) GROUP BY user_id)"
                     " ORDER BY finished_at LIMIT ?",
-                    (cutoff, *ACTIVE, limit),
+                    (cutoff, *ACTIVE, JobState.QUEUED.value, limit),
                 ).fetchall()
             ]
             con.executemany("DELETE FROM events WHERE job_id = ?", [(i,) for i in ids])

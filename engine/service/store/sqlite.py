@@ -106,7 +106,7 @@ CREATE TABLE IF NOT EXISTS limits_log (
 #: a health check rewrites to learn whether the disk has space again.
 _SCHEMA_2 = """
 -- recent_durations reads the newest finished jobs of a kind after every job: an index walk, not a
--- scan of the whole history; the retention sweep finds old jobs and their artifacts the same way.
+-- scan of the whole history. The retention sweep finds old jobs and their artifacts the same way.
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(kind, state, finished_at);
 CREATE INDEX IF NOT EXISTS jobs_done_age ON jobs(finished_at) WHERE finished_at IS NOT NULL;
 -- One row rewritten by `probe_write`: whether a write fits on the disk again.
@@ -116,6 +116,8 @@ CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL
 #: Version 1 is the schema of the releases before the version table (PRAGMA user_version = 1).
 MIGRATIONS: dict[int, tuple[str, ...]] = {1: tuple(split_script(_SCHEMA)), 2: tuple(split_script(_SCHEMA_2))}
 SCHEMA_VERSION = max(MIGRATIONS)
+#: SQLite's answers to a write the file system will not take (a read-only folder or file).
+_CANNOT_WRITE = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_IOERR}
 
 
 class SQLiteStore(SqlStore):
@@ -147,9 +149,11 @@ class SQLiteStore(SqlStore):
             raise self._unwritable(e) from e
         try:
             version = self._migrate()
-        except sqlite3.OperationalError as e:
+        except sqlite3.Error as e:
             self._con.close()
-            raise self._unwritable(e) from e
+            if getattr(e, "sqlite_errorcode", None) in _CANNOT_WRITE:
+                raise self._unwritable(e) from e
+            raise
         except BaseException:
             self._con.close()
             raise
