@@ -37,7 +37,7 @@ from engine.service.store.base import (
     Submitted,
     UnreadableSpec,
 )
-from spooky.bounds import CLIENT_MAX_ENTRIES
+from spooky.bounds import CLIENT_MAX_ENTRIES, MAX_ERROR_CHARS
 from spooky.contract import (
     Event,
     EventType,
@@ -81,17 +81,23 @@ def read_spec(kind: str, text: str) -> StoredSpec:
         data = json.loads(text)
         spec = _SPEC.validate_python({"kind": job_kind, **data} if isinstance(data, dict) else data)
     except (ValueError, ValidationError) as e:  # JSONDecodeError is a ValueError
-        return UnreadableSpec(job_kind, f"its stored settings do not validate: {_first_error(e)}")
+        return UnreadableSpec(job_kind, f"its stored settings do not validate: {_errors(e)}")
     if spec.kind is not job_kind:
         return UnreadableSpec(job_kind, f"its stored settings are those of a {spec.kind.value} job")
     return spec
 
 
-def _first_error(e: Exception) -> str:
-    if isinstance(e, ValidationError):
-        err = e.errors(include_url=False)[0]
-        return f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}"
-    return str(e)
+def _errors(e: Exception, shown: int = 3) -> str:
+    """The first few validation errors, each as `field: what is wrong` (short: it is a job's error)."""
+    if not isinstance(e, ValidationError):
+        return str(e)[:MAX_ERROR_CHARS]
+    # loc[0] is the union's tag (the kind): the field is what follows.
+    parts = [
+        f"{'.'.join(str(p) for p in err['loc'][1:]) or 'spec'}: {err['msg'][:MAX_ERROR_CHARS]}"
+        for err in e.errors(include_url=False)[:shown]
+    ]
+    more = f" (and {e.error_count() - shown} more)" if e.error_count() > shown else ""
+    return "; ".join(parts) + more
 
 
 def job_row(row: Row) -> JobRow:
