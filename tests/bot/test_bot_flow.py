@@ -24,13 +24,14 @@ from bot_helpers import (
     uploaded,
     webhook_edits,
 )
-from fake_discord import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, FakeDiscord
+from fake_discord import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, FakeDiscord, Interaction, Recorded
 from PIL import Image
 from support import free_port
 
 from bot import tracker as tracker_module
 from bot.errors import UNEXPECTED
 from bot.messenger import CONTINUED
+from bot.progress import STAGE_LABELS
 from bot.text import size
 from spooky.contract import JobState
 from spooky.engine_client import EngineClient
@@ -38,34 +39,56 @@ from spooky.engine_client import EngineClient
 if TYPE_CHECKING:
     from conftest import Bots
 
+    from engine.service.testgate import StepGate
+
 MOD = PERM_ALL_MEMBER | PERM_MANAGE_GUILD
 
 #: The bot's edits of an interaction's messages (held in tests that act between two of them).
 WEBHOOK_EDIT = r"^/webhooks/\d+/[^/]+/messages/"
 
+#: Steps of the progress test's render that the gate lets through one edit window at a time.
+PROGRESS_STEPS = 3
+
 
 async def test_spooky_progress_result_and_buttons(
-    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient, gate: StepGate
 ) -> None:
     bot = await bots.start()
     prompt = "dracula @everyone <@&123> **bold** @here"
-    # Enough steps that the job outlives a few edit windows even on a fast machine.
-    inter = await fake.invoke("spooky", {"prompt": prompt, "seed": 7, "steps": 400})
+    inter = await fake.invoke("spooky", {"prompt": prompt, "seed": 7})
 
     # Acknowledged at once with a public "thinking…" that becomes the progress message.
     await asyncio.wait_for(inter.acked.wait(), 3)
     assert inter.callback_type == 5
     assert not (inter.callback or {}).get("data", {}).get("flags", 0) & 64
 
+    # The render waits after each step until the bot has shown it, then takes one more: every edit
+    # window has a new state to show, so only the throttle spaces the edits.
+    job = await job_of(engine_client, inter)
+    first = (await gate.held()).passed
+    last_still, stills = None, 0
+    for k in range(PROGRESS_STEPS):
+        held = await gate.held(passed=first + k)
+        line = f"{STAGE_LABELS[held.stage or '']}: step {held.step}/"
+        edit = await fake.wait_for(lambda line=line: _edit_saying(fake, inter, line), RENDER_TIMEOUT_S)
+        # The step's edit carries the step's still exactly when the engine made a new one.
+        still = (await engine_client.job(job.id)).artifacts.get("still")
+        carried = "still.png" in uploaded(edit)
+        assert carried == (still is not None and still != last_still), (line, still, last_still)
+        last_still, stills = still, stills + carried
+        gate.allow(1)
+    assert stills, f"no still in the first {PROGRESS_STEPS} steps"
+    gate.release()
+
     final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
     edits = webhook_edits(fake, inter)
     # Edited in place, never more often than progress_interval_s (a little slack for the network).
     gaps = [b.at - a.at for a, b in itertools.pairwise(edits)]
-    assert gaps and min(gaps) >= bot.config.progress_interval_s - 0.05, gaps
+    assert len(gaps) >= PROGRESS_STEPS and min(gaps) >= bot.config.progress_interval_s - 0.05, gaps
     progress = [r for r in edits[:-1] if isinstance(r.json, dict)]
-    assert any("still.png" in uploaded(r) for r in edits[:-1]), "no progress edit carried a still"
     with_steps = [r.json["content"] for r in progress if "step" in r.json.get("content", "")]
-    assert with_steps and all("%" in t and ("█" in t or "░" in t) for t in with_steps), with_steps
+    assert len(with_steps) >= PROGRESS_STEPS, with_steps
+    assert all("%" in t and ("█" in t or "░" in t) for t in with_steps), with_steps
     assert all(any(b.startswith("spooky:cancel:") for b in _ids(r.json)) for r in progress)
 
     # The result: both stills, the seed, Nightmare and Reroll.
@@ -104,44 +127,65 @@ async def test_spooky_progress_result_and_buttons(
     assert buttons(video_msg) == []
 
 
+def _edit_saying(fake: FakeDiscord, inter: Interaction, text: str) -> Recorded | None:
+    """The bot's first edit of the interaction's message whose content has `text`."""
+    for rec in webhook_edits(fake, inter):
+        if isinstance(rec.json, dict) and text in rec.json.get("content", ""):
+            return rec
+    return None
+
+
 def _ids(body: dict) -> list[str]:
     return [c.get("custom_id", "") for row in body.get("components", []) for c in row.get("components", [])]
 
 
-async def test_cancel_button_and_command(bots: Bots, fake: FakeDiscord, engine_client: EngineClient) -> None:
+async def test_cancel_button_and_command(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient, gate: StepGate
+) -> None:
     await bots.start()
-    inter = await fake.invoke("spooky", {"prompt": "slow ghost", "steps": 400})
+    # Held after its first step: the job is running for as long as the test needs.
+    inter = await fake.invoke("spooky", {"prompt": "slow ghost"})
+    job_id = (await job_of(engine_client, inter)).id
+    held = await gate.held()
+    assert held.job_id == job_id
     running = await fake.wait_for(
-        lambda: (m := original(fake, inter)) and "step" in m["content"] and buttons(m) and m, RENDER_TIMEOUT_S
+        lambda: (m := original(fake, inter)) and "step 1/" in m["content"] and m, RENDER_TIMEOUT_S
     )
-    job_id = job_id_of(running)
+    assert buttons(running) == [f"spooky:cancel:{job_id}"]
 
     # Someone else may not cancel it.
     stranger = await fake.click(running["id"], f"spooky:cancel:{job_id}", user=fake.other)
     refused = await fake.wait_for(lambda: ephemeral_replies(fake, stranger), 30)
-    assert "Only the person who asked" in refused[0]
-    assert (await engine_client.job(job_id)).state in (JobState.QUEUED, JobState.RUNNING)
+    assert refused == ["Only the person who asked for this render or a moderator can cancel it."]
+    assert (await engine_client.job(job_id)).state is JobState.RUNNING
 
     # Its owner may: the job stops, the message says so and loses its buttons.
     owner = await fake.click(running["id"], f"spooky:cancel:{job_id}", user=fake.member)
     done = await fake.wait_for(lambda: ephemeral_replies(fake, owner), 30)
-    assert "Cancelled" in done[0]
+    assert done == ["Cancelled the render of “slow ghost”."]
     stopped = await fake.wait_for(lambda: final_of(fake, inter), 30)
-    assert "Cancelled" in stopped["content"] and buttons(stopped) == [] and filenames(stopped) == []
-    assert (await engine_client.job(job_id)).state is JobState.CANCELLED
+    assert "🛑 Cancelled." in stopped["content"] and buttons(stopped) == [] and filenames(stopped) == []
+    cancelled = await engine_client.job(job_id)
+    assert cancelled.state is JobState.CANCELLED and cancelled.progress is not None
+    assert cancelled.progress.step == held.step  # it never took the step the gate held back
+    assert gate.state.passed == held.passed
 
-    # /cancel without an argument stops the member's latest job.
-    second = await fake.invoke("spooky", {"prompt": "another slow ghost", "steps": 400})
-    shown = await fake.wait_for(lambda: (m := original(fake, second)) and buttons(m) and m, RENDER_TIMEOUT_S)
+    # /cancel without an argument stops the member's latest job (held too, after its first step).
+    second = await fake.invoke("spooky", {"prompt": "another slow ghost"})
+    second_id = (await job_of(engine_client, second)).id
+    assert (await gate.held()).job_id == second_id
+    await fake.wait_for(lambda: (m := original(fake, second)) and "step 1/" in m["content"], RENDER_TIMEOUT_S)
     cancel = await fake.invoke("cancel", {})
     await asyncio.wait_for(cancel.acked.wait(), 3)
     reply = await fake.wait_for(lambda: ephemeral_replies(fake, cancel), 30)
-    assert "Cancelled the render of “another slow ghost”" in reply[0]
-    assert (await engine_client.job(job_id_of(shown))).state is JobState.CANCELLED
+    assert reply == ["Cancelled the render of “another slow ghost”."]
+    assert (await engine_client.job(second_id)).state is JobState.CANCELLED
 
     # Nothing left to cancel.
     empty = await fake.invoke("cancel", {})
-    assert "nothing to cancel" in (await fake.wait_for(lambda: ephemeral_replies(fake, empty), 30))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, empty), 30) == [
+        "You have no render waiting or running; nothing to cancel."
+    ]
 
 
 async def test_limits_for_moderators_only(bots: Bots, fake: FakeDiscord, engine_client: EngineClient) -> None:
@@ -356,15 +400,33 @@ async def test_hundred_concurrent_commands_are_acknowledged_in_time(
     assert all("paused" in ephemeral_replies(fake, i)[0].lower() for i in inters)
 
 
-async def test_queue_shows_position(bots: Bots, fake: FakeDiscord) -> None:
+async def test_queue_shows_position(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient, gate: StepGate
+) -> None:
     await bots.start()
-    inter = await fake.invoke("spooky", {"prompt": "queued ghoul", "steps": 400})
-    await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m), 30)
+    # One job held after its first step, one waiting behind it.
+    first = await fake.invoke("spooky", {"prompt": "running ghoul"})
+    running = (await job_of(engine_client, first)).id
+    held = await gate.held()
+    assert held.job_id == running
+    second = await fake.invoke("spooky", {"prompt": "queued ghoul"})
+    waiting = await job_of(engine_client, second)
+    assert waiting.state is JobState.QUEUED and waiting.position == 1
+
     queue = await fake.invoke("queue", {})
     await asyncio.wait_for(queue.acked.wait(), 3)
     assert (queue.callback or {}).get("data", {}).get("flags", 0) & 64  # ephemeral
-    text = (await fake.wait_for(lambda: ephemeral_replies(fake, queue), 30))[0]
-    assert "Render queue" in text and "queued ghoul" in text
+    (text,) = await fake.wait_for(lambda: ephemeral_replies(fake, queue), 30)
+    lines = text.splitlines()
+    progress = (await engine_client.job(running)).progress
+    assert progress is not None and progress.step == held.step
+    now = f"“running ghoul” — running: {STAGE_LABELS[progress.stage]} {progress.step}/{progress.total}"
+    assert lines[:2] == ["**Render queue**: 1 job waiting", f"Now rendering for <@{fake.member.id}>: {now}"]
+    assert "**Your renders:**" in lines, text
+    mine = lines[lines.index("**Your renders:**") + 1 :]
+    assert mine[0] == f"• `{running}` {now}", text
+    assert mine[1].startswith(f"• `{waiting.id}` “queued ghoul” — position 1, done in about "), text
+    assert len(mine) == 2, text
 
 
 async def test_deleted_progress_message_gets_a_new_result_message(
