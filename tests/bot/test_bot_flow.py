@@ -29,7 +29,7 @@ from PIL import Image
 from support import free_port
 
 from bot import tracker as tracker_module
-from bot.errors import UNEXPECTED
+from bot.errors import ENGINE_DOWN, UNEXPECTED, NotModerator
 from bot.messenger import CONTINUED
 from bot.progress import STAGE_LABELS
 from bot.text import size
@@ -45,6 +45,9 @@ MOD = PERM_ALL_MEMBER | PERM_MANAGE_GUILD
 
 #: The bot's edits of an interaction's messages (held in tests that act between two of them).
 WEBHOOK_EDIT = r"^/webhooks/\d+/[^/]+/messages/"
+
+NOT_MODERATOR = str(NotModerator())
+PAUSED = "rendering is paused on this server; a moderator can resume it with /limits set paused:false"
 
 #: Steps of the progress test's render that the gate lets through one edit window at a time.
 PROGRESS_STEPS = 3
@@ -198,9 +201,9 @@ async def test_limits_for_moderators_only(bots: Bots, fake: FakeDiscord, engine_
     # A member who invokes it anyway (e.g. a server overrode the default permissions) is refused.
     member = await fake.invoke("limits set", {"cooldown": 999}, user=fake.member)
     await asyncio.wait_for(member.acked.wait(), 3)
-    assert "Only moderators" in (await fake.wait_for(lambda: ephemeral_replies(fake, member), 10))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, member), 10) == [NOT_MODERATOR]
     shown = await fake.invoke("limits show", {}, user=fake.member)
-    assert "Only moderators" in (await fake.wait_for(lambda: ephemeral_replies(fake, shown), 10))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, shown), 10) == [NOT_MODERATOR]
     assert await engine_client.limits(fake.guild_id) == before
 
     # A moderator changes them; the engine stores and enforces them at once.
@@ -210,7 +213,7 @@ async def test_limits_for_moderators_only(bots: Bots, fake: FakeDiscord, engine_
         user=fake.moderator,
         permissions=MOD,
     )
-    reply = (await fake.wait_for(lambda: ephemeral_replies(fake, changed), 10))[0]
+    (reply,) = await fake.wait_for(lambda: ephemeral_replies(fake, changed), 10)
     assert "Updated" in reply and "pumpkin" in reply
     after = await engine_client.limits(fake.guild_id)
     assert (after.cooldown_s, after.max_steps, after.banned_words) == (5, 3, ["pumpkin"])
@@ -219,20 +222,24 @@ async def test_limits_for_moderators_only(bots: Bots, fake: FakeDiscord, engine_
     assert log and log[-1].actor_id == fake.moderator.id
 
     show = await fake.invoke("limits show", {}, user=fake.moderator, permissions=MOD)
-    text = (await fake.wait_for(lambda: ephemeral_replies(fake, show), 10))[0]
+    (text,) = await fake.wait_for(lambda: ephemeral_replies(fake, show), 10)
     assert "up to 3" in text and "`pumpkin`" in text and f"<#{fake.channel_ids[0]}>" in text
 
     # Refusals come back as the engine wrote them, to the asker only; the public message is removed.
     banned = await fake.invoke("spooky", {"prompt": "a PUMPKIN head"})
-    text = (await fake.wait_for(lambda: ephemeral_replies(fake, banned), 30))[0]
-    assert "pumpkin" in text.lower()
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, banned), 30) == [
+        'the prompt contains "pumpkin", which this server does not allow; rephrase it'
+    ]
     assert original(fake, banned)["deleted"]
     too_many = await fake.invoke("spooky", {"prompt": "a ghost", "steps": 50})
-    text = (await fake.wait_for(lambda: ephemeral_replies(fake, too_many), 30))[0]
-    assert "50" in text and "3" in text
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, too_many), 30) == [
+        "50 steps is outside this server's range 1–3; pick a value in it"
+    ]
     elsewhere = await fake.invoke("spooky", {"prompt": "a ghost"}, channel_id=fake.channel_ids[1])
-    text = (await fake.wait_for(lambda: ephemeral_replies(fake, elsewhere), 30))[0]
-    assert "not open for rendering" in text and f"<#{fake.channel_ids[0]}>" in text
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, elsewhere), 30) == [
+        f"this channel is not open for rendering; use <#{fake.channel_ids[0]}>"
+    ]
+    assert not await engine_client.jobs(guild_id=fake.guild_id, limit=10)  # nothing was queued
 
 
 async def test_result_after_token_expiry_goes_to_the_channel(
@@ -280,20 +287,29 @@ async def test_nightmare_attachment_checks_and_refit(
     await bots.start()
     # Nothing to animate yet: a hint.
     bare = await fake.invoke("nightmare", {})
-    hint = (await fake.wait_for(lambda: ephemeral_replies(fake, bare), 30))[0]
-    assert "/spooky" in hint and "attach" in hint
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, bare), 30) == [
+        "you have no image in this channel to animate yet: "
+        "run /spooky first, or attach an image to /nightmare"
+    ]
 
     # Refused at the edge, before any download: not an image, too large.
     text = fake.add_attachment("notes.txt", "text/plain", b"hello")
     wrong = await fake.invoke("nightmare", {"image": text})
-    assert "PNG, JPEG, WebP or GIF" in (await fake.wait_for(lambda: ephemeral_replies(fake, wrong), 30))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, wrong), 30) == [
+        "“notes.txt” is text/plain; attach a PNG, JPEG, WebP or GIF image instead."
+    ]
     huge = fake.add_attachment("big.png", "image/png", b"x", size=9 * 1024 * 1024)
     big = await fake.invoke("nightmare", {"image": huge})
-    assert "8 MB" in (await fake.wait_for(lambda: ephemeral_replies(fake, big), 30))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, big), 30) == [
+        "“big.png” is 9.0 MB; images up to 8 MB are accepted."
+    ]
     # Claims to be a PNG but is not: the engine's check refuses it.
     fake_png = fake.add_attachment("evil.png", "image/png", b"\x89PNG\r\n\x1a\n not really")
     evil = await fake.invoke("nightmare", {"image": fake_png})
-    assert "not an image" in (await fake.wait_for(lambda: ephemeral_replies(fake, evil), 30))[0]
+    (text,) = await fake.wait_for(lambda: ephemeral_replies(fake, evil), 30)
+    assert "not an image" in text, text
+    # Only that one was downloaded: the others were refused from what Discord said about them.
+    assert fake.downloads == [fake_png["id"]]
     assert not [r for r in fake.requests if r.status == 413]
 
     # A real image whose video is over this server's (smaller than announced) upload limit.
@@ -371,16 +387,17 @@ async def test_engine_down_is_said_at_once(bots: Bots, fake: FakeDiscord) -> Non
     await bots.start(engine_url=f"http://127.0.0.1:{free_port()}")
     inter = await fake.invoke("spooky", {"prompt": "anyone home?"})
     await asyncio.wait_for(inter.acked.wait(), 3)
-    reply = (await fake.wait_for(lambda: ephemeral_replies(fake, inter), 5))[0]
-    assert reply == "The render engine is not reachable right now; try again in a minute."
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, inter), 5) == [ENGINE_DOWN]
     assert original(fake, inter)["deleted"]
     queue = await fake.invoke("queue", {})
-    assert "not reachable" in (await fake.wait_for(lambda: ephemeral_replies(fake, queue), 5))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, queue), 5) == [ENGINE_DOWN]
     # A blank prompt is refused at the edge (transformer), before any engine call.
     blank = await fake.invoke("spooky", {"prompt": "   "})
     await asyncio.wait_for(blank.acked.wait(), 3)
     assert blank.callback_type == 4  # answered directly, ephemeral
-    assert "The prompt is empty" in (await fake.wait_for(lambda: ephemeral_replies(fake, blank), 5))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, blank), 5) == [
+        "The prompt is empty: describe a face, e.g. “dracula pale fangs”."
+    ]
 
 
 async def test_hundred_concurrent_commands_are_acknowledged_in_time(
@@ -397,7 +414,8 @@ async def test_hundred_concurrent_commands_are_acknowledged_in_time(
     assert latencies[-1] < 3.0
     assert all(i.callback_type == 5 for i in inters)
     await fake.wait_for(lambda: all(ephemeral_replies(fake, i) for i in inters), 60)
-    assert all("paused" in ephemeral_replies(fake, i)[0].lower() for i in inters)
+    assert all(ephemeral_replies(fake, i) == [PAUSED] for i in inters)
+    assert not await engine_client.jobs(guild_id=fake.guild_id, limit=10)  # none was queued
 
 
 async def test_queue_shows_position(
