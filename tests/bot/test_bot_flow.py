@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import logging
@@ -33,7 +34,7 @@ from bot.errors import ENGINE_DOWN, UNEXPECTED, NotModerator
 from bot.messenger import CONTINUED
 from bot.progress import STAGE_LABELS
 from bot.text import size
-from spooky.contract import JobState
+from spooky.contract import Event, EventType, JobState
 from spooky.engine_client import EngineClient
 
 if TYPE_CHECKING:
@@ -559,22 +560,51 @@ async def test_sweep_delivers_what_the_event_stream_never_announced(
 
 
 async def test_progress_message_is_never_edited_to_what_it_already_says(
-    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient, gate: StepGate
 ) -> None:
-    # Short edit windows, so a waiting job's QUEUED event is not folded into a later state.
-    await bots.start(progress_interval_s=0.2)
-    # A few jobs at once: each waiting one's first "in the queue" state arrives twice (the submit
-    # answer, then its QUEUED event), identical.
+    bot = await bots.start(progress_interval_s=0.2)
+    # The first job is held after its first step, so the others wait in the queue until the test
+    # lets it go: each waiting one's first "in the queue" state arrives twice (the submit answer,
+    # then its QUEUED event), identical.
     inters = [await fake.invoke("spooky", {"prompt": f"echoing ghost {i}"}) for i in range(4)]
+    jobs = [(await job_of(engine_client, inter)).id for inter in inters]
+    running = (await gate.held()).job_id  # the bot submits them concurrently: any may be first
+    waiting = [j for j in jobs if j != running]
+    assert len(waiting) == 3, (running, jobs)
+    events = await _events_until(engine_client, fake.guild_id, {(j, EventType.QUEUED) for j in waiting})
+    # Let the first job go only once the bot has read those events and each message's feed has
+    # decided what to do with them: a decided no-op edit sends nothing Discord could show us.
+    tracker, last = bot.tracker, max(e.id for e in events)
+    await fake.wait_for(
+        lambda: tracker._last_event >= last and not any(f._wake.is_set() for f in tracker._feeds.values()),
+        30,
+    )
+    gate.release()
     for inter in inters:
         await fake.wait_for(lambda inter=inter: final_of(fake, inter), RENDER_TIMEOUT_S)
-    for inter in inters:
+    for job_id, inter in zip(jobs, inters, strict=True):
         edits = [
             (r.json.get("content"), uploaded(r))
             for r in webhook_edits(fake, inter)
             if isinstance(r.json, dict)
         ]
         assert len(edits) >= 2, edits
+        if job_id in waiting:
+            assert any("⏳ In the queue: position" in text for text, _ in edits), edits
         repeats = [a for a, b in itertools.pairwise(edits) if a == b and not b[1]]
         assert not repeats, f"no-op edits: {repeats}"
         assert (await job_of(engine_client, inter)).delivered
+
+
+async def _events_until(
+    engine: EngineClient, guild_id: str, wanted: set[tuple[str, EventType]]
+) -> list[Event]:
+    """The guild's engine events from the first up to the last of `wanted` (job id, type)."""
+    seen: list[Event] = []
+    async with asyncio.timeout(30), contextlib.aclosing(engine.events(guild_id=guild_id)) as stream:
+        async for event in stream:
+            seen.append(event)
+            wanted.discard((event.job_id, event.type))
+            if not wanted:
+                return seen
+    raise AssertionError(f"the event stream ended before {wanted}")
