@@ -197,7 +197,8 @@ async def test_limits_for_moderators_only(bots: Bots, fake: FakeDiscord, engine_
     before = await engine_client.limits(fake.guild_id)
     definition = fake.commands["limits"]
     assert str(definition["default_member_permissions"]) == str(PERM_MANAGE_GUILD)
-    assert definition.get("contexts") == [0] or definition.get("dm_permission") is False
+    # Servers only, said both ways Discord reads it (`contexts` now, `dm_permission` before).
+    assert (definition.get("contexts"), definition.get("dm_permission")) == ([0], False)
 
     # A member who invokes it anyway (e.g. a server overrode the default permissions) is refused.
     member = await fake.invoke("limits set", {"cooldown": 999}, user=fake.member)
