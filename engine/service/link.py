@@ -3,7 +3,7 @@
 `EngineCore` is built with a `WorkerLink` (its `WorkerControl` and its submit check) before the
 load starts, because the API serves and accepts jobs while the models load. The service connects
 the worker and the renderer's check to the link when they exist; until then a wake has nobody to
-wake, a running job has no worker to stop, and submits are checked with CLIP's tokenizer alone.
+wake, no job is in a worker's hands here, and submits are checked with CLIP's tokenizer alone.
 """
 
 from __future__ import annotations
@@ -51,9 +51,6 @@ class WorkerLink:
             self._worker.wake()
 
     def request_cancel(self, job_id: str, by: str) -> asyncio.Future[None] | None:
-        if self._worker is not None:
-            return self._worker.request_cancel(job_id, by)
-        # No worker runs, so none has the job in hand: nothing to wait for.
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+        # Without a worker here nobody here holds the job: the core waits for its end as for a
+        # job claimed but not started.
+        return self._worker.request_cancel(job_id, by) if self._worker is not None else None
