@@ -1,4 +1,5 @@
-"""The contract between the bot and the engine: requests, jobs, events, limits (no torch import).
+"""The contract between the bot and the engine: requests, jobs, events, limits (no torch import),
+and the engine's resolved job settings (`JobSpec`), which every engine layer reads as one type.
 
 Both sides import this module; the engine validates every request body with these models and the
 bot builds them. Unknown fields are refused (`extra="forbid"`), so a typo fails loudly, and the
