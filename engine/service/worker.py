@@ -33,7 +33,7 @@ from engine.service.store import ArtifactRow, JobRow
 from engine.service.testgate import step_gate
 from engine.service.threads import run_in_daemon_thread
 from spooky.contract import EventType, JobKind, JobState
-from spooky.errors import InputError, JobCancelled, SpookyError, VideoError
+from spooky.errors import BadPromptError, InputError, JobCancelled, SpookyError, VideoError
 
 log = logging.getLogger(__name__)
 
@@ -449,12 +449,6 @@ def nightmare_job(spec: dict[str, Any], image: Image.Image) -> NightmareJob:
         size=_size(spec),
         max_bytes=spec.get("max_bytes"),
     )
-
-
-class BadPromptError(InputError):
-    """A weighted prompt that cannot be parsed (a weight that is not finite, all weights zero)."""
-
-    code = "bad_prompt"
 
 
 def validator_for(renderer: Renderer) -> Callable[[JobKind, dict[str, Any]], None]:
