@@ -51,6 +51,13 @@ class PromptTooLongError(InputError):
     refusal = RefusalCode.BAD_PROMPT
 
 
+class BadPromptError(InputError):
+    """A weighted prompt that cannot be parsed (a weight that is not finite, all weights zero)."""
+
+    code = "bad_prompt"
+    refusal = RefusalCode.BAD_PROMPT
+
+
 class InvalidSizeError(InputError):
     code = "invalid_size"
 

@@ -1,9 +1,9 @@
 """Every error of the engine service, in one place (the API layer maps them onto HTTP answers).
 
-The input errors a renderer check raises (`spooky.errors.InputError` and its subclasses, and
-`BadPromptError` here) each carry the refusal code a submit refused for them answers with
-(`refusal`). The store's own errors live with the store and are re-exported here; the test step
-gate's time-out stays with the gate (`engine.service.testgate.StepGateTimeout`).
+The input errors a renderer check raises (`spooky.errors.InputError` and its subclasses, shared
+with the CLI) each carry the refusal code a submit refused for them answers with (`refusal`).
+The store's own errors live with the store and are re-exported here; the test step gate's
+time-out stays with the gate (`engine.service.testgate.StepGateTimeout`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from engine.service.store import DatabaseUnavailableError, DiskFullError, SchemaTooNewError
-from spooky.contract import Refusal, RefusalCode
+from spooky.contract import Refusal
 from spooky.errors import InputError, SpookyError
 
 __all__ = [
     "ApiError",
-    "BadPromptError",
     "BadSpecError",
     "DatabaseUnavailableError",
     "DiskFullError",
@@ -46,13 +45,6 @@ class Refused(SpookyError):
     def for_input(cls, e: InputError) -> Refused:
         """The refusal of a submit that a renderer check refused."""
         return cls(Refusal(code=e.refusal, message=str(e)))
-
-
-class BadPromptError(InputError):
-    """A weighted prompt that cannot be parsed (a weight that is not finite, all weights zero)."""
-
-    code = "bad_prompt"
-    refusal = RefusalCode.BAD_PROMPT
 
 
 class BadSpecError(SpookyError):

@@ -1,13 +1,16 @@
 """The submit-time prompt checks that need only CLIP's tokenizer, for the time before the models load.
 
 Once the models are loaded the renderer's own check (engine.service.worker.validator_for) runs
-the same checks with the loaded CLIP; these give the same answers without any weights.
+the same checks with the loaded CLIP; these give the same answers without any weights, and without
+importing torch (engine.models.clip_tokens), so a submit never waits for the model load's imports.
 """
 
 from __future__ import annotations
 
+from engine.models.clip_tokens import check_prompt_tokens
+from engine.pipeline.prompts import parse_prompts
 from spooky.contract import JobSpec, SpookySpec
-from spooky.errors import InputError
+from spooky.errors import BadPromptError, InputError
 
 #: Every preset's CLIP (ViT-B-32, and the tiny one) reads 77 tokens.
 CLIP_CONTEXT_LENGTH = 77
@@ -15,10 +18,6 @@ CLIP_CONTEXT_LENGTH = 77
 
 def check_prompts(spec: JobSpec) -> None:
     """Raise the InputError the loaded renderer would raise for the prompts of `spec`."""
-    # torch, open_clip and the pipeline are engine-only imports (the load thread imports them too).
-    from engine.models.clip import check_prompt_tokens
-    from engine.pipeline.prompts import parse_prompts
-    from engine.service.errors import BadPromptError
 
     def pieces(text: str) -> list[str]:
         try:

@@ -28,13 +28,13 @@ from engine.pipeline.prompts import parse_prompts
 from engine.pipeline.render import Renderer
 from engine.pipeline.video import VideoDiskFullError, stop_children
 from engine.service.core import EngineCore
-from engine.service.errors import BadPromptError, BadSpecError, DiskFullError
+from engine.service.errors import BadSpecError, DiskFullError
 from engine.service.link import SpecCheck
 from engine.service.store import ArtifactRow, JobRow, UnreadableSpec
 from engine.service.testgate import step_gate
 from engine.service.threads import run_in_daemon_thread
 from spooky.contract import EventType, JobKind, JobSpec, JobState, SpookySpec
-from spooky.errors import InputError, JobCancelled, SpookyError, VideoError
+from spooky.errors import BadPromptError, InputError, JobCancelled, SpookyError, VideoError
 
 log = logging.getLogger(__name__)
 
