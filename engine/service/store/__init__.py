@@ -20,8 +20,10 @@ from engine.service.store.base import (
     QueueEntry,
     QueueSnapshot,
     SchemaTooNewError,
+    StoredSpec,
     StoreHealth,
     Submitted,
+    UnreadableSpec,
 )
 from engine.service.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from spooky.contract import GuildLimits
@@ -45,7 +47,9 @@ __all__ = [
     "SQLiteStore",
     "SchemaTooNewError",
     "StoreHealth",
+    "StoredSpec",
     "Submitted",
+    "UnreadableSpec",
     "open_store",
 ]
 
