@@ -101,7 +101,6 @@ def build_models(device: torch.device, need: set[str], size: tuple[int, int], pr
     from engine.models.clip import ClipModel, build_clip_model
     from engine.models.factory import Models
     from engine.models.stylegan2 import StyleGAN2Generator
-    from engine.models.vqgan import build_vqgan
 
     torch.manual_seed(0)
     stylegan = vqgan = None
@@ -110,8 +109,7 @@ def build_models(device: torch.device, need: set[str], size: tuple[int, int], pr
         stylegan.set_latent_avg(stylegan.mean_latent(n=4096))
         stylegan = stylegan.to(device).eval().requires_grad_(False)
     if need & {"scare", "nightmare"}:
-        vqgan = build_vqgan(VQGAN_F16_16384).to(device).eval().requires_grad_(False)
-        vqgan.refresh_codebook_range()
+        vqgan = build_vqgan_f16(device)
     clip = ClipModel(build_clip_model("ViT-B-32"), device)
     return Models(
         stylegan=stylegan,  # type: ignore[arg-type]
@@ -231,7 +229,13 @@ def _face(models: Any) -> torch.Tensor:
 
 
 def bench_scare(
-    models: Any, steps: int, cutouts: int, size: tuple[int, int], precision: str, checkpointing: Any
+    models: Any,
+    steps: int,
+    cutouts: int,
+    size: tuple[int, int],
+    precision: str,
+    checkpointing: Any,
+    fast: dict[str, Any],
 ) -> dict[str, float]:
     from engine.pipeline.prompts import parse_prompts
     from engine.pipeline.render import Renderer
@@ -239,11 +243,12 @@ def bench_scare(
     from spooky.config import PipelineConfig
 
     face = _face(models)
-    config = PipelineConfig(cutouts=cutouts, size=size, decoder_checkpointing=checkpointing)
-    checkpoint = Renderer(models, config).decoder_checkpointing(size)  # what the engine would pick
+    config = PipelineConfig(cutouts=cutouts, size=size, decoder_checkpointing=checkpointing, **fast)
+    # What the engine would pick; the Renderer also puts the VQGAN in its layout.
+    checkpoint = Renderer(models, config).decoder_checkpointing(size)
     params = VqganClipParams(
         steps=steps, cutouts=cutouts, still_every=5, seed=0, size=size, precision=precision,  # type: ignore[arg-type]
-        checkpoint=checkpoint,
+        checkpoint=checkpoint, compile=config.compile,
     )  # fmt: skip
     prompts = parse_prompts(PROMPT)
     row = measure(
@@ -256,13 +261,19 @@ def bench_scare(
 
 
 def bench_nightmare(
-    models: Any, frames: int, cutouts: int, size: tuple[int, int], precision: str, checkpointing: Any
+    models: Any,
+    frames: int,
+    cutouts: int,
+    size: tuple[int, int],
+    precision: str,
+    checkpointing: Any,
+    fast: dict[str, Any],
 ) -> dict[str, float]:
     from engine.pipeline.render import NightmareJob, Renderer
     from spooky.config import PipelineConfig
 
     config = PipelineConfig(
-        cutouts=cutouts, size=size, precision=precision, decoder_checkpointing=checkpointing
+        cutouts=cutouts, size=size, precision=precision, decoder_checkpointing=checkpointing, **fast
     )
     renderer = Renderer(models, config)
     rng = np.random.default_rng(0)
@@ -563,17 +574,19 @@ def run_items(args: argparse.Namespace, device: torch.device, items: list[tuple[
         print(f"  {stage} (cutouts {cutouts or '-'}) ...", file=sys.stderr, flush=True)
         stage, _, precision = stage.partition("@")
         ckpt = args.checkpointing
+        # channels_last and torch.compile as the engine would set them (`[pipeline]`).
+        fast = {"channels_last": args.channels_last, "compile": args.compile}
         if stage == "stylegan":
             row = bench_stylegan(models, args.steps, precision)
         elif stage == "scare":
-            row = bench_scare(models, args.steps, cutouts, size, precision, ckpt)  # type: ignore[arg-type]
+            row = bench_scare(models, args.steps, cutouts, size, precision, ckpt, fast)  # type: ignore[arg-type]
         elif stage == "nightmare":
-            row = bench_nightmare(models, args.steps, cutouts, size, precision, ckpt)  # type: ignore[arg-type]
+            row = bench_nightmare(models, args.steps, cutouts, size, precision, ckpt, fast)  # type: ignore[arg-type]
         elif stage in ("ref_styleclip", "ref_styleclip_frozen"):
             row = bench_ref_styleclip(models, args.steps, frozen=stage.endswith("frozen"))
         else:
             row = bench_ref_vqgan_clip(models, args.steps, cutouts, size)  # type: ignore[arg-type]
-        row.update(stage=stage, precision=precision or "fp32", cutouts=cutouts, build_s=build_s)
+        row.update(stage=stage, precision=precision or "fp32", cutouts=cutouts, build_s=build_s, **fast)
         if device.type == "cuda":
             row["weights_gb"] = weights_gb
         rows.append(row)
@@ -590,6 +603,7 @@ def run_isolated(args: argparse.Namespace, items: list[tuple[str, int]]) -> list
             sys.executable, __file__, "--device", args.device, "--steps", str(args.steps),
             "--size", *map(str, args.size), "--child", stage, "--cutouts", str(cutouts), "--json", str(out),
             "--preset", args.preset, "--checkpointing", str(args.checkpointing),
+            "--channels-last", str(args.channels_last), *(["--compile"] if args.compile else []),
         ]  # fmt: skip
         subprocess.run(cmd, check=True)
         rows.extend(json.loads(out.read_text())["stages"])
@@ -684,6 +698,40 @@ def print_report(
             print(f"{v['drift']:>15} {v['crf']:>4} {v['frames']:>6} {v['mib']:>7.2f} {v['encode_s']:>9.1f}")
 
 
+def layout_check(device: torch.device, size: tuple[int, int], repeats: int = 3) -> None:
+    """The VQGAN decoder's forward + backward at `size`, NCHW against channels_last (best of `repeats`)."""
+    from engine.pipeline.layout import apply_layout
+
+    torch.manual_seed(0)
+    vq = build_vqgan_f16(device)
+    w, h = size[0] // vq.factor, size[1] // vq.factor
+    codes = torch.randint(0, vq.n_embed, (1, h, w), device=device)
+    times = {}
+    for name, channels_last in (("NCHW", False), ("channels_last", True), ("NCHW again", False)):
+        apply_layout(vq, channels_last)
+        best = math.inf
+        for _ in range(repeats):
+            z = vq.quantize_codes(codes).detach().requires_grad_(True)
+            t0 = time.perf_counter()
+            vq.decode(z).square().mean().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - t0)
+        times[name] = best
+    nchw = min(times["NCHW"], times["NCHW again"])
+    print(f"decoder forward + backward at {size[0]}x{size[1]} on {device}: NCHW {nchw:.3f} s, "
+          f"channels_last {times['channels_last']:.3f} s ({times['channels_last'] / nchw:.2f}x)")  # fmt: skip
+
+
+def build_vqgan_f16(device: torch.device) -> Any:
+    """The published VQGAN f16 16384's architecture, random weights, frozen."""
+    from engine.models.vqgan import build_vqgan
+
+    vqgan = build_vqgan(VQGAN_F16_16384).to(device).eval().requires_grad_(False)
+    vqgan.refresh_codebook_range()
+    return vqgan
+
+
 def _checkpointing(text: str) -> bool | str:
     lowered = text.lower()
     if lowered in ("auto", "true", "false"):
@@ -712,6 +760,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: fp32 on CPU, fp32 tf32 bf16 on CUDA")  # fmt: skip
     ap.add_argument("--checkpointing", type=_checkpointing, default="auto", help="auto, true or false")
     ap.add_argument("--reference", action="store_true", help="also run the re-created reference loops")
+    ap.add_argument("--channels-last", type=_checkpointing, default="auto",
+                    help="VQGAN weights in NHWC: auto (CUDA only), true or false")  # fmt: skip
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the decoder and CLIP's image tower (stages 2/3); FLOPs then "
+                    "read from an eager row: the counter does not see inside compiled kernels")  # fmt: skip
+    ap.add_argument("--layout-check", action="store_true",
+                    help="only time the VQGAN decoder (fwd + bwd) at --size in NCHW and NHWC")  # fmt: skip
     ap.add_argument(
         "--quality",
         action="store_true",
@@ -723,6 +778,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+    if args.layout_check:
+        layout_check(device, tuple(args.size))  # type: ignore[arg-type]
+        return 0
     if args.quality:
         models = build_models(device, {"scare"}, tuple(args.size), args.preset)  # type: ignore[arg-type]
         size = models.default_size if args.preset == "tiny" else tuple(args.size)
