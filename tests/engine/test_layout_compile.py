@@ -11,8 +11,10 @@ import torch
 from engine.models.factory import Models, load_models
 from engine.pipeline import compiled
 from engine.pipeline.layout import use_channels_last
-from engine.pipeline.render import Renderer, SpookyJob
+from engine.pipeline.render import Renderer
+from engine.service.spec import spooky_spec
 from spooky.config import ModelsConfig, PipelineConfig
+from spooky.contract import SpookySpec
 
 
 @pytest.fixture
@@ -21,8 +23,8 @@ def models() -> Models:
     return load_models(ModelsConfig(preset="tiny", device="cpu"))
 
 
-def job(seed: int = 7) -> SpookyJob:
-    return SpookyJob("a pale vampire", steps=2, scare_steps=3, seed=seed)
+def job(seed: int = 7) -> SpookySpec:
+    return spooky_spec(PipelineConfig(), None, prompt="a pale vampire", steps=2, scare_steps=3, seed=seed)
 
 
 def conv_weights(models: Models) -> list[torch.Tensor]:
