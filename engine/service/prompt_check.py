@@ -1,13 +1,17 @@
-"""The submit-time prompt checks that need only CLIP's tokenizer, for the time before the models load.
+"""The submit-time prompt checks that need only CLIP's tokenizer: before the models load, and on
+an API node (`[engine] role = "api"`), which never loads them and imports no torch.
 
 Once the models are loaded the renderer's own validator (engine.service.worker.validator_for) runs
-the same checks with the loaded CLIP; these give the same answers without any weights.
+the same checks with the loaded CLIP; these give the same answers without any weights or torch
+(clip_tokens counts tokens as open_clip's tokenizer does).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from engine.pipeline.prompts import parse_prompts
+from engine.service.clip_tokens import check_prompt_tokens
 from spooky.contract import JobKind
 from spooky.errors import InputError
 
@@ -15,12 +19,14 @@ from spooky.errors import InputError
 CLIP_CONTEXT_LENGTH = 77
 
 
+class BadPromptError(InputError):
+    """A weighted prompt that cannot be parsed (a weight that is not finite, all weights zero)."""
+
+    code = "bad_prompt"
+
+
 def check_prompts(kind: JobKind, spec: dict[str, Any]) -> None:
     """Raise the InputError the loaded renderer would raise for the prompts of `spec`."""
-    # torch, open_clip and the pipeline are engine-only imports (the load thread imports them too).
-    from engine.models.clip import check_prompt_tokens
-    from engine.pipeline.prompts import parse_prompts
-    from engine.service.worker import BadPromptError
 
     def pieces(text: str) -> list[str]:
         try:
