@@ -328,6 +328,9 @@ def test_a_database_from_before_the_version_table_opens_as_version_1_and_migrate
     con.execute("DROP TABLE schema_version")
     con.execute("DROP TABLE write_probe")
     con.execute("DROP INDEX jobs_finished")
+    con.execute("DROP INDEX jobs_lease")
+    for column in ("lease_until", "worker", "cancel_requested"):  # version 3's
+        con.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
     con.execute("PRAGMA user_version = 1")
     con.commit()
     con.close()

@@ -495,8 +495,10 @@ class SqlStore:
             count, ids = shards
             marks = ",".join("?" * len(ids))
             dm = " OR guild_id IS NULL" if 0 in ids else ""
-            where.append(f"((CAST(guild_id AS BIGINT) >> 22) % ? IN ({marks}){dm})")
-            args.extend([count, *ids])
+            # x - x / n * n is x mod n in both engines' integer arithmetic (the shared SQL has no '%').
+            shard = "(CAST(guild_id AS BIGINT) >> 22) - (CAST(guild_id AS BIGINT) >> 22) / ? * ?"
+            where.append(f"({shard} IN ({marks}){dm})")
+            args.extend([count, count, *ids])
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         rows = self._read(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit))
         return [job_row(r) for r in reversed(rows)]
