@@ -7,7 +7,7 @@ import time
 
 import pytest
 from service_helpers import request
-from test_store import backend, open_at, store, submit  # noqa: F401 (fixtures: both stores)
+from test_store import submit
 
 from engine.service.store import MAX_ATTEMPTS, ArtifactRow, JobStore, LeaseLostError
 from spooky.contract import EventType, JobState
