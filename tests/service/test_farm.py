@@ -164,7 +164,7 @@ async def main():
             try:
                 await client.submit(request(user="2", prompt="ghost " * 80))
             except EngineRefused as e:
-                print("refused", e.refusal.code.value)
+                print("refused", e.refusal.code.value, e.refusal.message)
     heavy = ("torch", "open_clip", "numpy", "engine.models", "engine.pipeline.render")
     heavy = sorted(m for m in heavy if m in sys.modules)
     print("heavy", heavy)
@@ -176,7 +176,7 @@ asyncio.run(main())
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    assert "refused prompt_too_long" in out.stdout, out.stdout + out.stderr
+    assert "refused bad_prompt the prompt is 80 CLIP tokens long" in out.stdout, out.stdout + out.stderr
     assert "heavy []" in out.stdout, out.stdout
 
 
@@ -206,7 +206,7 @@ async def test_workers_drain_fairly_a_killed_one_is_replaced_and_a_stopped_one_w
         await asyncio.gather(*(w.wait_ready() for w in workers))
 
         async def all_done() -> bool:
-            return all((await api.client.job(j)).state.terminal for j in ids)
+            return all([(await api.client.job(j)).state.terminal for j in ids])
 
         await until("the first queue drains", all_done)
         views = [await api.client.job(j) for j in ids]
