@@ -23,7 +23,7 @@ from support import free_port
 
 from engine.service.testgate import StepGate
 from spooky.contract import Event, EventType, JobState
-from spooky.engine_client import EngineClient, EngineUnavailable
+from spooky.engine_client import EngineClient, EngineRefused, EngineUnavailable
 
 pytestmark = pytest.mark.slow
 
@@ -298,3 +298,83 @@ async def _finished(events: list[Event], ids: list[str]) -> bool:
 
 async def _said(node: Node, text: str) -> bool:
     return text in node.log.read_text(errors="replace")
+
+
+async def test_limits_stay_exact_with_200_concurrent_submits_across_two_api_nodes(
+    tmp_path: Path, pg_url: str
+):
+    nodes = [Node(tmp_path, "api", pg_url, f"api{i}") for i in range(2)]
+    try:
+        await asyncio.gather(*(n.wait_ready() for n in nodes))
+        await nodes[0].client.update_limits("100", "9", {"max_queue_per_server": 50, "max_jobs_per_user": 3})
+
+        async def one(n: int) -> str:
+            node = nodes[n % 2]  # alternate: every second submit arrives at the other node
+            try:
+                await node.client.submit(request(user=str(1000 + n % 40)))
+                return "accepted"
+            except EngineRefused as e:
+                return e.refusal.code.value
+
+        outcomes = Counter(await asyncio.gather(*(one(n) for n in range(200))))
+        assert outcomes["accepted"] == 50, outcomes
+        assert set(outcomes) <= {"accepted", "server_queue_full", "user_limit"}, outcomes
+        queued = await nodes[1].client.jobs(state=JobState.QUEUED, limit=1000)
+        assert len(queued) == 50
+        assert max(Counter(j.request.requester.user_id for j in queued).values()) <= 3
+    finally:
+        for node in nodes:
+            await node.close()
+
+
+async def test_a_postgresql_restart_is_survived_503_meanwhile_nothing_lost(
+    tmp_path: Path, pg_server: Any, pg_url: str
+):
+    api = Node(tmp_path, "api", pg_url, "api")
+    try:
+        await api.wait_ready()
+        before = [(await api.client.submit(request(user=str(u)))).job.id for u in range(3)]
+        pg_server.stop("fast")
+        try:
+            with pytest.raises(EngineUnavailable, match="HTTP 503"):
+                await api.client.submit(request(user="7"))
+            health = await api.client.health()
+            assert health.status == "degraded" and "PostgreSQL" in (health.detail or ""), health
+        finally:
+            pg_server.start(pg_server.port)
+
+        async def accepted() -> str | None:
+            try:
+                return (await api.client.submit(request(user="8", idempotency_key="after-restart"))).job.id
+            except EngineUnavailable:
+                return None  # its connection is re-opened on the next call
+
+        after = await until("the API accepts again", accepted, 60)
+        assert (await api.client.health()).status == "ready"
+        views = [await api.client.job(j) for j in [*before, after]]
+        assert all(v.state is JobState.QUEUED for v in views)
+        assert {j.id for j in await api.client.jobs(limit=100)} == {*before, after}
+    finally:
+        await api.close()
+
+
+async def test_a_sharded_bot_asks_only_for_its_own_servers_jobs(tmp_path: Path, pg_url: str):
+    from bot.tracker import Shards
+
+    api = Node(tmp_path, "api", pg_url, "api")
+    try:
+        await api.wait_ready()
+        guilds = [str((n * 7919 + 3) << 22 | n) for n in range(12)]
+        for g in guilds:
+            await api.client.submit(request(user="1" + g[-3:], guild=g))
+        await api.client.submit(request(user="5", guild=None))  # a direct message: shard 0
+        for ids in ([0], [1, 3], [2]):
+            mine = Shards(4, ids)
+            got = await api.client.jobs(undelivered=True, shards=(4, ids), limit=100)
+            everything = await api.client.jobs(undelivered=True, limit=100)
+            assert {j.id for j in got} == {
+                j.id for j in everything if mine.runs(j.request.requester.guild_id)
+            }
+            assert got
+    finally:
+        await api.close()
