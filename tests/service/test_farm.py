@@ -277,7 +277,26 @@ async def test_workers_drain_fairly_a_killed_one_is_replaced_and_a_stopped_one_w
         assert late == []
         assert Counter(e.type for e in events if e.job_id == stopped_job)[EventType.FINISHED] == 1
         assert "lost its lease" in workers[first].output()
+
+        # 4. A cancel sent to the API node stops the job on whichever worker holds it.
+        for i in alive:
+            gates[i].hold()
+        cancelled = (await api.client.submit(request(user="8", steps=3, scare_steps=0))).job.id
+        await until("a worker holds it", lambda: _holder([gates[i] for i in alive], cancelled))
+        view = await api.client.cancel(cancelled, "8")
+        assert view.state is JobState.CANCELLED, view
+
+        # 5. The stream the API node served, across all of this, missed nothing and repeated
+        # nothing: a fresh reader from the start sees the same events.
+        await until("the cancel streamed", lambda: _finished(events, [cancelled], EventType.CANCELLED))
         collector.cancel()
+        replay: list[Event] = []
+        async for event in api.client.events():
+            replay.append(event)
+            if event.id >= events[-1].id:
+                break
+        assert [e.id for e in events] == sorted({e.id for e in events})
+        assert replay == events
     finally:
         for node in [*workers, api]:
             await node.close()
@@ -295,8 +314,8 @@ async def _terminal(client: EngineClient, job_id: str) -> bool:
     return (await client.job(job_id)).state.terminal
 
 
-async def _finished(events: list[Event], ids: list[str]) -> bool:
-    return {e.job_id for e in events if e.type is EventType.FINISHED} >= set(ids)
+async def _finished(events: list[Event], ids: list[str], type_: EventType = EventType.FINISHED) -> bool:
+    return {e.job_id for e in events if e.type is type_} >= set(ids)
 
 
 async def _idle(node: Node) -> bool:
