@@ -43,6 +43,12 @@ class PromptTooLongError(InputError):
     code = "prompt_too_long"
 
 
+class BadPromptError(InputError):
+    """A weighted prompt that cannot be parsed (a weight that is not finite, all weights zero)."""
+
+    code = "bad_prompt"
+
+
 class InvalidSizeError(InputError):
     code = "invalid_size"
 

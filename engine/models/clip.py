@@ -27,14 +27,13 @@ from engine.models.checkpoints import (
     load_torchscript_data,
     looks_like_html,
 )
+from engine.models.clip_tokens import check_prompt_tokens
 from engine.models.state_dicts import describe_contents, load_strict
 from engine.models.weights import OPENAI_VIT_B_32_SHA256, find_clip_files, is_torchscript, sha256_file
 from spooky.errors import (
     CorruptWeightsError,
-    EmptyPromptError,
     InvalidSizeError,
     MissingWeightsError,
-    PromptTooLongError,
 )
 
 FETCH_HINT = "run `spooky weights fetch clip_vit_b_32` (or set models.clip in config.toml to the file)"
@@ -51,21 +50,6 @@ log = logging.getLogger(__name__)
 def _tokenizer(context_length: int) -> SimpleTokenizer:
     # Reading the BPE merges takes a quarter of a second; every model with this context shares one.
     return SimpleTokenizer(context_length=context_length)
-
-
-def check_prompt_tokens(text: str, context_length: int) -> str:
-    """`ClipModel.check_prompt` with the tokenizer alone (no weights): the engine checks submits
-    with it while the models are still loading."""
-    stripped = text.strip()
-    if not stripped:
-        raise EmptyPromptError("the prompt is empty", hint="describe the face, e.g. 'dracula pale fangs'")
-    n = len(_tokenizer(context_length).encode(stripped))
-    limit = context_length - 2  # start and end tokens take two places
-    if n > limit:
-        raise PromptTooLongError(
-            f"the prompt is {n} CLIP tokens long; the limit is {limit}", hint="shorten the prompt"
-        )
-    return stripped
 
 
 class ClipModel:

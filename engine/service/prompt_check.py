@@ -2,27 +2,21 @@
 an API node (`[engine] role = "api"`), which never loads them and imports no torch.
 
 Once the models are loaded the renderer's own validator (engine.service.worker.validator_for) runs
-the same checks with the loaded CLIP; these give the same answers without any weights or torch
-(clip_tokens counts tokens as open_clip's tokenizer does).
+the same checks with the loaded CLIP; these give the same answers without any weights, and without
+importing torch (engine.models.clip_tokens), so a submit never waits for the model load's imports.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from engine.models.clip_tokens import check_prompt_tokens
 from engine.pipeline.prompts import parse_prompts
-from engine.service.clip_tokens import check_prompt_tokens
 from spooky.contract import JobKind
-from spooky.errors import InputError
+from spooky.errors import BadPromptError, InputError
 
 #: Every preset's CLIP (ViT-B-32, and the tiny one) reads 77 tokens.
 CLIP_CONTEXT_LENGTH = 77
-
-
-class BadPromptError(InputError):
-    """A weighted prompt that cannot be parsed (a weight that is not finite, all weights zero)."""
-
-    code = "bad_prompt"
 
 
 def check_prompts(kind: JobKind, spec: dict[str, Any]) -> None:

@@ -34,12 +34,11 @@ from engine.pipeline.video import VideoDiskFullError, stop_children
 from engine.service.artifacts import DiskFullError
 from engine.service.core import EngineCore
 from engine.service.lease import keep_lease
-from engine.service.prompt_check import BadPromptError
 from engine.service.store import ArtifactRow, JobRow, LeaseLostError
 from engine.service.testgate import step_gate
 from engine.service.threads import run_in_daemon_thread
 from spooky.contract import EventType, JobKind, JobState
-from spooky.errors import InputError, JobCancelled, SpookyError, VideoError
+from spooky.errors import BadPromptError, InputError, JobCancelled, SpookyError, VideoError
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,10 @@
 The engine runs once per session as `python -m spooky.cli engine` so the bot under test shares
 nothing with it but HTTP, as in production. Each test gets its own fake Discord (hence its own
 application, guild and limits) and its own bot data folder.
+
+The engine has the test step gate (engine/service/testgate.py), open: a test that needs a render to
+outlive a bot event takes the `gate` fixture, which closes it while the engine is idle, so the
+test's render waits after each step until the test allows the next one.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bot_helpers import RENDER_TIMEOUT_S
 from fake_discord import FakeDiscord
 from support import free_port
 
 from bot.app import SpookyBot
+from engine.service.testgate import StepGate
 from spooky.config import Settings
 from spooky.contract import JobState
 from spooky.engine_client import EngineClient, EngineRequestError
@@ -66,6 +72,7 @@ class EngineProcess:
     url: str
     proc: subprocess.Popen[bytes]
     log: Path
+    gate: StepGate  # open unless a test holds it (the `gate` fixture)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
@@ -91,6 +98,9 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
     # One torch thread: the tests share two cores with the engine, and threads fight over them.
     env |= {"SPOOKY_ENGINE_SECRET": SECRET, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # Shared by every test of the session: open, and closed only by the `gate` fixture.
+    gate = StepGate.create(tmp / "gate", open=True, timeout_s=RENDER_TIMEOUT_S)
+    env |= gate.env()
     log = tmp / "engine.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -100,7 +110,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    handle = EngineProcess(f"http://127.0.0.1:{port}", proc, log)
+    handle = EngineProcess(f"http://127.0.0.1:{port}", proc, log, gate)
     try:
         deadline = time.monotonic() + 180
         while _health(handle.url) != "ready":
@@ -115,6 +125,23 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+async def gate(engine: EngineProcess, engine_client: EngineClient) -> AsyncIterator[StepGate]:
+    """The engine's step gate, closed: the test's render waits after each step until allowed.
+
+    Closed only once the engine is idle, so no step of another test's job is held; opened again
+    at the end whatever the test did, so the next test's renders run freely.
+    """
+    async with asyncio.timeout(RENDER_TIMEOUT_S):
+        while (view := await engine_client.queue()).running is not None or view.length:
+            await asyncio.sleep(0.05)
+    engine.gate.hold()
+    try:
+        yield engine.gate
+    finally:
+        engine.gate.release()
 
 
 @pytest.fixture

@@ -194,6 +194,7 @@ class FakeDiscord:
         self.faults: list[Fault] = []
         self.messages: dict[str, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}  # attachment id -> bytes
+        self.downloads: list[str] = []  # attachment ids fetched from the CDN, in order
         self.interactions: dict[str, Interaction] = {}
         self.commands: dict[str, dict[str, Any]] = {}  # synced global commands by name
         self.identified = asyncio.Event()
@@ -629,6 +630,7 @@ class FakeDiscord:
     # --- REST --------------------------------------------------------------------------------
 
     async def _cdn(self, request: web.Request) -> web.Response:
+        self.downloads.append(request.match_info["att_id"])
         data = self.files.get(request.match_info["att_id"])
         if data is None:
             return web.Response(status=404)

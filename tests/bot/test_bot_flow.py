@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import logging
@@ -24,48 +25,74 @@ from bot_helpers import (
     uploaded,
     webhook_edits,
 )
-from fake_discord import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, FakeDiscord
+from fake_discord import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, FakeDiscord, Interaction, Recorded
 from PIL import Image
 from support import free_port
 
 from bot import tracker as tracker_module
-from bot.errors import UNEXPECTED
+from bot.errors import ENGINE_DOWN, UNEXPECTED, NotModerator
 from bot.messenger import CONTINUED
+from bot.progress import STAGE_LABELS
 from bot.text import size
-from spooky.contract import JobState
+from spooky.contract import Event, EventType, JobState
 from spooky.engine_client import EngineClient
 
 if TYPE_CHECKING:
     from conftest import Bots
+
+    from engine.service.testgate import StepGate
 
 MOD = PERM_ALL_MEMBER | PERM_MANAGE_GUILD
 
 #: The bot's edits of an interaction's messages (held in tests that act between two of them).
 WEBHOOK_EDIT = r"^/webhooks/\d+/[^/]+/messages/"
 
+NOT_MODERATOR = str(NotModerator())
+PAUSED = "rendering is paused on this server; a moderator can resume it with /limits set paused:false"
+
+#: Steps of the progress test's render that the gate lets through one edit window at a time.
+PROGRESS_STEPS = 3
+
 
 async def test_spooky_progress_result_and_buttons(
-    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient, gate: StepGate
 ) -> None:
     bot = await bots.start()
     prompt = "dracula @everyone <@&123> **bold** @here"
-    # Enough steps that the job outlives a few edit windows even on a fast machine.
-    inter = await fake.invoke("spooky", {"prompt": prompt, "seed": 7, "steps": 400})
+    inter = await fake.invoke("spooky", {"prompt": prompt, "seed": 7})
 
     # Acknowledged at once with a public "thinking…" that becomes the progress message.
     await asyncio.wait_for(inter.acked.wait(), 3)
     assert inter.callback_type == 5
     assert not (inter.callback or {}).get("data", {}).get("flags", 0) & 64
 
+    # The render waits after each step until the bot has shown it, then takes one more: every edit
+    # window has a new state to show, so only the throttle spaces the edits.
+    job = await job_of(engine_client, inter)
+    first = (await gate.held()).passed
+    last_still, stills = None, 0
+    for k in range(PROGRESS_STEPS):
+        held = await gate.held(passed=first + k)
+        line = f"{STAGE_LABELS[held.stage or '']}: step {held.step}/"
+        edit = await fake.wait_for(lambda line=line: _edit_saying(fake, inter, line), RENDER_TIMEOUT_S)
+        # The step's edit carries the step's still exactly when the engine made a new one.
+        still = (await engine_client.job(job.id)).artifacts.get("still")
+        carried = "still.png" in uploaded(edit)
+        assert carried == (still is not None and still != last_still), (line, still, last_still)
+        last_still, stills = still, stills + carried
+        gate.allow(1)
+    assert stills, f"no still in the first {PROGRESS_STEPS} steps"
+    gate.release()
+
     final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
     edits = webhook_edits(fake, inter)
     # Edited in place, never more often than progress_interval_s (a little slack for the network).
     gaps = [b.at - a.at for a, b in itertools.pairwise(edits)]
-    assert gaps and min(gaps) >= bot.config.progress_interval_s - 0.05, gaps
+    assert len(gaps) >= PROGRESS_STEPS and min(gaps) >= bot.config.progress_interval_s - 0.05, gaps
     progress = [r for r in edits[:-1] if isinstance(r.json, dict)]
-    assert any("still.png" in uploaded(r) for r in edits[:-1]), "no progress edit carried a still"
     with_steps = [r.json["content"] for r in progress if "step" in r.json.get("content", "")]
-    assert with_steps and all("%" in t and ("█" in t or "░" in t) for t in with_steps), with_steps
+    assert len(with_steps) >= PROGRESS_STEPS, with_steps
+    assert all("%" in t and ("█" in t or "░" in t) for t in with_steps), with_steps
     assert all(any(b.startswith("spooky:cancel:") for b in _ids(r.json)) for r in progress)
 
     # The result: both stills, the seed, Nightmare and Reroll.
@@ -104,44 +131,65 @@ async def test_spooky_progress_result_and_buttons(
     assert buttons(video_msg) == []
 
 
+def _edit_saying(fake: FakeDiscord, inter: Interaction, text: str) -> Recorded | None:
+    """The bot's first edit of the interaction's message whose content has `text`."""
+    for rec in webhook_edits(fake, inter):
+        if isinstance(rec.json, dict) and text in rec.json.get("content", ""):
+            return rec
+    return None
+
+
 def _ids(body: dict) -> list[str]:
     return [c.get("custom_id", "") for row in body.get("components", []) for c in row.get("components", [])]
 
 
-async def test_cancel_button_and_command(bots: Bots, fake: FakeDiscord, engine_client: EngineClient) -> None:
+async def test_cancel_button_and_command(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient, gate: StepGate
+) -> None:
     await bots.start()
-    inter = await fake.invoke("spooky", {"prompt": "slow ghost", "steps": 400})
+    # Held after its first step: the job is running for as long as the test needs.
+    inter = await fake.invoke("spooky", {"prompt": "slow ghost"})
+    job_id = (await job_of(engine_client, inter)).id
+    held = await gate.held()
+    assert held.job_id == job_id
     running = await fake.wait_for(
-        lambda: (m := original(fake, inter)) and "step" in m["content"] and buttons(m) and m, RENDER_TIMEOUT_S
+        lambda: (m := original(fake, inter)) and "step 1/" in m["content"] and m, RENDER_TIMEOUT_S
     )
-    job_id = job_id_of(running)
+    assert buttons(running) == [f"spooky:cancel:{job_id}"]
 
     # Someone else may not cancel it.
     stranger = await fake.click(running["id"], f"spooky:cancel:{job_id}", user=fake.other)
     refused = await fake.wait_for(lambda: ephemeral_replies(fake, stranger), 30)
-    assert "Only the person who asked" in refused[0]
-    assert (await engine_client.job(job_id)).state in (JobState.QUEUED, JobState.RUNNING)
+    assert refused == ["Only the person who asked for this render or a moderator can cancel it."]
+    assert (await engine_client.job(job_id)).state is JobState.RUNNING
 
     # Its owner may: the job stops, the message says so and loses its buttons.
     owner = await fake.click(running["id"], f"spooky:cancel:{job_id}", user=fake.member)
     done = await fake.wait_for(lambda: ephemeral_replies(fake, owner), 30)
-    assert "Cancelled" in done[0]
+    assert done == ["Cancelled the render of “slow ghost”."]
     stopped = await fake.wait_for(lambda: final_of(fake, inter), 30)
-    assert "Cancelled" in stopped["content"] and buttons(stopped) == [] and filenames(stopped) == []
-    assert (await engine_client.job(job_id)).state is JobState.CANCELLED
+    assert "🛑 Cancelled." in stopped["content"] and buttons(stopped) == [] and filenames(stopped) == []
+    cancelled = await engine_client.job(job_id)
+    assert cancelled.state is JobState.CANCELLED and cancelled.progress is not None
+    assert cancelled.progress.step == held.step  # it never took the step the gate held back
+    assert gate.state.passed == held.passed
 
-    # /cancel without an argument stops the member's latest job.
-    second = await fake.invoke("spooky", {"prompt": "another slow ghost", "steps": 400})
-    shown = await fake.wait_for(lambda: (m := original(fake, second)) and buttons(m) and m, RENDER_TIMEOUT_S)
+    # /cancel without an argument stops the member's latest job (held too, after its first step).
+    second = await fake.invoke("spooky", {"prompt": "another slow ghost"})
+    second_id = (await job_of(engine_client, second)).id
+    assert (await gate.held()).job_id == second_id
+    await fake.wait_for(lambda: (m := original(fake, second)) and "step 1/" in m["content"], RENDER_TIMEOUT_S)
     cancel = await fake.invoke("cancel", {})
     await asyncio.wait_for(cancel.acked.wait(), 3)
     reply = await fake.wait_for(lambda: ephemeral_replies(fake, cancel), 30)
-    assert "Cancelled the render of “another slow ghost”" in reply[0]
-    assert (await engine_client.job(job_id_of(shown))).state is JobState.CANCELLED
+    assert reply == ["Cancelled the render of “another slow ghost”."]
+    assert (await engine_client.job(second_id)).state is JobState.CANCELLED
 
     # Nothing left to cancel.
     empty = await fake.invoke("cancel", {})
-    assert "nothing to cancel" in (await fake.wait_for(lambda: ephemeral_replies(fake, empty), 30))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, empty), 30) == [
+        "You have no render waiting or running; nothing to cancel."
+    ]
 
 
 async def test_limits_for_moderators_only(bots: Bots, fake: FakeDiscord, engine_client: EngineClient) -> None:
@@ -149,14 +197,15 @@ async def test_limits_for_moderators_only(bots: Bots, fake: FakeDiscord, engine_
     before = await engine_client.limits(fake.guild_id)
     definition = fake.commands["limits"]
     assert str(definition["default_member_permissions"]) == str(PERM_MANAGE_GUILD)
-    assert definition.get("contexts") == [0] or definition.get("dm_permission") is False
+    # Servers only, said both ways Discord reads it (`contexts` now, `dm_permission` before).
+    assert (definition.get("contexts"), definition.get("dm_permission")) == ([0], False)
 
     # A member who invokes it anyway (e.g. a server overrode the default permissions) is refused.
     member = await fake.invoke("limits set", {"cooldown": 999}, user=fake.member)
     await asyncio.wait_for(member.acked.wait(), 3)
-    assert "Only moderators" in (await fake.wait_for(lambda: ephemeral_replies(fake, member), 10))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, member), 10) == [NOT_MODERATOR]
     shown = await fake.invoke("limits show", {}, user=fake.member)
-    assert "Only moderators" in (await fake.wait_for(lambda: ephemeral_replies(fake, shown), 10))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, shown), 10) == [NOT_MODERATOR]
     assert await engine_client.limits(fake.guild_id) == before
 
     # A moderator changes them; the engine stores and enforces them at once.
@@ -166,7 +215,7 @@ async def test_limits_for_moderators_only(bots: Bots, fake: FakeDiscord, engine_
         user=fake.moderator,
         permissions=MOD,
     )
-    reply = (await fake.wait_for(lambda: ephemeral_replies(fake, changed), 10))[0]
+    (reply,) = await fake.wait_for(lambda: ephemeral_replies(fake, changed), 10)
     assert "Updated" in reply and "pumpkin" in reply
     after = await engine_client.limits(fake.guild_id)
     assert (after.cooldown_s, after.max_steps, after.banned_words) == (5, 3, ["pumpkin"])
@@ -175,20 +224,24 @@ async def test_limits_for_moderators_only(bots: Bots, fake: FakeDiscord, engine_
     assert log and log[-1].actor_id == fake.moderator.id
 
     show = await fake.invoke("limits show", {}, user=fake.moderator, permissions=MOD)
-    text = (await fake.wait_for(lambda: ephemeral_replies(fake, show), 10))[0]
+    (text,) = await fake.wait_for(lambda: ephemeral_replies(fake, show), 10)
     assert "up to 3" in text and "`pumpkin`" in text and f"<#{fake.channel_ids[0]}>" in text
 
     # Refusals come back as the engine wrote them, to the asker only; the public message is removed.
     banned = await fake.invoke("spooky", {"prompt": "a PUMPKIN head"})
-    text = (await fake.wait_for(lambda: ephemeral_replies(fake, banned), 30))[0]
-    assert "pumpkin" in text.lower()
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, banned), 30) == [
+        'the prompt contains "pumpkin", which this server does not allow; rephrase it'
+    ]
     assert original(fake, banned)["deleted"]
     too_many = await fake.invoke("spooky", {"prompt": "a ghost", "steps": 50})
-    text = (await fake.wait_for(lambda: ephemeral_replies(fake, too_many), 30))[0]
-    assert "50" in text and "3" in text
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, too_many), 30) == [
+        "50 steps is outside this server's range 1–3; pick a value in it"
+    ]
     elsewhere = await fake.invoke("spooky", {"prompt": "a ghost"}, channel_id=fake.channel_ids[1])
-    text = (await fake.wait_for(lambda: ephemeral_replies(fake, elsewhere), 30))[0]
-    assert "not open for rendering" in text and f"<#{fake.channel_ids[0]}>" in text
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, elsewhere), 30) == [
+        f"this channel is not open for rendering; use <#{fake.channel_ids[0]}>"
+    ]
+    assert not await engine_client.jobs(guild_id=fake.guild_id, limit=10)  # nothing was queued
 
 
 async def test_result_after_token_expiry_goes_to_the_channel(
@@ -236,20 +289,29 @@ async def test_nightmare_attachment_checks_and_refit(
     await bots.start()
     # Nothing to animate yet: a hint.
     bare = await fake.invoke("nightmare", {})
-    hint = (await fake.wait_for(lambda: ephemeral_replies(fake, bare), 30))[0]
-    assert "/spooky" in hint and "attach" in hint
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, bare), 30) == [
+        "you have no image in this channel to animate yet: "
+        "run /spooky first, or attach an image to /nightmare"
+    ]
 
     # Refused at the edge, before any download: not an image, too large.
     text = fake.add_attachment("notes.txt", "text/plain", b"hello")
     wrong = await fake.invoke("nightmare", {"image": text})
-    assert "PNG, JPEG, WebP or GIF" in (await fake.wait_for(lambda: ephemeral_replies(fake, wrong), 30))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, wrong), 30) == [
+        "“notes.txt” is text/plain; attach a PNG, JPEG, WebP or GIF image instead."
+    ]
     huge = fake.add_attachment("big.png", "image/png", b"x", size=9 * 1024 * 1024)
     big = await fake.invoke("nightmare", {"image": huge})
-    assert "8 MB" in (await fake.wait_for(lambda: ephemeral_replies(fake, big), 30))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, big), 30) == [
+        "“big.png” is 9.0 MB; images up to 8 MB are accepted."
+    ]
     # Claims to be a PNG but is not: the engine's check refuses it.
     fake_png = fake.add_attachment("evil.png", "image/png", b"\x89PNG\r\n\x1a\n not really")
     evil = await fake.invoke("nightmare", {"image": fake_png})
-    assert "not an image" in (await fake.wait_for(lambda: ephemeral_replies(fake, evil), 30))[0]
+    (text,) = await fake.wait_for(lambda: ephemeral_replies(fake, evil), 30)
+    assert "not an image" in text, text
+    # Only that one was downloaded: the others were refused from what Discord said about them.
+    assert fake.downloads == [fake_png["id"]]
     assert not [r for r in fake.requests if r.status == 413]
 
     # A real image whose video is over this server's (smaller than announced) upload limit.
@@ -327,16 +389,17 @@ async def test_engine_down_is_said_at_once(bots: Bots, fake: FakeDiscord) -> Non
     await bots.start(engine_url=f"http://127.0.0.1:{free_port()}")
     inter = await fake.invoke("spooky", {"prompt": "anyone home?"})
     await asyncio.wait_for(inter.acked.wait(), 3)
-    reply = (await fake.wait_for(lambda: ephemeral_replies(fake, inter), 5))[0]
-    assert reply == "The render engine is not reachable right now; try again in a minute."
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, inter), 5) == [ENGINE_DOWN]
     assert original(fake, inter)["deleted"]
     queue = await fake.invoke("queue", {})
-    assert "not reachable" in (await fake.wait_for(lambda: ephemeral_replies(fake, queue), 5))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, queue), 5) == [ENGINE_DOWN]
     # A blank prompt is refused at the edge (transformer), before any engine call.
     blank = await fake.invoke("spooky", {"prompt": "   "})
     await asyncio.wait_for(blank.acked.wait(), 3)
     assert blank.callback_type == 4  # answered directly, ephemeral
-    assert "The prompt is empty" in (await fake.wait_for(lambda: ephemeral_replies(fake, blank), 5))[0]
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, blank), 5) == [
+        "The prompt is empty: describe a face, e.g. “dracula pale fangs”."
+    ]
 
 
 async def test_hundred_concurrent_commands_are_acknowledged_in_time(
@@ -353,18 +416,37 @@ async def test_hundred_concurrent_commands_are_acknowledged_in_time(
     assert latencies[-1] < 3.0
     assert all(i.callback_type == 5 for i in inters)
     await fake.wait_for(lambda: all(ephemeral_replies(fake, i) for i in inters), 60)
-    assert all("paused" in ephemeral_replies(fake, i)[0].lower() for i in inters)
+    assert all(ephemeral_replies(fake, i) == [PAUSED] for i in inters)
+    assert not await engine_client.jobs(guild_id=fake.guild_id, limit=10)  # none was queued
 
 
-async def test_queue_shows_position(bots: Bots, fake: FakeDiscord) -> None:
+async def test_queue_shows_position(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient, gate: StepGate
+) -> None:
     await bots.start()
-    inter = await fake.invoke("spooky", {"prompt": "queued ghoul", "steps": 400})
-    await fake.wait_for(lambda: (m := original(fake, inter)) and buttons(m), 30)
+    # One job held after its first step, one waiting behind it.
+    first = await fake.invoke("spooky", {"prompt": "running ghoul"})
+    running = (await job_of(engine_client, first)).id
+    held = await gate.held()
+    assert held.job_id == running
+    second = await fake.invoke("spooky", {"prompt": "queued ghoul"})
+    waiting = await job_of(engine_client, second)
+    assert waiting.state is JobState.QUEUED and waiting.position == 1
+
     queue = await fake.invoke("queue", {})
     await asyncio.wait_for(queue.acked.wait(), 3)
     assert (queue.callback or {}).get("data", {}).get("flags", 0) & 64  # ephemeral
-    text = (await fake.wait_for(lambda: ephemeral_replies(fake, queue), 30))[0]
-    assert "Render queue" in text and "queued ghoul" in text
+    (text,) = await fake.wait_for(lambda: ephemeral_replies(fake, queue), 30)
+    lines = text.splitlines()
+    progress = (await engine_client.job(running)).progress
+    assert progress is not None and progress.step == held.step
+    now = f"“running ghoul” — running: {STAGE_LABELS[progress.stage]} {progress.step}/{progress.total}"
+    assert lines[:2] == ["**Render queue**: 1 job waiting", f"Now rendering for <@{fake.member.id}>: {now}"]
+    assert "**Your renders:**" in lines, text
+    mine = lines[lines.index("**Your renders:**") + 1 :]
+    assert mine[0] == f"• `{running}` {now}", text
+    assert mine[1].startswith(f"• `{waiting.id}` “queued ghoul” — position 1, done in about "), text
+    assert len(mine) == 2, text
 
 
 async def test_deleted_progress_message_gets_a_new_result_message(
@@ -479,22 +561,51 @@ async def test_sweep_delivers_what_the_event_stream_never_announced(
 
 
 async def test_progress_message_is_never_edited_to_what_it_already_says(
-    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient, gate: StepGate
 ) -> None:
-    # Short edit windows, so a waiting job's QUEUED event is not folded into a later state.
-    await bots.start(progress_interval_s=0.2)
-    # A few jobs at once: each waiting one's first "in the queue" state arrives twice (the submit
-    # answer, then its QUEUED event), identical.
+    bot = await bots.start(progress_interval_s=0.2)
+    # The first job is held after its first step, so the others wait in the queue until the test
+    # lets it go: each waiting one's first "in the queue" state arrives twice (the submit answer,
+    # then its QUEUED event), identical.
     inters = [await fake.invoke("spooky", {"prompt": f"echoing ghost {i}"}) for i in range(4)]
+    jobs = [(await job_of(engine_client, inter)).id for inter in inters]
+    running = (await gate.held()).job_id  # the bot submits them concurrently: any may be first
+    waiting = [j for j in jobs if j != running]
+    assert len(waiting) == 3, (running, jobs)
+    events = await _events_until(engine_client, fake.guild_id, {(j, EventType.QUEUED) for j in waiting})
+    # Let the first job go only once the bot has read those events and each message's feed has
+    # decided what to do with them: a decided no-op edit sends nothing Discord could show us.
+    tracker, last = bot.tracker, max(e.id for e in events)
+    await fake.wait_for(
+        lambda: tracker._last_event >= last and not any(f._wake.is_set() for f in tracker._feeds.values()),
+        30,
+    )
+    gate.release()
     for inter in inters:
         await fake.wait_for(lambda inter=inter: final_of(fake, inter), RENDER_TIMEOUT_S)
-    for inter in inters:
+    for job_id, inter in zip(jobs, inters, strict=True):
         edits = [
             (r.json.get("content"), uploaded(r))
             for r in webhook_edits(fake, inter)
             if isinstance(r.json, dict)
         ]
         assert len(edits) >= 2, edits
+        if job_id in waiting:
+            assert any("⏳ In the queue: position" in text for text, _ in edits), edits
         repeats = [a for a, b in itertools.pairwise(edits) if a == b and not b[1]]
         assert not repeats, f"no-op edits: {repeats}"
         assert (await job_of(engine_client, inter)).delivered
+
+
+async def _events_until(
+    engine: EngineClient, guild_id: str, wanted: set[tuple[str, EventType]]
+) -> list[Event]:
+    """The guild's engine events from the first up to the last of `wanted` (job id, type)."""
+    seen: list[Event] = []
+    async with asyncio.timeout(30), contextlib.aclosing(engine.events(guild_id=guild_id)) as stream:
+        async for event in stream:
+            seen.append(event)
+            wanted.discard((event.job_id, event.type))
+            if not wanted:
+                return seen
+    raise AssertionError(f"the event stream ended before {wanted}")

@@ -11,6 +11,8 @@ from fake_discord import FakeDiscord
 from prometheus_client.parser import text_string_to_metric_families
 from support import free_port
 
+from bot.errors import ENGINE_DOWN
+
 if TYPE_CHECKING:
     from conftest import Bots
 
@@ -35,7 +37,8 @@ async def test_metrics_count_commands_acks_and_discord_calls(bots: Bots, fake: F
     await bots.start(metrics_port=port)
     inter = await fake.invoke("queue", {})
     await asyncio.wait_for(inter.acked.wait(), 3)
-    await fake.wait_for(lambda: ephemeral_replies(fake, inter) or None, 10)
+    (reply,) = await fake.wait_for(lambda: ephemeral_replies(fake, inter), 10)
+    assert reply.startswith("**Render queue**: "), reply
 
     text = await scrape(port)
     assert sample(text, "spooky_bot_commands_total", command="queue", outcome="ok") == 1
@@ -50,7 +53,7 @@ async def test_metrics_count_engine_outages(bots: Bots, fake: FakeDiscord) -> No
     port = free_port()
     await bots.start(metrics_port=port, engine_url=f"http://127.0.0.1:{free_port()}")
     inter = await fake.invoke("spooky", {"prompt": "anyone home?"})
-    await fake.wait_for(lambda: ephemeral_replies(fake, inter) or None, 10)
+    assert await fake.wait_for(lambda: ephemeral_replies(fake, inter), 10) == [ENGINE_DOWN]
     text = await scrape(port)
     assert sample(text, "spooky_bot_engine_unreachable_total") == 1
     assert sample(text, "spooky_bot_commands_total", command="spooky", outcome="ok") == 1

@@ -1,5 +1,6 @@
-"""What each role serves: a worker's port answers only health and metrics; an API node counts CLIP
-tokens without torch exactly as open_clip's tokenizer does; roles apart need PostgreSQL."""
+"""What each role serves: a worker's port answers only health and metrics; roles apart need
+PostgreSQL. (An API node's torch-free token count: tests/engine/test_clip_tokens.py;
+that it imports no torch: tests/service/test_farm.py.)"""
 
 from __future__ import annotations
 
@@ -10,28 +11,8 @@ import pytest
 from service_helpers import SECRET, make_settings, request
 
 from engine.service.app import EngineService
-from engine.service.clip_tokens import count_tokens
 from spooky.engine_client import EngineClient, EngineRequestError
 from spooky.errors import ConfigError
-
-PROMPTS = [
-    "dracula pale fangs",
-    "A  Ghost!!  in &amp; the  <end_of_text> fog 42",
-    "Ünïcödé façade 🎃👻 naïve",
-    "x" * 300,
-    "it's they're we've I'm you'll he'd",
-    "日本語のプロンプト",
-    "zombie:1.5 | witch:-0.5",
-    "  leading and trailing\tspaces\n",
-    "mojibake â€™ fixed by ftfy",
-]
-
-
-@pytest.mark.parametrize("text", PROMPTS)
-def test_the_torch_free_count_is_open_clips(text: str):
-    from open_clip.tokenizer import SimpleTokenizer
-
-    assert count_tokens(text) == len(SimpleTokenizer().encode(text))
 
 
 def test_split_roles_refuse_the_sqlite_file(tmp_path: Path):
