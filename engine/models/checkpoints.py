@@ -78,7 +78,6 @@ _inert_pickle = types.ModuleType("spooky_inert_pickle")
 _inert_pickle.Unpickler = _InertUnpickler  # type: ignore[attr-defined]
 _inert_pickle.load = _inert_load  # type: ignore[attr-defined]
 
-
 def looks_like_html(path: Path) -> bool:
     """True when the file starts like a web page (what a dead mirror or a login wall returns)."""
     with open(path, "rb") as f:

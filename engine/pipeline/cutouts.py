@@ -169,6 +169,7 @@ class MakeCutouts(nn.Module):
         # No clamp: it would zero the gradient of every pixel pushed past 0 or 1.
         return contrast * out + (1 - contrast) * grey
 
+
     def _cached(self, key: tuple[object, ...], like: Tensor, make) -> tuple[Tensor, ...]:  # type: ignore[no-untyped-def]
         full = (*key, like.dtype, like.device)
         found = self._constants.get(full)
