@@ -144,7 +144,8 @@ class EngineService:
         sockets = [s for s in (site._server.sockets if site._server else [])]
         self.port = sockets[0].getsockname()[1] if sockets else self._port
         if not runs_worker(self.role):
-            # No models to wait for: submits are checked with CLIP's tokenizer alone (clip_tokens).
+            # No models to wait for: submits are checked with CLIP's tokenizer alone
+            # (engine.models.clip_tokens, no torch).
             self.core.status = "ready"
             self.ready.set()
             log.info("engine API on %s (role api: no models, no worker; health: ready)", self.url)

@@ -2,7 +2,8 @@
 
 - `all`: today's single engine: the API and one worker in one process (SQLite or PostgreSQL).
 - `api`: the HTTP API, event streams, artifacts and limits; never imports torch or loads models
-  (submit-time prompt checks use clip_tokens), so it runs on a small host, several behind one address.
+  (submit-time prompt checks use engine.models.clip_tokens), so it runs on a small host; several
+  may run behind one address.
 - `worker`: loads the models, claims and renders jobs from the shared store; its HTTP port serves
   only /v1/health and /metrics (for the orchestrator and Prometheus).
 
