@@ -99,3 +99,22 @@ def test_the_shard_filter_keeps_each_bot_shards_servers(store: JobStore):
     assert got == {ids[0]}
     got = {j.id for j in store.list_jobs(undelivered=True, shards=(3, [0, 1]))}  # 6 % 3, 7 % 3
     assert got == {ids[1], ids[2], dm}  # direct messages go to shard 0
+
+
+def test_one_node_at_a_time_takes_the_sweep(pg_url: str):
+    from engine.service.store.postgres import PostgresStore
+
+    first, second = PostgresStore(pg_url), PostgresStore(pg_url)
+    try:
+        assert first.try_lead("sweep") and not second.try_lead("sweep")
+        first.release_lead("sweep")
+        assert second.try_lead("sweep")
+        second.close()  # a node that dies gives its turn back with its connection
+        # The server ends the session's backend (and its locks) just after the client hangs up.
+        deadline = time.monotonic() + 30
+        while not first.try_lead("sweep"):
+            assert time.monotonic() < deadline, "the closed connection's turn was never given back"
+            time.sleep(0.05)
+    finally:
+        first.close()
+        second.close()
