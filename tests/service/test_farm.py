@@ -165,7 +165,7 @@ async def main():
                 await client.submit(request(user="2", prompt="ghost " * 80))
             except EngineRefused as e:
                 print("refused", e.refusal.code.value, e.refusal.message)
-    heavy = ("torch", "open_clip", "numpy", "engine.models", "engine.pipeline.render")
+    heavy = ("torch", "open_clip", "numpy", "engine.models.factory", "engine.pipeline.render")
     heavy = sorted(m for m in heavy if m in sys.modules)
     print("heavy", heavy)
 
