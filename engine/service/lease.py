@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from engine.service.store import MAX_ATTEMPTS, DatabaseUnavailableError
+from engine.service.store import MAX_ATTEMPTS, DatabaseUnavailableError, DiskFullError
 
 if TYPE_CHECKING:
     from engine.service.core import EngineCore
@@ -42,7 +42,7 @@ async def keep_lease(worker: Worker, control: JobControl) -> None:
         worker.renew_now.clear()
         try:
             lease = await core.db(core.store.renew_lease, job.id, job.attempts, worker.lease_s)
-        except DatabaseUnavailableError as e:
+        except (DatabaseUnavailableError, DiskFullError) as e:
             # Keep rendering: if the database is back before the lease lapses nothing is lost;
             # if not, the fenced writes refuse this attempt's results.
             log.warning("job %s: renewing its lease failed (%s); retrying", job.id, e)
