@@ -253,7 +253,8 @@ def bench_scare(
 def bench_nightmare(
     models: Any, frames: int, cutouts: int, size: tuple[int, int], precision: str, checkpointing: Any
 ) -> dict[str, float]:
-    from engine.pipeline.render import NightmareJob, Renderer
+    from engine.pipeline.render import Renderer
+    from engine.service.spec import nightmare_spec
     from spooky.config import PipelineConfig
 
     config = PipelineConfig(
@@ -264,8 +265,8 @@ def bench_nightmare(
     image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     with tempfile.TemporaryDirectory(prefix="spooky-bench-") as tmp:
         out = Path(tmp) / "nightmare.mp4"
-        job = NightmareJob(image, frames=frames, seed=0, size=size)
-        result = measure(models.device, lambda clock: renderer.nightmare(job, out, clock))
+        job = nightmare_spec(config, None, prompt=config.nightmare_prompt, frames=frames, seed=0, size=size)
+        result = measure(models.device, lambda clock: renderer.nightmare(job, image, out, clock))
         result["mp4_bytes"] = out.stat().st_size
         result["checkpoint"] = renderer.decoder_checkpointing(size)
     return result

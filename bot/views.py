@@ -7,14 +7,13 @@ press to it by matching the custom id, whether or not this process sent the mess
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any
 
 import discord
 
 from bot import interactions
 from bot.host import host_of
-from spooky.contract import MAX_SEED, JobKind
+from spooky.contract import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class _JobButton:
 class RerollButton(
     _JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"spooky:reroll:" + _JOB
 ):
-    """The same prompt and settings, a new seed."""
+    """The same prompt and settings, a new seed (no seed sent: the engine draws one)."""
 
     action, label, emoji, style = "reroll", "Reroll", "🎲", discord.ButtonStyle.secondary
 
@@ -84,7 +83,6 @@ class RerollButton(
             steps=req.steps,
             scare_steps=req.scare_steps,
             size=req.size,
-            seed=secrets.randbelow(MAX_SEED + 1),
         )
 
 

@@ -9,6 +9,16 @@ from __future__ import annotations
 #: Longest prompt text accepted at the door; CLIP's 77-token limit is checked by the engine.
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1
+#: Hard bounds of one job, whatever a request, the config or a server's limits say (servers set
+#: lower ones with /limits, up to these).
+MAX_STEPS = 1000  # stage-1 steps, and scare steps
+MAX_FRAMES = 3000  # nightmare frames (100 s at 30 fps)
+#: Largest canvas side: VQGAN+CLIP memory grows with the pixel count, and 608x752 is the default.
+MAX_CANVAS_SIDE = 1024
+#: The ranges moderators may set with /limits (besides MAX_STEPS and MAX_FRAMES).
+MAX_QUEUE_PER_SERVER = 1000
+MAX_JOBS_PER_USER = 100
+MAX_COOLDOWN_S = 86400  # one day
 #: The smallest video budget a request may ask for: a server's upload limit can be far below the
 #: engine's default. The engine fits what it can (down to 64 px, a low bitrate) and, when even
 #: that is larger, fails the job with the real sizes.

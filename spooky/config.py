@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from spooky.bounds import MIN_VIDEO_BYTES
+from spooky.bounds import MAX_FRAMES, MAX_STEPS, MIN_VIDEO_BYTES
 from spooky.contract import LimitValues
 from spooky.errors import ConfigError
 
@@ -72,13 +72,13 @@ class ModelsConfig(_Section):
 class PipelineConfig(_Section):
     """Defaults of the three stages (SPEC §2); requests may override within the limits."""
 
-    stylegan_steps: int = Field(40, ge=1, le=1000)
+    stylegan_steps: int = Field(40, ge=1, le=MAX_STEPS)
     stylegan_lr: float = Field(0.1, gt=0)
     # Weight of the L2 pull toward the start latent.
     l2_lambda: float = Field(0.008, ge=0)
     # Emit a progress still every this many steps (0 = only the final image).
     still_every: int = Field(5, ge=0)
-    scare_steps: int = Field(10, ge=0, le=1000)
+    scare_steps: int = Field(10, ge=0, le=MAX_STEPS)
     scare_lr: float = Field(0.1, gt=0)
     # Recompute the VQGAN decoder's activations in the backward pass (stages 2 and 3): the same
     # images, about a fifth more arithmetic per step, a third of the memory. "auto" turns it on only
@@ -92,7 +92,7 @@ class PipelineConfig(_Section):
     # Stage-2/3 canvas, width x height; both multiples of the VQGAN's downsampling factor.
     size: tuple[int, int] = (608, 752)
     nightmare_prompt: str = "nightmare"
-    nightmare_frames: int = Field(300, ge=1, le=3000)
+    nightmare_frames: int = Field(300, ge=1, le=MAX_FRAMES)
     nightmare_lr: float = Field(0.01, gt=0)
     fps: int = Field(30, ge=1, le=120)
     # Byte budget of the MP4 (Discord's default upload limit for bots is 10 MiB).

@@ -1,4 +1,5 @@
-"""The contract between the bot and the engine: requests, jobs, events, limits (no torch import).
+"""The contract between the bot and the engine: requests, jobs, events, limits (no torch import),
+and the engine's resolved job settings (`JobSpec`), which every engine layer reads as one type.
 
 Both sides import this module; the engine validates every request body with these models and the
 bot builds them. Unknown fields are refused (`extra="forbid"`), so a typo fails loudly, and the
@@ -48,8 +49,13 @@ from spooky.bounds import (
     CLIENT_KEY_CHARS,
     CLIENT_MAX_ENTRIES,
     CLIENT_VALUE_CHARS,
+    MAX_COOLDOWN_S,
+    MAX_FRAMES,
+    MAX_JOBS_PER_USER,
     MAX_PROMPT_CHARS,
+    MAX_QUEUE_PER_SERVER,
     MAX_SEED,
+    MAX_STEPS,
     MIN_VIDEO_BYTES,
     SNOWFLAKE_PATTERN,
 )
@@ -104,6 +110,15 @@ class EventType(StrEnum):
     FAILED = "failed"  # data: reason, code
     CANCELLED = "cancelled"  # data: by
     INTERRUPTED = "interrupted"  # data: reason, retried (bool) — the engine stopped mid-job
+
+
+class HealthStatus(StrEnum):
+    LOADING = "loading"  # the API is up and submits are queued; the models are still loading
+    READY = "ready"
+    DEGRADED = "degraded"  # up, but a write cannot be stored (full disk); `detail` says what and where
+    DRAINING = "draining"  # shutting down: new submits are refused, the running job may finish
+    ERROR = "error"  # the models failed to load; `detail` says why
+    STOPPED = "stopped"  # the engine's own state once stopped; health reports it as draining
 
 
 class RefusalCode(StrEnum):
@@ -182,6 +197,54 @@ class JobRequest(_Model):
         if self.kind is JobKind.NIGHTMARE and (self.steps is not None or self.scare_steps is not None):
             raise ValueError("steps and scare_steps belong to spooky jobs; a nightmare has frames")
         return self
+
+
+# --- the resolved job -------------------------------------------------------------------------
+
+
+class SpookySpec(_Model):
+    """What a spooky job runs with: its request resolved against the config and the server's
+    limits once, when the job is accepted (`engine.service.spec`). Stored with the job and read
+    back as is by the scheduler, the worker and the renderer, which add no defaults of their own.
+
+    Only the types are checked here: the ranges are the renderer's (`Renderer.validate`) and the
+    server's (`scheduler.check_limits`), both run before the job is accepted.
+    """
+
+    kind: Literal[JobKind.SPOOKY] = JobKind.SPOOKY
+    prompt: str  # stage 1 (StyleGAN2+CLIP), read whole
+    scare_prompt: str  # stage 2 (VQGAN+CLIP), "a:1|b:-0.5" weights allowed; the request's or `prompt`
+    seed: int  # drawn at accept when the request has none, so a retry renders the same picture
+    steps: int  # stage-1 optimisation steps
+    scare_steps: int  # stage-2 steps
+    size: tuple[int, int] | None  # stage-2 canvas (w, h); None: the loaded models' own canvas
+    still_every: int  # a progress still every this many steps (0: only the final image)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_before_scare_prompt(cls, data: Any) -> Any:
+        # Specs stored by the release before typed specs keep None for "the stage-1 prompt".
+        if isinstance(data, dict) and data.get("scare_prompt", "") is None:
+            return {**data, "scare_prompt": data.get("prompt")}
+        return data
+
+
+class NightmareSpec(_Model):
+    """What a nightmare job runs with (see `SpookySpec`); its source image is the job's artifact."""
+
+    kind: Literal[JobKind.NIGHTMARE] = JobKind.NIGHTMARE
+    prompt: str  # what the animation drifts toward, "a:1|b:-0.5" weights allowed
+    seed: int  # drawn at accept when the request has none
+    frames: int  # one VQGAN+CLIP step per frame, at the pipeline's fps
+    # Video canvas (w, h); None: the source image's own size when it is a valid canvas, else the
+    # loaded models' canvas area at the image's aspect ratio.
+    size: tuple[int, int] | None
+    max_bytes: int  # the MP4 is fitted under this (the destination's upload limit)
+    still_every: int  # a progress still every this many frames (0: only the last)
+
+
+#: A job's resolved settings, either kind (`kind` tells which).
+JobSpec = Annotated[SpookySpec | NightmareSpec, Field(discriminator="kind")]
 
 
 class CancelRequest(_Model):
@@ -288,8 +351,7 @@ class LastImage(_Model):
 
 
 class Health(_Model):
-    #: degraded: up, but a write cannot be stored (full disk); `detail` says what and where.
-    status: Literal["loading", "ready", "degraded", "draining", "error"]
+    status: HealthStatus
     preset: str | None = None
     device: str | None = None
     queue_length: int = 0
@@ -305,12 +367,12 @@ class LimitValues(_Model):
     """The numeric per-server limits, defaults and allowed ranges defined once: the `[limits]`
     config section (`spooky.config.LimitsConfig`) and what /limits set accepts are both this."""
 
-    max_queue_per_server: int = Field(10, ge=1, le=1000)
-    max_jobs_per_user: int = Field(2, ge=1, le=100)
-    cooldown_s: float = Field(30, ge=0, le=86400)
-    max_steps: int = Field(60, ge=1, le=1000)
-    max_scare_steps: int = Field(20, ge=0, le=1000)
-    max_frames: int = Field(300, ge=1, le=3000)
+    max_queue_per_server: int = Field(10, ge=1, le=MAX_QUEUE_PER_SERVER)
+    max_jobs_per_user: int = Field(2, ge=1, le=MAX_JOBS_PER_USER)
+    cooldown_s: float = Field(30, ge=0, le=MAX_COOLDOWN_S)
+    max_steps: int = Field(60, ge=1, le=MAX_STEPS)
+    max_scare_steps: int = Field(20, ge=0, le=MAX_STEPS)
+    max_frames: int = Field(300, ge=1, le=MAX_FRAMES)
 
 
 class GuildLimits(LimitValues):

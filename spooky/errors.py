@@ -5,6 +5,8 @@ Every error carries a message a user can act on; `hint` says how to fix it when 
 
 from __future__ import annotations
 
+from spooky.contract import RefusalCode
+
 
 class SpookyError(Exception):
     """Base class: something the user or operator can fix."""
@@ -30,23 +32,30 @@ class ConfigError(SpookyError):
 
 
 class InputError(SpookyError):
-    """A request parameter is wrong; the message says which and what is allowed."""
+    """A request parameter is wrong; the message says which and what is allowed.
+
+    `refusal` is the code a submit refused for it carries (a plain InputError is a range).
+    """
 
     code = "bad_input"
+    refusal = RefusalCode.OUT_OF_RANGE
 
 
 class EmptyPromptError(InputError):
     code = "empty_prompt"
+    refusal = RefusalCode.BAD_PROMPT
 
 
 class PromptTooLongError(InputError):
     code = "prompt_too_long"
+    refusal = RefusalCode.BAD_PROMPT
 
 
 class BadPromptError(InputError):
     """A weighted prompt that cannot be parsed (a weight that is not finite, all weights zero)."""
 
     code = "bad_prompt"
+    refusal = RefusalCode.BAD_PROMPT
 
 
 class InvalidSizeError(InputError):
@@ -55,6 +64,7 @@ class InvalidSizeError(InputError):
 
 class InvalidImageError(InputError):
     code = "invalid_image"
+    refusal = RefusalCode.BAD_IMAGE
 
 
 class UnknownPresetError(InputError):

@@ -12,6 +12,7 @@ from discord.ext import commands
 from bot import interactions
 from bot.errors import NotModerator
 from bot.text import duration, escape
+from spooky.bounds import MAX_COOLDOWN_S, MAX_FRAMES, MAX_JOBS_PER_USER, MAX_QUEUE_PER_SERVER, MAX_STEPS
 from spooky.contract import GuildLimits
 from spooky.engine_client import EngineRequestError, EngineUnavailable
 
@@ -105,12 +106,12 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
     async def set_(
         self,
         interaction: discord.Interaction,
-        queue_length: app_commands.Range[int, 1, 1000] | None = None,
-        jobs_per_user: app_commands.Range[int, 1, 100] | None = None,
-        cooldown: app_commands.Range[float, 0, 86400] | None = None,
-        max_steps: app_commands.Range[int, 1, 1000] | None = None,
-        max_scare_steps: app_commands.Range[int, 0, 1000] | None = None,
-        max_frames: app_commands.Range[int, 1, 3000] | None = None,
+        queue_length: app_commands.Range[int, 1, MAX_QUEUE_PER_SERVER] | None = None,
+        jobs_per_user: app_commands.Range[int, 1, MAX_JOBS_PER_USER] | None = None,
+        cooldown: app_commands.Range[float, 0, MAX_COOLDOWN_S] | None = None,
+        max_steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
+        max_scare_steps: app_commands.Range[int, 0, MAX_STEPS] | None = None,
+        max_frames: app_commands.Range[int, 1, MAX_FRAMES] | None = None,
         allow_channel: discord.TextChannel | None = None,
         disallow_channel: discord.TextChannel | None = None,
         paused: bool | None = None,

@@ -11,7 +11,8 @@ from discord.ext import commands
 
 from bot import interactions
 from bot.errors import BadAttachment, BadPrompt, UserFacingError
-from spooky.contract import MAX_PROMPT_CHARS, MAX_SEED, JobKind
+from spooky.bounds import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
+from spooky.contract import JobKind
 from spooky.engine_client import EngineRefused, EngineRequestError, EngineUnavailable
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class Render(commands.Cog):
         prompt: app_commands.Transform[str, PromptText],
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         scare_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
-        steps: app_commands.Range[int, 1, 1000] | None = None,
+        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
     ) -> None:
         await interactions.ack(interaction)
         await interactions.submit(
@@ -110,7 +111,7 @@ class Render(commands.Cog):
         self,
         interaction: discord.Interaction,
         prompt: app_commands.Transform[str, PromptText] | None = None,
-        frames: app_commands.Range[int, 1, 3000] | None = None,
+        frames: app_commands.Range[int, 1, MAX_FRAMES] | None = None,
         image: discord.Attachment | None = None,
     ) -> None:
         await interactions.ack(interaction)

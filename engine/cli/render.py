@@ -100,11 +100,10 @@ class _Bars:
 
 
 def run(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from engine.models.factory import check_preset, load_models
     from engine.pipeline.images import load_image, save_png
-    from engine.pipeline.render import NightmareJob, Renderer, SpookyJob
+    from engine.pipeline.render import Renderer
+    from engine.service.spec import nightmare_spec, spooky_spec
     from spooky.config import load_settings
 
     settings = load_settings(args.config)
@@ -131,23 +130,23 @@ def run(args: argparse.Namespace) -> int:
     night_prompt = args.nightmare_prompt or settings.pipeline.nightmare_prompt
     if upload is not None and args.prompt is not None:
         night_prompt = args.prompt
-    # Until stage 2 has made the face, a stand-in image lets the video's settings be checked up front.
-    night = NightmareJob(
-        image=upload or Image.new("RGB", (16, 16)), prompt=night_prompt, frames=args.frames, size=size
+    # One seed for both stages: the video of a face continues from the face's own seed.
+    night = nightmare_spec(
+        settings.pipeline, None, prompt=night_prompt, seed=args.seed, frames=args.frames, size=size
     )
-    spooky_job = None
+    face = None
     if upload is None:
-        spooky_job = SpookyJob(
+        face = spooky_spec(
+            settings.pipeline,
+            None,
             prompt=args.prompt,
             scare_prompt=args.scare_prompt,
-            seed=args.seed,
+            seed=night.seed,
             steps=args.steps,
             scare_steps=args.scare_steps,
             size=size,
         )
-        renderer.validate(spooky_job)
-    else:
-        night.seed = args.seed
+        renderer.validate(face)
     if wants_video:
         renderer.validate(night)  # a bad nightmare prompt fails before stage 1 runs
 
@@ -155,16 +154,18 @@ def run(args: argparse.Namespace) -> int:
     bars = _Bars(out, enabled=not args.no_progress)
     written: list[Path] = []
     try:
-        if spooky_job is not None:
-            result = renderer.spooky(spooky_job, bars)
+        image = upload
+        if face is not None:
+            result = renderer.spooky(face, bars)
             bars.close()
             meta = _metadata(result.settings, models.preset)
-            for name, image in (("stylegan", result.stylegan_image), ("spooky", result.spooky_image)):
-                written.append(save_png(image, out / f"{name}.png", {**meta, "image": name}))
+            for name, picture in (("stylegan", result.stylegan_image), ("spooky", result.spooky_image)):
+                written.append(save_png(picture, out / f"{name}.png", {**meta, "image": name}))
             print(f"seed: {result.seed}")
-            night.image, night.seed = result.spooky_image, result.seed
+            image = result.spooky_image
         if wants_video:
-            video = renderer.nightmare(night, out / "nightmare.mp4", bars)
+            assert image is not None  # the upload, or the face just made
+            video = renderer.nightmare(night, image, out / "nightmare.mp4", bars)
             bars.close()
             written.append(video.video_path)
             print(f"video: {video.frames} frames, {video.bytes} bytes, seed {video.settings['seed']}")

@@ -1,14 +1,15 @@
 """The orchestrator the engine service and the CLI both call: one face, or one nightmare video.
 
 `Renderer.spooky` runs stage 1 (StyleGAN2+CLIP) then stage 2 (VQGAN+CLIP scare pass);
-`Renderer.nightmare` runs stage 3 and streams its frames straight into ffmpeg. Every result
-carries the seed and settings that reproduce it: a job without a seed gets a drawn one.
+`Renderer.nightmare` runs stage 3 and streams its frames straight into ffmpeg. A job is a resolved
+`JobSpec` (`engine.service.spec` applies the defaults and draws the seed): the renderer runs what
+it says and adds no defaults of its own, only the engine's tuning (learning rates, cutouts, fps)
+from the pipeline config. Every result carries the settings that reproduce it.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,29 +26,13 @@ from engine.pipeline.prompts import WeightedPrompt, parse_prompts
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
 from engine.pipeline.video import DEFAULT_CRF, BackgroundWriter, VideoWriter, fit_to_budget
 from engine.pipeline.vqgan_clip import VqganClipParams, check_size, nightmare_frames, scare, snap_size
-from spooky.bounds import MIN_VIDEO_BYTES
+from spooky.bounds import MAX_CANVAS_SIDE, MAX_FRAMES, MAX_SEED, MAX_STEPS, MIN_VIDEO_BYTES
 from spooky.config import PipelineConfig
-from spooky.contract import MAX_SEED
+from spooky.contract import JobSpec, NightmareSpec, SpookySpec
 from spooky.errors import InputError, InvalidImageError, InvalidSizeError
 
-#: Hard bounds the engine enforces whatever a request or config says (servers set lower ones).
-MAX_STEPS = 1000
-MAX_FRAMES = 3000
-#: Largest canvas side: VQGAN+CLIP memory grows with the pixel count, and 608x752 is the default.
-MAX_CANVAS_SIDE = 1024
 #: An uploaded image keeps its aspect ratio for the video, within these bounds (w / h).
 _ASPECT_RANGE = (0.5, 2.0)
-
-
-@dataclass
-class SpookyJob:
-    prompt: str
-    scare_prompt: str | None = None  # stage-2 prompt ("a:1|b:-0.5" allowed); None = `prompt`
-    seed: int | None = None  # None: a seed is drawn and reported
-    steps: int | None = None  # stage 1; None = pipeline.stylegan_steps
-    scare_steps: int | None = None  # stage 2; None = pipeline.scare_steps
-    size: tuple[int, int] | None = None  # stage-2 canvas (w, h); None = the preset's default
-    still_every: int | None = None  # None = pipeline.still_every
 
 
 @dataclass
@@ -56,16 +41,6 @@ class SpookyResult:
     spooky_image: Image.Image  # stage 2, at the canvas size
     seed: int
     settings: dict[str, Any]  # everything needed to reproduce the result
-
-
-@dataclass
-class NightmareJob:
-    image: Image.Image
-    prompt: str = "nightmare"
-    frames: int | None = None  # None = pipeline.nightmare_frames
-    seed: int | None = None
-    size: tuple[int, int] | None = None  # None: the image's own size if valid, else the default canvas
-    max_bytes: int | None = None  # None = pipeline.video_max_bytes
 
 
 @dataclass
@@ -78,7 +53,7 @@ class NightmareResult:
 
 
 class Renderer:
-    """Runs jobs on loaded models with the pipeline defaults; holds no per-job state."""
+    """Runs job specs on loaded models with the pipeline's tuning; holds no per-job state."""
 
     def __init__(self, models: Models, pipeline: PipelineConfig) -> None:
         self.models = models
@@ -115,26 +90,23 @@ class Renderer:
 
     # --- checks --------------------------------------------------------------------------------
 
-    def validate(self, job: SpookyJob | NightmareJob) -> None:
+    def validate(self, job: JobSpec) -> None:
         """Cheap checks before a job is queued; raises the typed InputError that says what to fix."""
-        clip = self.models.clip
-        if isinstance(job, SpookyJob):
-            clip.check_prompt(job.prompt)
-            self._check_prompts(job.scare_prompt if job.scare_prompt is not None else job.prompt)
+        if isinstance(job, SpookySpec):
+            self.models.clip.check_prompt(job.prompt)
+            self._check_prompts(job.scare_prompt)
             _check_range("steps", job.steps, 1, MAX_STEPS)
             _check_range("scare_steps", job.scare_steps, 0, MAX_STEPS)
             _check_range("still_every", job.still_every, 0, MAX_STEPS)
-        elif isinstance(job, NightmareJob):
-            if not isinstance(job.image, Image.Image):
-                raise InvalidImageError("a nightmare needs an image to animate", hint="run /spooky first")
+        elif isinstance(job, NightmareSpec):
             self._check_prompts(job.prompt)
             _check_range("frames", job.frames, 1, MAX_FRAMES)
-            if job.max_bytes is not None and job.max_bytes < MIN_VIDEO_BYTES:
+            if job.max_bytes < MIN_VIDEO_BYTES:
                 raise InputError(
                     f"max_bytes {job.max_bytes} is too small for a video; the minimum is {MIN_VIDEO_BYTES}"
                 )
         else:
-            raise TypeError(f"not a render job: {type(job).__name__}")
+            raise TypeError(f"not a job spec: {type(job).__name__}")
         _check_range("seed", job.seed, 0, MAX_SEED)
         if job.size is not None:
             self._check_size(job.size)
@@ -156,17 +128,17 @@ class Renderer:
 
     # --- stages 1 + 2 ---------------------------------------------------------------------------
 
-    def spooky(self, job: SpookyJob, callback: ProgressCallback = no_progress) -> SpookyResult:
+    def spooky(self, job: SpookySpec, callback: ProgressCallback = no_progress) -> SpookyResult:
         """Stage 1 then stage 2; the callback sees "stylegan" progress, then "scare" progress."""
         self.validate(job)
         p = self.pipeline
-        seed = job.seed if job.seed is not None else draw_seed()
+        seed = job.seed
         size = tuple(job.size) if job.size is not None else self.default_size
-        self._check_size(size)  # a config-set default must be valid too
-        still_every = job.still_every if job.still_every is not None else p.still_every
-        scare_spec = job.scare_prompt if job.scare_prompt is not None else job.prompt
+        self._check_size(size)  # a config-set canvas must be valid too
+        still_every = job.still_every
+        scare_spec = job.scare_prompt
         face = StyleClipParams(
-            steps=job.steps if job.steps is not None else p.stylegan_steps,
+            steps=job.steps,
             lr=p.stylegan_lr,
             l2_lambda=p.l2_lambda,
             still_every=still_every,
@@ -174,7 +146,7 @@ class Renderer:
             precision=self.precision,
         )
         scare_params = VqganClipParams(
-            steps=job.scare_steps if job.scare_steps is not None else p.scare_steps,
+            steps=job.scare_steps,
             lr=p.scare_lr,
             cutouts=p.cutouts,
             still_every=still_every,
@@ -224,32 +196,36 @@ class Renderer:
         return snap_size(target, self.factor)
 
     def nightmare(
-        self, job: NightmareJob, out_path: Path, callback: ProgressCallback = no_progress
+        self,
+        job: NightmareSpec,
+        image: Image.Image,
+        out_path: Path,
+        callback: ProgressCallback = no_progress,
     ) -> NightmareResult:
-        """Stage 3: one VQGAN+CLIP step per frame, piped into ffmpeg, then fitted to the byte budget.
-
-        JobCancelled from the callback stops ffmpeg and removes the partial file.
+        """Stage 3 on `image`: one VQGAN+CLIP step per frame, piped into ffmpeg, then fitted to the
+        byte budget. JobCancelled from the callback stops ffmpeg and removes the partial file.
         """
         self.validate(job)
+        if not isinstance(image, Image.Image):
+            raise InvalidImageError("a nightmare needs an image to animate", hint="run /spooky first")
         p = self.pipeline
-        seed = job.seed if job.seed is not None else draw_seed()
-        size = self.nightmare_size(job.image, job.size)
+        seed = job.seed
+        size = self.nightmare_size(image, job.size)
         self._check_size(size)
-        frames = job.frames if job.frames is not None else p.nightmare_frames
-        max_bytes = job.max_bytes if job.max_bytes is not None else p.video_max_bytes
+        max_bytes = job.max_bytes
         params = VqganClipParams(
-            steps=frames,
+            steps=job.frames,
             lr=p.nightmare_lr,
             cutouts=p.cutouts,
-            still_every=p.still_every,
+            still_every=job.still_every,
             seed=seed,
             size=size,
             checkpoint=self.decoder_checkpointing(size),
             precision=self.precision,
         )
         # Crop only what falls outside the allowed aspect range, so the face is not distorted.
-        image = ImageOps.fit(job.image.convert("RGB"), size, Image.Resampling.LANCZOS)
-        start = from_pil(image, self.models.device)
+        fitted = ImageOps.fit(image.convert("RGB"), size, Image.Resampling.LANCZOS)
+        start = from_pil(fitted, self.models.device)
         out_path = Path(out_path)
         written = 0
         last = None
@@ -291,11 +267,6 @@ class Renderer:
         )
 
 
-def draw_seed() -> int:
-    """A fresh seed in the contract's range, reported with the result so it can be reproduced."""
-    return secrets.randbelow(MAX_SEED + 1)
-
-
-def _check_range(name: str, value: int | None, low: int, high: int) -> None:
-    if value is not None and not low <= value <= high:
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
         raise InputError(f"{name} is {value}; allowed: {low} to {high}")

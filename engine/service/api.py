@@ -14,7 +14,7 @@ Status codes:
   415      a Content-Encoding other than gzip/deflate  ErrorBody code "unsupported_encoding"
   422      unknown field, wrong type, bad value   ErrorBody code "invalid_request" (short pydantic
            details: types are strict, "yes" is no boolean and "5" no number)
-  429/409/422  a limit or check refused a submit  RefusalBody (see scheduler.REFUSAL_STATUS)
+  429/409/422  a limit or check refused a submit  RefusalBody (see REFUSAL_STATUS)
 A refused or invalid request changes nothing. The secret is checked before any body is read,
 and error answers never repeat the input whole.
 """
@@ -32,12 +32,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.service.artifacts import DiskFullError
 from engine.service.bodies import read_body
-from engine.service.core import ApiError, EngineCore, Refused, artifact_view, validation_details
+from engine.service.core import EngineCore, artifact_view, validation_details
+from engine.service.errors import ApiError, DatabaseUnavailableError, DiskFullError, Refused
 from engine.service.metrics import CONTENT_TYPE
-from engine.service.scheduler import REFUSAL_STATUS
-from engine.service.store import DatabaseUnavailableError
 from spooky.bounds import MAX_EVENT_ID, MAX_JSON_BODY_BYTES, MIN_VIDEO_BYTES, SNOWFLAKE_PATTERN
 from spooky.contract import (
     API_PREFIX,
@@ -48,16 +46,35 @@ from spooky.contract import (
     ErrorBody,
     ErrorDetail,
     EventType,
+    HealthStatus,
     JobList,
     JobRequest,
     JobState,
     LimitsUpdate,
     RefusalBody,
+    RefusalCode,
     Snowflake,
 )
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+
+#: HTTP status of each refusal: 429 = capacity or time (retry later), 409 = the server's state
+#: forbids it (paused, channel, nothing to animate, engine not ready), 422 = the request itself.
+REFUSAL_STATUS: dict[RefusalCode, int] = {
+    RefusalCode.QUEUE_FULL: 429,
+    RefusalCode.SERVER_QUEUE_FULL: 429,
+    RefusalCode.USER_LIMIT: 429,
+    RefusalCode.COOLDOWN: 429,
+    RefusalCode.PAUSED: 409,
+    RefusalCode.CHANNEL_NOT_ALLOWED: 409,
+    RefusalCode.NO_PREVIOUS_IMAGE: 409,
+    RefusalCode.NOT_READY: 409,
+    RefusalCode.BANNED_WORD: 422,
+    RefusalCode.OUT_OF_RANGE: 422,
+    RefusalCode.BAD_PROMPT: 422,
+    RefusalCode.BAD_IMAGE: 422,
+}
 
 #: A comment line this often keeps idle event streams open through proxies.
 SSE_KEEPALIVE_S = 15.0
@@ -240,7 +257,7 @@ routes = web.RouteTableDef()
 @routes.get(f"{API_PREFIX}/health")
 async def health(request: web.Request) -> web.Response:
     h = await _core(request).health()
-    return model_response(h, 200 if h.status in ("ready", "loading") else 503)
+    return model_response(h, 200 if h.status in (HealthStatus.READY, HealthStatus.LOADING) else 503)
 
 
 @routes.post(f"{API_PREFIX}/jobs")

@@ -27,11 +27,13 @@ from engine.service.artifacts import ArtifactFiles
 from engine.service.core import EngineCore, default_limits
 from engine.service.events import EventHub
 from engine.service.lease import reap_loop
+from engine.service.link import WorkerLink
 from engine.service.roles import check_role, runs_api, runs_worker, worker_only
 from engine.service.server import EngineRunner
 from engine.service.store import MAX_ATTEMPTS, open_store
 from engine.service.threads import run_in_daemon_thread
 from spooky.config import Settings
+from spooky.contract import HealthStatus
 from spooky.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,10 @@ class EngineService:
             if settings.engine.artifacts_dir
             else data_dir / "artifacts"
         )
-        self.core = EngineCore(settings, self.store, self.files, self.hub)
+        self.link = WorkerLink()  # the worker and the renderer's checks, once the models are loaded
+        self.core = EngineCore(
+            settings, self.store, self.files, self.hub, worker=self.link, check=self.link.check
+        )
         self.worker: Any | None = None  # engine.service.worker.Worker once the models are loaded
         self.renderer: Any | None = None
         self._runner: web.AppRunner | None = None
@@ -146,7 +151,7 @@ class EngineService:
         if not runs_worker(self.role):
             # No models to wait for: submits are checked with CLIP's tokenizer alone
             # (engine.models.clip_tokens, no torch).
-            self.core.status = "ready"
+            self.core.status = HealthStatus.READY
             self.ready.set()
             log.info("engine API on %s (role api: no models, no worker; health: ready)", self.url)
         else:
@@ -158,8 +163,7 @@ class EngineService:
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="spooky-sweep"))
 
     def _wake_worker(self) -> None:
-        if self.core.wake_worker is not None:
-            self.core.wake_worker()
+        self.link.wake()
 
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hear other nodes' commits: new events, claimable jobs, cancels of running jobs."""
@@ -209,19 +213,19 @@ class EngineService:
 
             models = renderer.models
         except Exception as e:
-            core.status, core.detail = "error", f"models failed to load: {e}"
+            core.status, core.detail = HealthStatus.ERROR, f"models failed to load: {e}"
             log.exception("models failed to load; the engine stays up with health 'error'")
             return
-        if core.status != "loading":  # a stop arrived while loading
+        if core.status is not HealthStatus.LOADING:  # a stop arrived while loading
             return
         self.renderer = renderer
-        core.validator = validator_for(renderer)
         core.device = str(models.device)
         core.preset = models.preset
         await core.refresh_estimates()
         self.worker = Worker(core, renderer)
+        self.link.connect(self.worker, validator_for(renderer))
         self.worker.start()
-        core.status = "ready"
+        core.status = HealthStatus.READY
         self.ready.set()
         log.info("models loaded in %.1f s: %s; engine ready", time.monotonic() - started, models.description)
 
@@ -241,9 +245,9 @@ class EngineService:
 
     async def drain(self) -> None:
         """Refuse new submits and let (or make) the running job stop; it stays queued."""
-        if self.core.status in ("draining", "stopped"):
+        if self.core.status in (HealthStatus.DRAINING, HealthStatus.STOPPED):
             return
-        self.core.status = "draining"
+        self.core.status = HealthStatus.DRAINING
         timeout = self.settings.engine.drain_timeout_s
         log.info("draining: waiting up to %.0f s for the running job", timeout)
         if self.worker is not None:
@@ -261,7 +265,7 @@ class EngineService:
 
     async def stop(self) -> None:
         await self.drain()
-        self.core.status = "stopped"
+        self.core.status = HealthStatus.STOPPED
         if self.loading:
             # Exiting while torch builds models on another thread aborts the process from C++
             # (std::terminate), so give the load a bounded time to finish; it then sees the stop.

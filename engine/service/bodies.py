@@ -11,7 +11,7 @@ import zlib
 
 from aiohttp import web
 
-from engine.service.core import ApiError
+from engine.service.errors import ApiError
 
 READ_CHUNK = 64 * 1024
 #: zlib window bits per Content-Encoding; "deflate" is the zlib format (RFC 9110), raw tried next.

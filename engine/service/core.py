@@ -1,7 +1,8 @@
 """What the API does, without HTTP: submit, views, cancel, uploads, artifacts, limits.
 
 All store calls run on one executor thread so the event loop never waits on SQLite's fsync.
-Errors the API turns into 4xx answers are `ApiError`s (status, code) or `Refused` (a `Refusal`).
+Errors the API turns into 4xx answers are `ApiError`s (status, code) or `Refused` (a `Refusal`),
+both in `engine.service.errors`.
 """
 
 from __future__ import annotations
@@ -9,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from engine.service.artifacts import ArtifactFiles, new_id
+from engine.service.errors import ApiError, Refused
 from engine.service.events import EventHub
+from engine.service.link import SpecCheck, WorkerControl
 from engine.service.metrics import Metrics
-from engine.service.prompt_check import check_prompts
 from engine.service.scheduler import (
     Estimator,
     Placement,
@@ -29,6 +30,7 @@ from engine.service.scheduler import (
     step_cost,
     work_units,
 )
+from engine.service.spec import resolve_spec
 from engine.service.store import (
     ArtifactRow,
     Counts,
@@ -41,14 +43,15 @@ from engine.service.store import (
     QueueSnapshot,
     Submitted,
 )
-from spooky.bounds import MAX_ECHOED_INPUT_CHARS, MAX_ERROR_CHARS, MAX_ERROR_DETAILS, MAX_SEED
-from spooky.config import LimitsConfig, PipelineConfig, Settings
+from spooky.bounds import MAX_ECHOED_INPUT_CHARS, MAX_ERROR_CHARS, MAX_ERROR_DETAILS
+from spooky.config import LimitsConfig, Settings
 from spooky.contract import (
     Artifact,
     CancelRequest,
     Event,
     GuildLimits,
     Health,
+    HealthStatus,
     JobKind,
     JobRequest,
     JobState,
@@ -60,7 +63,7 @@ from spooky.contract import (
     RefusalCode,
     SubmitResponse,
 )
-from spooky.errors import SpookyError
+from spooky.errors import InputError, SpookyError
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -73,82 +76,8 @@ STRAY_AGE_S = 3600.0
 CANCEL_WAIT_S = 10.0
 
 
-class ApiError(SpookyError):
-    """A request the engine answers with a 4xx `ErrorBody`."""
-
-    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.details = details or []
-
-
-class Refused(SpookyError):
-    """A limit or a check refused a request; answered with a `RefusalBody`."""
-
-    def __init__(self, refusal: Refusal) -> None:
-        super().__init__(refusal.message)
-        self.refusal = refusal
-
-
-class Canceller(Protocol):
-    """The worker's side of cancelling a running job."""
-
-    def request_cancel(self, job_id: str, by: str) -> asyncio.Future[None] | None: ...
-
-
-class Validator(Protocol):
-    """The renderer's cheap pre-checks (prompt tokens, size); raises InputError subclasses."""
-
-    def __call__(self, kind: JobKind, spec: dict[str, Any]) -> None: ...
-
-
 def default_limits(cfg: LimitsConfig) -> GuildLimits:
     return GuildLimits(**cfg.model_dump())
-
-
-def resolve_spec(req: JobRequest, pipeline: PipelineConfig, limits: GuildLimits) -> dict[str, Any]:
-    """The settings a job runs with: the request's values, else the defaults (within the server's range).
-
-    The seed is drawn here, not at run time, so a retry after a crash renders the same picture;
-    the job's result reports it.
-    """
-    seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
-    size = list(req.size) if req.size else None  # None: the renderer's canvas for the loaded models
-    if JobKind(req.kind) is JobKind.SPOOKY:
-        return {
-            "prompt": req.prompt,
-            "scare_prompt": req.scare_prompt,
-            "seed": seed,
-            "steps": req.steps if req.steps is not None else min(pipeline.stylegan_steps, limits.max_steps),
-            "scare_steps": (
-                req.scare_steps
-                if req.scare_steps is not None
-                else min(pipeline.scare_steps, limits.max_scare_steps)
-            ),
-            "size": size,
-            "still_every": pipeline.still_every,
-        }
-    return {
-        "prompt": req.prompt,
-        "seed": seed,
-        "frames": req.frames if req.frames is not None else min(pipeline.nightmare_frames, limits.max_frames),
-        "size": size,
-        "max_bytes": req.max_bytes or pipeline.video_max_bytes,
-        "still_every": pipeline.still_every,
-    }
-
-
-def refusal_for_input(e: SpookyError) -> Refusal:
-    """Map the renderer's InputError subclasses onto refusal codes (a plain InputError is a range)."""
-    code = {
-        "empty_prompt": RefusalCode.BAD_PROMPT,
-        "prompt_too_long": RefusalCode.BAD_PROMPT,
-        "bad_prompt": RefusalCode.BAD_PROMPT,
-        "invalid_size": RefusalCode.OUT_OF_RANGE,
-        "invalid_image": RefusalCode.BAD_IMAGE,
-    }.get(e.code, RefusalCode.OUT_OF_RANGE)
-    return Refusal(code=code, message=str(e))
 
 
 class GroupCommit:
@@ -186,23 +115,34 @@ class GroupCommit:
 
 
 class EngineCore:
-    """The engine's state and operations; `EngineService` wires it to HTTP, the worker and signals."""
+    """The engine's state and operations; `EngineService` wires it to HTTP, the worker and signals.
 
-    def __init__(self, settings: Settings, store: JobStore, files: ArtifactFiles, hub: EventHub) -> None:
+    `worker` wakes and stops the worker; `check` runs a submit's renderer checks (both reach the
+    real worker and renderer once the models are loaded: `engine.service.link.WorkerLink`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        files: ArtifactFiles,
+        hub: EventHub,
+        *,
+        worker: WorkerControl,
+        check: SpecCheck,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.files = files
         self.hub = hub
+        self.worker = worker
+        self.check = check
         self.metrics = Metrics()
-        self.status: str = "loading"  # Health.status
+        self.status = HealthStatus.LOADING
         self.detail: str | None = None
         self.preset: str | None = settings.models.preset
         self.device: str | None = None
-        self.validator: Validator | None = None  # set once the models are loaded
-        self.canceller: Canceller | None = None  # set once the worker runs
         self.running_job: str | None = None
-        #: Set by the worker: wakes it when a job is queued.
-        self.wake_worker: Callable[[], None] | None = None
         #: Set when the engine stops: event streams end.
         self.closing = asyncio.Event()
         self.estimator = self._estimator({})
@@ -224,7 +164,7 @@ class EngineCore:
         samples = {}
         for kind in JobKind:
             rows = await self.db(self.store.recent_durations, kind)
-            samples[kind] = [(d, work_units(kind, spec)) for d, spec in rows]
+            samples[kind] = [(d, work_units(spec)) for d, spec in rows]
         self.estimator = self._estimator(samples)
 
     def _estimator(self, samples: dict[JobKind, list[tuple[float, int]]]) -> Estimator:
@@ -253,7 +193,7 @@ class EngineCore:
                 return job.view(place.position, place.eta_s)
         if job.state is JobState.RUNNING:
             elapsed = time.time() - (job.started_at or time.time())
-            return job.view(None, round(max(self.estimator.duration(job.kind, job.spec) - elapsed, 1.0), 1))
+            return job.view(None, round(max(self.estimator.duration(job.spec) - elapsed, 1.0), 1))
         return job.view()
 
     async def job(self, job_id: str) -> JobView:
@@ -297,7 +237,7 @@ class EngineCore:
         )
 
     async def health(self) -> Health:
-        status = "draining" if self.status == "stopped" else self.status
+        status = HealthStatus.DRAINING if self.status is HealthStatus.STOPPED else self.status
         if self.store.health.full_since is not None:
             # Nothing else may write while the disk is full: a probe notices the space coming back.
             await self.db(self.store.probe_write)
@@ -306,11 +246,11 @@ class EngineCore:
             queue_length = await self.db(self.store.queue_length)
         except DatabaseUnavailableError as e:
             full, queue_length = str(e), 0  # the database is down: degraded until it answers again
-        if full and status in ("loading", "ready"):
-            status = "degraded"
+        if full and status in (HealthStatus.LOADING, HealthStatus.READY):
+            status = HealthStatus.DEGRADED
         detail = full or self.detail
         return Health(
-            status=status,  # type: ignore[arg-type]
+            status=status,
             preset=self.preset,
             device=self.device,
             queue_length=queue_length,
@@ -338,8 +278,8 @@ class EngineCore:
             existing = await self.db(self.store.find_idempotent, req.idempotency_key)
             if existing is not None:
                 return SubmitResponse(job=await self.view(existing), duplicate=True)
-        if self.status not in ("loading", "ready"):
-            why = "shutting down" if self.status == "draining" else f"not working ({self.detail})"
+        if self.status not in (HealthStatus.LOADING, HealthStatus.READY):
+            why = "shutting down" if self.status is HealthStatus.DRAINING else f"not working ({self.detail})"
             raise Refused(
                 Refusal(
                     code=RefusalCode.NOT_READY,
@@ -350,13 +290,10 @@ class EngineCore:
         who = req.requester
         limits = await self.db(self.store.guild_limits, who.guild_id)
         spec = resolve_spec(req, self.settings.pipeline, limits)
-        # Before the models are loaded, the prompt checks that need only CLIP's tokenizer still run,
-        # so a prompt CLIP cannot take is refused now, not when its turn comes.
-        validator = self.validator or check_prompts
         try:
-            await asyncio.to_thread(validator, req.kind, spec)
-        except SpookyError as e:
-            raise Refused(refusal_for_input(e)) from e
+            await asyncio.to_thread(self.check, spec)
+        except InputError as e:
+            raise Refused.for_input(e) from e
         source = await self._nightmare_source(req) if JobKind(req.kind) is JobKind.NIGHTMARE else None
         max_queue = self.settings.engine.max_queue
         now = time.time()
@@ -383,8 +320,7 @@ class EngineCore:
         assert result.job is not None
         if result.duplicate:  # the same key raced us into the transaction
             return SubmitResponse(job=await self.view(result.job), duplicate=True)
-        if self.wake_worker is not None:
-            self.wake_worker()
+        self.worker.wake()
         # The QUEUED event already holds the position and ETA, planned inside the insert's transaction.
         data = result.event.data if result.event else {}
         return SubmitResponse(job=result.job.view(data.get("position"), data.get("eta_s")))
@@ -432,7 +368,7 @@ class EngineCore:
                 return await self.job(job_id)
         # Running (or claimed between our read and the cancel): stop it at the next step, here or
         # on whichever worker holds it (it sees the request through its lease).
-        done = self.canceller.request_cancel(job_id, by) if self.canceller is not None else None
+        done = self.worker.request_cancel(job_id, by)
         if done is None:
             await self.db(self.store.request_cancel, job_id, by)
         deadline = time.monotonic() + CANCEL_WAIT_S

@@ -10,26 +10,21 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from spooky.contract import GuildLimits, JobKind, JobRequest, Refusal, RefusalCode
+from spooky.contract import (
+    GuildLimits,
+    JobKind,
+    JobRequest,
+    JobSpec,
+    NightmareSpec,
+    Refusal,
+    RefusalCode,
+    SpookySpec,
+)
 
-#: HTTP status of each refusal: 429 = capacity or time (retry later), 409 = the server's state
-#: forbids it (paused, channel, nothing to animate, engine not ready), 422 = the request itself.
-REFUSAL_STATUS: dict[RefusalCode, int] = {
-    RefusalCode.QUEUE_FULL: 429,
-    RefusalCode.SERVER_QUEUE_FULL: 429,
-    RefusalCode.USER_LIMIT: 429,
-    RefusalCode.COOLDOWN: 429,
-    RefusalCode.PAUSED: 409,
-    RefusalCode.CHANNEL_NOT_ALLOWED: 409,
-    RefusalCode.NO_PREVIOUS_IMAGE: 409,
-    RefusalCode.NOT_READY: 409,
-    RefusalCode.BANNED_WORD: 422,
-    RefusalCode.OUT_OF_RANGE: 422,
-    RefusalCode.BAD_PROMPT: 422,
-    RefusalCode.BAD_IMAGE: 422,
-}
+if TYPE_CHECKING:  # the store's row types import this module
+    from engine.service.store.base import StoredSpec
 
 
 class Queued(Protocol):
@@ -99,11 +94,14 @@ def fair_order(queued: Sequence[T], state: FairState = FairState()) -> list[T]:
 # --- work estimates -------------------------------------------------------------------------
 
 
-def work_units(kind: JobKind | str, spec: dict[str, Any]) -> int:
-    """Optimisation steps a job will run: what its duration scales with."""
-    if JobKind(kind) is JobKind.SPOOKY:
-        return int(spec.get("steps", 0)) + int(spec.get("scare_steps", 0))
-    return int(spec.get("frames", 0))
+def work_units(spec: StoredSpec) -> int:
+    """Optimisation steps a job will run: what its duration scales with (none for a spec the
+    store could not read: that job fails as soon as it is claimed)."""
+    if isinstance(spec, SpookySpec):
+        return spec.steps + spec.scare_steps
+    if isinstance(spec, NightmareSpec):
+        return spec.frames
+    return 0
 
 
 @dataclass(frozen=True)
@@ -155,8 +153,8 @@ class Estimator:
     rates: dict[JobKind, float]
     overhead_s: float = JOB_OVERHEAD_S
 
-    def duration(self, kind: JobKind | str, spec: dict[str, Any]) -> float:
-        return self.overhead_s + self.rates[JobKind(kind)] * work_units(kind, spec)
+    def duration(self, spec: StoredSpec) -> float:
+        return self.overhead_s + self.rates[spec.kind] * work_units(spec)
 
 
 @dataclass(frozen=True)
@@ -167,8 +165,7 @@ class Placement:
 
 class Planned(Queued, Protocol):
     id: str
-    kind: JobKind
-    spec: dict[str, Any]
+    spec: StoredSpec
     started_at: float | None
 
 
@@ -182,11 +179,11 @@ def plan(
     ahead = 0.0
     for job in running:
         elapsed = now - (job.started_at or now)
-        ahead += max(estimator.duration(job.kind, job.spec) - elapsed, 1.0)
+        ahead += max(estimator.duration(job.spec) - elapsed, 1.0)
     order = fair_order(queued, state)
     places: dict[str, Placement] = {}
     for i, job in enumerate(order):
-        ahead += estimator.duration(job.kind, job.spec)
+        ahead += estimator.duration(job.spec)
         places[job.id] = Placement(position=i + 1, eta_s=round(ahead, 1))
     return order, places, round(ahead, 1)
 
@@ -233,7 +230,7 @@ def _range_refusal(name: str, value: int, low: int, high: int, what: str) -> Ref
     )
 
 
-def check_limits(req: JobRequest, spec: dict[str, Any], snap: Snapshot) -> Refusal | None:
+def check_limits(req: JobRequest, spec: JobSpec, snap: Snapshot) -> Refusal | None:
     """The first limit that refuses this request, or None when it may be queued.
 
     Moderators skip the per-user limits (jobs per user, cooldown) but not the server's state
@@ -266,12 +263,12 @@ def check_limits(req: JobRequest, spec: dict[str, Any], snap: Snapshot) -> Refus
             limit="banned_words",
             value=word,
         )
-    if JobKind(req.kind) is JobKind.SPOOKY:
-        refusal = _range_refusal("max_steps", spec["steps"], 1, lim.max_steps, "steps") or _range_refusal(
-            "max_scare_steps", spec["scare_steps"], 0, lim.max_scare_steps, "scare steps"
+    if isinstance(spec, SpookySpec):
+        refusal = _range_refusal("max_steps", spec.steps, 1, lim.max_steps, "steps") or _range_refusal(
+            "max_scare_steps", spec.scare_steps, 0, lim.max_scare_steps, "scare steps"
         )
     else:
-        refusal = _range_refusal("max_frames", spec["frames"], 1, lim.max_frames, "frames")
+        refusal = _range_refusal("max_frames", spec.frames, 1, lim.max_frames, "frames")
     if refusal is not None:
         return refusal
     if not who.is_moderator:

@@ -29,15 +29,16 @@ from PIL import Image
 from engine.pipeline.images import load_image, png_bytes, to_pil
 from engine.pipeline.progress import Progress
 from engine.pipeline.prompts import parse_prompts
-from engine.pipeline.render import NightmareJob, Renderer, SpookyJob
+from engine.pipeline.render import Renderer
 from engine.pipeline.video import VideoDiskFullError, stop_children
-from engine.service.artifacts import DiskFullError
 from engine.service.core import EngineCore
+from engine.service.errors import BadSpecError, DiskFullError
 from engine.service.lease import keep_lease
-from engine.service.store import ArtifactRow, JobRow, LeaseLostError
+from engine.service.link import SpecCheck
+from engine.service.store import ArtifactRow, JobRow, LeaseLostError, UnreadableSpec
 from engine.service.testgate import step_gate
 from engine.service.threads import run_in_daemon_thread
-from spooky.contract import EventType, JobKind, JobState
+from spooky.contract import EventType, JobKind, JobSpec, JobState, SpookySpec
 from spooky.errors import BadPromptError, InputError, JobCancelled, SpookyError, VideoError
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,6 @@ class Worker:
         self.lease_s = core.settings.engine.lease_s
         #: Set to renew the running job's lease now (a cancel was asked of whichever worker holds it).
         self.renew_now = asyncio.Event()
-        core.canceller = self
-        core.wake_worker = self.wake
 
     # --- control from the event loop -------------------------------------------------------
 
@@ -392,7 +391,7 @@ class Worker:
     def _save_png(
         self, image: Image.Image, job: JobRow, role: str, meta: dict[str, Any] | None = None
     ) -> ArtifactRow:
-        metadata = {"job_id": job.id, "role": role, "prompt": job.spec.get("prompt", "")}
+        metadata = {"job_id": job.id, "role": role, "prompt": job.request.prompt}
         metadata.update({k: str(v) for k, v in (meta or {}).items()})
         row = self.core.files.write(
             png_bytes(image, metadata), "image/png", job_id=job.id, width=image.width, height=image.height
@@ -419,10 +418,12 @@ class Worker:
 
     def _render(self, job: JobRow, control: JobControl) -> Outcome:
         spec = job.spec
+        if isinstance(spec, UnreadableSpec):
+            raise BadSpecError(f"job {job.id} cannot run: {spec.reason}", hint="submit it again")
         callback = self._callback(job, control)
         control.check()
-        if job.kind is JobKind.SPOOKY:
-            res = self.renderer.spooky(spooky_job(spec), callback)
+        if isinstance(spec, SpookySpec):
+            res = self.renderer.spooky(spec, callback)
             meta = {"seed": res.seed, "settings": res.settings}
             stylegan = self._save_png(res.stylegan_image, job, "stylegan", meta)
             spooky = self._save_png(res.spooky_image, job, "spooky", meta)
@@ -441,20 +442,20 @@ class Worker:
         image = load_image(self.core.files.path(source))
         out = self.core.files.temp_path(f"{job.id}.mp4")
         try:
-            res = self.renderer.nightmare(nightmare_job(spec, image), out, callback)
+            res = self.renderer.nightmare(spec, image, out, callback)
             control.close_stage("encode")
             w, h = res.settings.get("size", (None, None))
             video = self.core.files.adopt(res.video_path, "video/mp4", job_id=job.id, width=w, height=h)
             self.core.store.add_artifact(video, attempt=job.attempts)
         finally:
             out.unlink(missing_ok=True)
-        meta = {"seed": spec["seed"], "settings": res.settings}
+        meta = {"seed": spec.seed, "settings": res.settings}
         last = self._save_png(res.last_frame, job, "last_frame", meta)
         control.close_stage("save")
         return Outcome(
             artifacts={"video": video.id, "last_frame": last.id},
             result={
-                "seed": spec["seed"],
+                "seed": spec.seed,
                 "settings": res.settings,
                 "frames": res.frames,
                 "bytes": video.bytes,
@@ -463,42 +464,12 @@ class Worker:
         )
 
 
-def _size(spec: dict[str, Any]) -> tuple[int, int] | None:
-    return (int(spec["size"][0]), int(spec["size"][1])) if spec.get("size") else None
-
-
-def spooky_job(spec: dict[str, Any]) -> SpookyJob:
-    """The renderer's job for a stored spooky spec (the request resolved against the limits)."""
-    return SpookyJob(
-        prompt=spec["prompt"],
-        scare_prompt=spec.get("scare_prompt"),
-        seed=spec["seed"],
-        steps=spec["steps"],
-        scare_steps=spec["scare_steps"],
-        size=_size(spec),
-        still_every=spec.get("still_every"),
-    )
-
-
-def nightmare_job(spec: dict[str, Any], image: Image.Image) -> NightmareJob:
-    """The renderer's job for a stored nightmare spec and its source image."""
-    return NightmareJob(
-        image=image,
-        prompt=spec["prompt"],
-        frames=spec["frames"],
-        seed=spec["seed"],
-        size=_size(spec),
-        max_bytes=spec.get("max_bytes"),
-    )
-
-
-def validator_for(renderer: Renderer) -> Callable[[JobKind, dict[str, Any]], None]:
+def validator_for(renderer: Renderer) -> SpecCheck:
     """The renderer's submit-time checks (prompt tokens, ranges, size) for a resolved job spec."""
-    placeholder = Image.new("RGB", (renderer.factor, renderer.factor))
 
-    def validate(kind: JobKind, spec: dict[str, Any]) -> None:
+    def validate(spec: JobSpec) -> None:
         # Prompt syntax first, so its errors are told apart from the ranges' (both are InputError).
-        for text in (spec["prompt"], spec.get("scare_prompt")):
+        for text in (spec.prompt, spec.scare_prompt if isinstance(spec, SpookySpec) else None):
             if text:
                 try:
                     parse_prompts(text)
@@ -506,9 +477,7 @@ def validator_for(renderer: Renderer) -> Callable[[JobKind, dict[str, Any]], Non
                     if e.code != InputError.code:
                         raise
                     raise BadPromptError(e.message, hint=e.hint) from e
-        # For a nightmare the real image is checked at upload; the placeholder lets the prompt and
-        # frames be checked.
-        job = spooky_job(spec) if JobKind(kind) is JobKind.SPOOKY else nightmare_job(spec, placeholder)
-        renderer.validate(job)
+        # A nightmare's image is checked at upload, and again when the job runs.
+        renderer.validate(spec)
 
     return validate

@@ -8,7 +8,8 @@ import torch
 from engine.models.factory import Models, load_models
 from engine.pipeline import memory
 from engine.pipeline.memory import StepMemory, measure_step_memory, use_checkpointing
-from engine.pipeline.render import Renderer, SpookyJob
+from engine.pipeline.render import Renderer
+from engine.service.spec import spooky_spec
 from spooky.config import ModelsConfig, PipelineConfig
 
 GiB = 1024**3
@@ -61,7 +62,9 @@ def _decoder_runs(models: Models, setting: object, monkeypatch: pytest.MonkeyPat
     calls = []
     hook = models.vqgan.decoder.conv_out.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
-        renderer.spooky(SpookyJob("a pale vampire", steps=1, scare_steps=2, seed=5))
+        renderer.spooky(
+            spooky_spec(PipelineConfig(), None, prompt="a pale vampire", steps=1, scare_steps=2, seed=5)
+        )
     finally:
         hook.remove()
     return len(calls)

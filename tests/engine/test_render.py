@@ -10,9 +10,11 @@ from PIL import Image
 
 from engine.models.factory import Models, load_models
 from engine.pipeline.progress import Progress
-from engine.pipeline.render import NightmareJob, Renderer, SpookyJob
+from engine.pipeline.render import Renderer
 from engine.pipeline.video import ENV_FFMPEG, probe
+from engine.service.spec import nightmare_spec, spooky_spec
 from spooky.config import ModelsConfig, PipelineConfig
+from spooky.contract import NightmareSpec, SpookySpec
 from spooky.errors import (
     EmptyPromptError,
     InputError,
@@ -38,8 +40,17 @@ def renderer(models: Models) -> Renderer:
     return Renderer(models, PipelineConfig(cutouts=8))
 
 
-def small(prompt: str = "a pale vampire", **kw: object) -> SpookyJob:
-    return SpookyJob(prompt, **{"steps": 3, "scare_steps": 2, **kw})  # type: ignore[arg-type]
+def face_job(prompt: str, **kw: object) -> SpookySpec:
+    """A spooky spec resolved as the engine resolves one; what `kw` leaves out is the default."""
+    return spooky_spec(PipelineConfig(), None, prompt=prompt, **kw)  # type: ignore[arg-type]
+
+
+def night_job(**kw: object) -> NightmareSpec:
+    return nightmare_spec(PipelineConfig(), None, prompt="nightmare", **kw)  # type: ignore[arg-type]
+
+
+def small(prompt: str = "a pale vampire", **kw: object) -> SpookySpec:
+    return face_job(prompt, **{"steps": 3, "scare_steps": 2, **kw})
 
 
 def test_spooky_gives_both_images_seed_and_settings(renderer: Renderer) -> None:
@@ -113,31 +124,31 @@ def test_cancel_from_the_callback_stops_the_job(renderer: Renderer) -> None:
 
 def test_bad_jobs_are_refused_before_running(renderer: Renderer) -> None:
     with pytest.raises(EmptyPromptError):
-        renderer.validate(SpookyJob("   "))
+        renderer.validate(face_job("   "))
     with pytest.raises(PromptTooLongError):
-        renderer.validate(SpookyJob("boo " * 100))
+        renderer.validate(face_job("boo " * 100))
     with pytest.raises(EmptyPromptError):
-        renderer.validate(SpookyJob("ghost", scare_prompt="ghost:1|"))
+        renderer.validate(face_job("ghost", scare_prompt="ghost:1|"))
     with pytest.raises(InvalidSizeError, match="multiples of 4"):
-        renderer.validate(SpookyJob("ghost", size=(66, 64)))
+        renderer.validate(face_job("ghost", size=(66, 64)))
     with pytest.raises(InvalidSizeError, match="at most 1024"):
-        renderer.validate(SpookyJob("ghost", size=(2048, 64)))
+        renderer.validate(face_job("ghost", size=(2048, 64)))
     with pytest.raises(InputError, match="steps is 0; allowed: 1 to 1000"):
-        renderer.validate(SpookyJob("ghost", steps=0))
+        renderer.validate(face_job("ghost", steps=0))
     with pytest.raises(InputError, match="seed is -1"):
-        renderer.validate(SpookyJob("ghost", seed=-1))
+        renderer.validate(face_job("ghost", seed=-1))
     with pytest.raises(InputError, match="frames is 0"):
-        renderer.validate(NightmareJob(Image.new("RGB", (64, 64)), frames=0))
+        renderer.validate(night_job(frames=0))
     with pytest.raises(InputError, match="max_bytes"):
-        renderer.validate(NightmareJob(Image.new("RGB", (64, 64)), max_bytes=1000))
+        renderer.validate(night_job(max_bytes=1000))
 
 
 def test_nightmare_writes_exactly_the_frames(renderer: Renderer, tmp_path: Path) -> None:
     face = renderer.spooky(small(seed=5)).spooky_image
     events: list[Progress] = []
     out = tmp_path / "night.mp4"
-    job = NightmareJob(face, frames=12, seed=5, max_bytes=64 * 1024)
-    result = renderer.nightmare(job, out, events.append)
+    job = night_job(frames=12, seed=5, max_bytes=64 * 1024)
+    result = renderer.nightmare(job, face, out, events.append)
     info = probe(out)
     assert (info.codec, info.pix_fmt, info.fps, info.frames) == ("h264", "yuv420p", 30, 12)
     assert (info.width, info.height) == (64, 64)
@@ -156,7 +167,7 @@ def test_nightmare_keeps_an_uploads_aspect_ratio(renderer: Renderer, tmp_path: P
     assert size[0] % 4 == 0 and size[1] % 4 == 0
     assert size[0] / size[1] == pytest.approx(2, rel=0.1)
     assert size[0] * size[1] == pytest.approx(64 * 64, rel=0.1)
-    result = renderer.nightmare(NightmareJob(upload, frames=2, seed=1), tmp_path / "u.mp4")
+    result = renderer.nightmare(night_job(frames=2, seed=1), upload, tmp_path / "u.mp4")
     assert result.last_frame.size == size
 
 
@@ -167,7 +178,7 @@ def test_cancelled_nightmare_leaves_no_file(renderer: Renderer, tmp_path: Path) 
 
     out = tmp_path / "gone.mp4"
     with pytest.raises(JobCancelled):
-        renderer.nightmare(NightmareJob(Image.new("RGB", (64, 64)), frames=10), out, cancel_at_three)
+        renderer.nightmare(night_job(frames=10), Image.new("RGB", (64, 64)), out, cancel_at_three)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -185,8 +196,9 @@ def test_nightmare_computes_while_the_encoder_is_stuck(
         if p.step == 3:
             gate.touch()
 
-    job = NightmareJob(Image.new("RGB", (256, 256), (120, 40, 40)), frames=4, seed=2, size=(256, 256))
-    result = renderer.nightmare(job, tmp_path / "n.mp4", open_at_three)
+    job = night_job(frames=4, seed=2, size=(256, 256))
+    image = Image.new("RGB", (256, 256), (120, 40, 40))
+    result = renderer.nightmare(job, image, tmp_path / "n.mp4", open_at_three)
     assert steps == [1, 2, 3, 4] and probe(result.video_path).frames == 4
 
 
@@ -197,7 +209,7 @@ def test_nightmare_raises_the_encoders_failure(
     monkeypatch.setenv(ENV_FFMPEG, exe)
     out = tmp_path / "out" / "n.mp4"
     with pytest.raises(VideoError, match="simulated encoder crash"):
-        renderer.nightmare(NightmareJob(Image.new("RGB", (64, 64)), frames=12, seed=1), out)
+        renderer.nightmare(night_job(frames=12, seed=1), Image.new("RGB", (64, 64)), out)
     assert list(out.parent.iterdir()) == [] and writer_threads() == []
 
 
@@ -208,6 +220,6 @@ def test_cancelled_nightmare_stops_the_writer_thread(renderer: Renderer, tmp_pat
 
     with pytest.raises(JobCancelled):
         renderer.nightmare(
-            NightmareJob(Image.new("RGB", (64, 64)), frames=10), tmp_path / "c.mp4", cancel_at_three
+            night_job(frames=10), Image.new("RGB", (64, 64)), tmp_path / "c.mp4", cancel_at_three
         )
     assert writer_threads() == [] and list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from service_helpers import make_settings, request, running_engine
 
+from engine.service.spec import resolve_spec
 from engine.service.store import NewJob
 from spooky.contract import EventType, JobKind, JobState
 
@@ -44,7 +45,8 @@ async def test_the_sweep_prunes_old_jobs_in_batches_and_keeps_what_is_still_need
         ids = []
         for i in range(30):
             req = request(user=str(i))
-            new = NewJob(id=f"old-{i}", request=req, spec={}, source_artifact=None, created_at=time.time())
+            spec = resolve_spec(req, settings.pipeline, settings.limits)
+            new = NewJob(id=f"old-{i}", request=req, spec=spec, source_artifact=None, created_at=time.time())
             store.submit(new, lambda counts, limits: None, lambda snap: {})
             ids.append(new.id)
         kept_image = svc.files.write(b"png", "image/png", job_id="old-0")

@@ -18,6 +18,8 @@ from engine.service.scheduler import (
     fair_slots,
     seconds_per_unit,
 )
+from engine.service.spec import nightmare_spec, spooky_spec
+from spooky.config import PipelineConfig
 from spooky.contract import GuildLimits, JobKind, RefusalCode
 
 
@@ -106,7 +108,8 @@ def _snap(limits: GuildLimits, **counts) -> Snapshot:
     return Snapshot(now=1000.0, limits=limits, max_queue=100, **{**base, **counts})
 
 
-SPEC = {"steps": 10, "scare_steps": 5, "frames": 10}
+SPEC = spooky_spec(PipelineConfig(), None, prompt="x", steps=10, scare_steps=5)
+NIGHT = nightmare_spec(PipelineConfig(), None, prompt="x", frames=10)
 
 
 def test_moderators_skip_user_limits_but_not_the_server_state():
@@ -124,7 +127,8 @@ def test_moderators_skip_user_limits_but_not_the_server_state():
 def test_refusals_say_the_values():
     r = check_limits(request(), SPEC, _snap(GuildLimits(cooldown_s=30), user_last_submit=990.0))
     assert r.retry_after_s == 20.0 and "20 s" in r.message and r.limit == "cooldown_s"
-    r = check_limits(request("nightmare", "x"), {**SPEC, "frames": 500}, _snap(GuildLimits(max_frames=300)))
+    long_night = NIGHT.model_copy(update={"frames": 500})
+    r = check_limits(request("nightmare", "x"), long_night, _snap(GuildLimits(max_frames=300)))
     assert (r.code, r.allowed, r.limit) == (RefusalCode.OUT_OF_RANGE, "1–300", "max_frames")
     r = check_limits(request(), SPEC, Snapshot(1000.0, GuildLimits(), 5, 5, 0, 0, None))
     assert r.code is RefusalCode.QUEUE_FULL and "5 of 5" in r.message
@@ -149,10 +153,11 @@ async def test_first_etas_come_from_the_presets_measured_step_cost(tmp_path, tin
         assert cost is MEASURED[("tiny", "cpu")] or not str(tiny_models.device).startswith("cpu")
         # No history yet: the ETA of a default spooky job is the tiny preset's measured cost,
         # not the GPU guess (which put it 7x too high on a CPU).
-        spec = {"steps": 40, "scare_steps": 10}
-        assert svc.core.estimator.duration(JobKind.SPOOKY, spec) == pytest.approx(
+        spec = spooky_spec(PipelineConfig(), None, prompt="ghost", steps=40, scare_steps=10)
+        assert svc.core.estimator.duration(spec) == pytest.approx(
             cost.overhead_s + 50 * cost.per_unit[JobKind.SPOOKY]
         )
-        assert svc.core.estimator.duration(JobKind.NIGHTMARE, {"frames": 300}) == pytest.approx(
+        night = nightmare_spec(PipelineConfig(), None, prompt="ghost", frames=300)
+        assert svc.core.estimator.duration(night) == pytest.approx(
             cost.overhead_s + 300 * cost.per_unit[JobKind.NIGHTMARE]
         )

@@ -13,19 +13,28 @@ from typing import Any, ClassVar
 import pytest
 from service_helpers import request
 
-from engine.service.core import resolve_spec
-from engine.service.scheduler import Snapshot, check_limits, fair_slots
+from engine.service.scheduler import Estimator, Snapshot, check_limits, fair_slots, plan
+from engine.service.spec import resolve_spec
 from engine.service.store import (
     DatabaseUnavailableError,
     JobStore,
     NewJob,
     SchemaTooNewError,
     SQLiteStore,
+    UnreadableSpec,
     open_store,
 )
 from engine.service.store.postgres import PostgresStore
 from spooky.config import PipelineConfig
-from spooky.contract import EventType, GuildLimits, JobRequest, JobState
+from spooky.contract import (
+    EventType,
+    GuildLimits,
+    JobKind,
+    JobRequest,
+    JobState,
+    NightmareSpec,
+    SpookySpec,
+)
 
 Opener = Callable[..., Any]
 
@@ -34,9 +43,8 @@ _ids = iter(range(10**9))
 
 
 def new_job(req: JobRequest) -> NewJob:
-    return NewJob(
-        id=f"job{next(_ids)}", request=req, spec={"steps": 2}, source_artifact=None, created_at=time.time()
-    )
+    spec = resolve_spec(req, PipelineConfig(stylegan_steps=2), GuildLimits())
+    return NewJob(id=f"job{next(_ids)}", request=req, spec=spec, source_artifact=None, created_at=time.time())
 
 
 def accept_all(counts: Any, limits: GuildLimits) -> None:
@@ -57,9 +65,61 @@ def test_a_submitted_job_is_there_for_the_next_connection(store: JobStore, open_
     other = open_at()  # another connection (another API node) sees the committed job
     got = other.get_job(result.job.id)
     assert got is not None and got.state is JobState.QUEUED
-    assert got.request.requester.user_id == "7" and got.spec == {"steps": 2}
+    assert got.request.requester.user_id == "7"
+    assert isinstance(got.spec, SpookySpec) and got.spec.steps == 2
     assert other.find_idempotent("k-1").id == result.job.id
     assert other.queue_length() == 1
+
+
+def _store_spec(store: JobStore, job_id: str, text: str) -> None:
+    """Write a job's spec column as another release (or a hand edit) left it."""
+    with store._write() as con:  # type: ignore[attr-defined]
+        con.execute("UPDATE jobs SET spec = ? WHERE id = ?", (text, job_id))
+
+
+def test_specs_stored_as_plain_dicts_by_the_previous_release_still_load(store: JobStore):
+    spooky = submit(store, request(prompt="pale ghost")).job
+    night = submit(store, request("nightmare", user="2")).job
+    # Exactly what the release before typed specs wrote: no kind, a null scare prompt, lists.
+    _store_spec(
+        store,
+        spooky.id,
+        '{"prompt": "pale ghost", "scare_prompt": null, "seed": 7, "steps": 4, "scare_steps": 2,'
+        ' "size": [48, 32], "still_every": 5}',
+    )
+    _store_spec(
+        store,
+        night.id,
+        '{"prompt": "nightmare", "seed": 9, "frames": 30, "size": null, "max_bytes": 10485760,'
+        ' "still_every": 5}',
+    )
+    got = store.get_job(spooky.id).spec
+    assert got == SpookySpec(
+        prompt="pale ghost", scare_prompt="pale ghost", seed=7, steps=4, scare_steps=2, size=(48, 32),
+        still_every=5,
+    )  # fmt: skip
+    assert store.get_job(night.id).spec == NightmareSpec(
+        prompt="nightmare", seed=9, frames=30, size=None, max_bytes=10485760, still_every=5
+    )
+    queued = {e.id: e.spec for e in store.queue_snapshot().queued}
+    assert queued[spooky.id] == got and isinstance(queued[night.id], NightmareSpec)
+
+
+def test_a_spec_that_does_not_validate_is_that_jobs_error_only(store: JobStore):
+    bad = submit(store, request(user="1")).job
+    good = submit(store, request(user="2")).job
+    _store_spec(store, bad.id, '{"prompt": "x", "seed": 1, "steps": "many"}')
+    row = store.get_job(bad.id)
+    assert isinstance(row.spec, UnreadableSpec) and row.spec.kind is JobKind.SPOOKY
+    assert "steps" in row.spec.reason and row.view().id == bad.id  # its view still answers
+    _store_spec(store, good.id, "not json")
+    assert isinstance(store.get_job(good.id).spec, UnreadableSpec)
+    # Planning reads every waiting job: the unreadable ones count as no work, the others as theirs.
+    other = submit(store, request(user="3")).job
+    snap = store.queue_snapshot()
+    estimator = Estimator({k: 1.0 for k in JobKind}, 0.0)
+    _, places, _ = plan(snap.queued, snap.running, snap.fair, estimator, time.time())
+    assert [places[j.id].eta_s for j in (bad, good, other)] == [0.0, 0.0, 2 + 10]  # steps + scare steps
 
 
 def test_an_idempotency_key_makes_one_job(store: JobStore, open_at: Opener):

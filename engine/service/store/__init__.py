@@ -22,8 +22,10 @@ from engine.service.store.base import (
     QueueEntry,
     QueueSnapshot,
     SchemaTooNewError,
+    StoredSpec,
     StoreHealth,
     Submitted,
+    UnreadableSpec,
 )
 from engine.service.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from spooky.contract import GuildLimits
@@ -49,7 +51,9 @@ __all__ = [
     "SQLiteStore",
     "SchemaTooNewError",
     "StoreHealth",
+    "StoredSpec",
     "Submitted",
+    "UnreadableSpec",
     "open_store",
 ]
 

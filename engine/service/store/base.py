@@ -30,6 +30,7 @@ from spooky.contract import (
     GuildLimits,
     JobKind,
     JobRequest,
+    JobSpec,
     JobState,
     JobView,
     LastImage,
@@ -95,6 +96,19 @@ class StoreHealth:
 MAX_ATTEMPTS = 2
 
 
+@dataclass(frozen=True)
+class UnreadableSpec:
+    """A stored spec that does not validate as a `JobSpec` (written by another version, or edited
+    by hand): the scheduler counts it as no work and the worker fails the job with `reason`."""
+
+    kind: JobKind
+    reason: str
+
+
+#: A job's settings as read back from the store (`sql.read_spec`).
+StoredSpec = JobSpec | UnreadableSpec
+
+
 @dataclass
 class JobRow:
     """One job as stored."""
@@ -107,7 +121,7 @@ class JobRow:
     channel_id: str
     user_id: str
     request: JobRequest
-    spec: dict[str, Any]
+    spec: StoredSpec
     source_artifact: str | None
     idempotency_key: str | None
     client: dict[str, str]
@@ -151,7 +165,7 @@ class JobRow:
 class NewJob:
     id: str
     request: JobRequest
-    spec: dict[str, Any]
+    spec: JobSpec
     source_artifact: str | None
     created_at: float
 
@@ -176,7 +190,7 @@ class QueueEntry:
     state: JobState
     user_id: str
     guild_id: str | None
-    spec: dict[str, Any]
+    spec: StoredSpec
     started_at: float | None
 
 
@@ -279,7 +293,7 @@ class JobStore(Protocol):
     def guild_limits(self, guild_id: str | None) -> GuildLimits: ...
     def update_limits(self, guild_id: str, actor_id: str, changes: dict[str, Any]) -> GuildLimits: ...
     def limits_log(self, guild_id: str, limit: int = 100) -> list[LimitsChange]: ...
-    def recent_durations(self, kind: JobKind, n: int = 20) -> list[tuple[float, dict[str, Any]]]: ...
+    def recent_durations(self, kind: JobKind, n: int = 20) -> list[tuple[float, StoredSpec]]: ...
     def try_lead(self, name: str) -> bool: ...
     def release_lead(self, name: str) -> None: ...
     def close(self) -> None: ...

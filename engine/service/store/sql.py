@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
+from pydantic import TypeAdapter, ValidationError
+
 from engine.service.scheduler import FairState
 from engine.service.store.base import (
     ACTIVE,
@@ -32,15 +34,19 @@ from engine.service.store.base import (
     QueueEntry,
     QueueSnapshot,
     SchemaTooNewError,
+    StoredSpec,
     StoreHealth,
     Submitted,
+    UnreadableSpec,
 )
+from spooky.bounds import CLIENT_MAX_ENTRIES, MAX_ERROR_CHARS
 from spooky.contract import (
     Event,
     EventType,
     GuildLimits,
     JobKind,
     JobRequest,
+    JobSpec,
     JobState,
     LastImage,
     LimitsChange,
@@ -63,6 +69,39 @@ class Connection(Protocol):
     def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> Any: ...
 
 
+_SPEC: TypeAdapter[JobSpec] = TypeAdapter(JobSpec)
+
+
+def read_spec(kind: str, text: str) -> StoredSpec:
+    """A stored spec as a `JobSpec`; one that does not validate is an `UnreadableSpec` of its job,
+    so one bad row fails that job instead of every read that meets it.
+
+    Specs written before specs were typed carry no `kind`: the row's own column gives it.
+    """
+    job_kind = JobKind(kind)
+    try:
+        data = json.loads(text)
+        spec = _SPEC.validate_python({"kind": job_kind, **data} if isinstance(data, dict) else data)
+    except (ValueError, ValidationError) as e:  # JSONDecodeError is a ValueError
+        return UnreadableSpec(job_kind, f"its stored settings do not validate: {_errors(e)}")
+    if spec.kind is not job_kind:
+        return UnreadableSpec(job_kind, f"its stored settings are those of a {spec.kind.value} job")
+    return spec
+
+
+def _errors(e: Exception, shown: int = 3) -> str:
+    """The first few validation errors, each as `field: what is wrong` (short: it is a job's error)."""
+    if not isinstance(e, ValidationError):
+        return str(e)[:MAX_ERROR_CHARS]
+    # loc[0] is the union's tag (the kind): the field is what follows.
+    parts = [
+        f"{'.'.join(str(p) for p in err['loc'][1:]) or 'spec'}: {err['msg'][:MAX_ERROR_CHARS]}"
+        for err in e.errors(include_url=False)[:shown]
+    ]
+    more = f" (and {e.error_count() - shown} more)" if e.error_count() > shown else ""
+    return "; ".join(parts) + more
+
+
 def job_row(row: Row) -> JobRow:
     """A stored job row as a `JobRow` (JSON columns parsed)."""
     return JobRow(
@@ -74,7 +113,7 @@ def job_row(row: Row) -> JobRow:
         channel_id=row["channel_id"],
         user_id=row["user_id"],
         request=JobRequest.model_validate_json(row["request"]),
-        spec=json.loads(row["spec"]),
+        spec=read_spec(row["kind"], row["spec"]),
         source_artifact=row["source_artifact"],
         idempotency_key=row["idempotency_key"],
         client=json.loads(row["client"]),
@@ -280,7 +319,7 @@ class SqlStore:
                 state=JobState(r["state"]),
                 user_id=r["user_id"],
                 guild_id=r["guild_id"],
-                spec=json.loads(r["spec"]),
+                spec=read_spec(r["kind"], r["spec"]),
                 started_at=r["started_at"],
             )
             for r in con.execute(
@@ -391,7 +430,7 @@ class SqlStore:
                 who.channel_id,
                 who.user_id,
                 req.model_dump_json(),
-                json.dumps(new.spec),
+                new.spec.model_dump_json(),
                 new.source_artifact,
                 req.idempotency_key,
                 json.dumps(req.client),
@@ -658,9 +697,10 @@ class SqlStore:
                 return None
             merged = {**job.client, **client}
             merged = {k: v for k, v in merged.items() if v != ""}
-            if len(merged) > 16:
+            if len(merged) > CLIENT_MAX_ENTRIES:
                 raise ValueError(
-                    f"a job keeps at most 16 client entries; this change would make {len(merged)}"
+                    f"a job keeps at most {CLIENT_MAX_ENTRIES} client entries; "
+                    f"this change would make {len(merged)}"
                 )
             con.execute("UPDATE jobs SET client = ? WHERE id = ?", (json.dumps(merged), job_id))
             return self._must(con, job_id)
@@ -673,13 +713,13 @@ class SqlStore:
             con.execute("UPDATE jobs SET delivered = 1 WHERE id = ?", (job_id,))
             return self._must(con, job_id)
 
-    def recent_durations(self, kind: JobKind, n: int = 20) -> list[tuple[float, dict[str, Any]]]:
+    def recent_durations(self, kind: JobKind, n: int = 20) -> list[tuple[float, StoredSpec]]:
         rows = self._read(
             "SELECT finished_at - started_at AS d, spec FROM jobs WHERE kind = ? AND state = ?"
             " AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
             (JobKind(kind).value, JobState.SUCCEEDED.value, n),
         )
-        return [(float(r["d"]), json.loads(r["spec"])) for r in rows]
+        return [(float(r["d"]), read_spec(kind, r["spec"])) for r in rows]
 
     # --- events -----------------------------------------------------------------------------
 
