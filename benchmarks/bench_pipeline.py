@@ -27,6 +27,11 @@ and on the CPU the peak RSS of a child process that runs just that stage (weight
     python benchmarks/bench_pipeline.py --preset tiny --steps 4 --reference
     python benchmarks/bench_pipeline.py --device cpu --steps 3 --stages scare --cutouts 32 --reference
     python benchmarks/bench_pipeline.py --device cuda --steps 8 --precision fp32 tf32 bf16 --json bench.json
+    python benchmarks/bench_pipeline.py --device cpu --quality --steps 2 --cutouts 32   # bf16 vs fp32
+
+`--quality` runs stage 2 twice on the same start, seed and cutouts, in fp32 and in bf16 autocast,
+and prints each step's frame PSNR and loss delta, the result's PSNR and its CLIP score in both
+(exit status 1 when outside the tolerance: PSNR >= 38 dB, score and loss deltas <= 0.005).
 """
 
 from __future__ import annotations
@@ -96,7 +101,6 @@ def build_models(device: torch.device, need: set[str], size: tuple[int, int], pr
     from engine.models.clip import ClipModel, build_clip_model
     from engine.models.factory import Models
     from engine.models.stylegan2 import StyleGAN2Generator
-    from engine.models.vqgan import build_vqgan
 
     torch.manual_seed(0)
     stylegan = vqgan = None
@@ -105,8 +109,7 @@ def build_models(device: torch.device, need: set[str], size: tuple[int, int], pr
         stylegan.set_latent_avg(stylegan.mean_latent(n=4096))
         stylegan = stylegan.to(device).eval().requires_grad_(False)
     if need & {"scare", "nightmare"}:
-        vqgan = build_vqgan(VQGAN_F16_16384).to(device).eval().requires_grad_(False)
-        vqgan.refresh_codebook_range()
+        vqgan = build_vqgan_f16(device)
     clip = ClipModel(build_clip_model("ViT-B-32"), device)
     return Models(
         stylegan=stylegan,  # type: ignore[arg-type]
@@ -226,7 +229,13 @@ def _face(models: Any) -> torch.Tensor:
 
 
 def bench_scare(
-    models: Any, steps: int, cutouts: int, size: tuple[int, int], precision: str, checkpointing: Any
+    models: Any,
+    steps: int,
+    cutouts: int,
+    size: tuple[int, int],
+    precision: str,
+    checkpointing: Any,
+    fast: dict[str, Any],
 ) -> dict[str, float]:
     from engine.pipeline.prompts import parse_prompts
     from engine.pipeline.render import Renderer
@@ -234,11 +243,12 @@ def bench_scare(
     from spooky.config import PipelineConfig
 
     face = _face(models)
-    config = PipelineConfig(cutouts=cutouts, size=size, decoder_checkpointing=checkpointing)
-    checkpoint = Renderer(models, config).decoder_checkpointing(size)  # what the engine would pick
+    config = PipelineConfig(cutouts=cutouts, size=size, decoder_checkpointing=checkpointing, **fast)
+    # What the engine would pick; the Renderer also puts the VQGAN in its layout.
+    checkpoint = Renderer(models, config).decoder_checkpointing(size)
     params = VqganClipParams(
         steps=steps, cutouts=cutouts, still_every=5, seed=0, size=size, precision=precision,  # type: ignore[arg-type]
-        checkpoint=checkpoint,
+        checkpoint=checkpoint, compile=config.compile,
     )  # fmt: skip
     prompts = parse_prompts(PROMPT)
     row = measure(
@@ -251,14 +261,20 @@ def bench_scare(
 
 
 def bench_nightmare(
-    models: Any, frames: int, cutouts: int, size: tuple[int, int], precision: str, checkpointing: Any
+    models: Any,
+    frames: int,
+    cutouts: int,
+    size: tuple[int, int],
+    precision: str,
+    checkpointing: Any,
+    fast: dict[str, Any],
 ) -> dict[str, float]:
     from engine.pipeline.render import Renderer
     from engine.service.spec import nightmare_spec
     from spooky.config import PipelineConfig
 
     config = PipelineConfig(
-        cutouts=cutouts, size=size, precision=precision, decoder_checkpointing=checkpointing
+        cutouts=cutouts, size=size, precision=precision, decoder_checkpointing=checkpointing, **fast
     )
     renderer = Renderer(models, config)
     rng = np.random.default_rng(0)
@@ -270,6 +286,91 @@ def bench_nightmare(
         result["mp4_bytes"] = out.stat().st_size
         result["checkpoint"] = renderer.decoder_checkpointing(size)
     return result
+
+
+# --- bf16 quality at the real sizes ------------------------------------------------------------
+
+#: What `--quality` holds bf16 to against fp32. The score and loss deltas are the tiny preset
+#: test's; its 40 dB frame bound is lowered to 38 dB at the real size, where the f16 decoder's ~30
+#: convolutions each round to bf16's 8-bit mantissa: measured 40.0 dB (first frame) and 39.8 dB
+#: (result) at 608x752 with 32 cutouts, i.e. about 1 % RMS (2.6 grey levels); 38 dB is 3.2.
+QUALITY_MIN_PSNR_DB = 38.0
+QUALITY_MAX_SCORE_DELTA = 0.005
+
+
+def psnr01(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two images in [0, 1]."""
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def clip_score(models: Any, image: torch.Tensor) -> float:
+    """Cosine similarity of the whole image (resized to CLIP's input, fp32 CLIP) with the prompt."""
+    clip = models.clip
+    x01 = F.interpolate(image.add(1).div(2), size=(clip.image_size,) * 2, mode="bicubic", antialias=True)
+    with torch.no_grad():
+        embed = clip.encode_image(clip.normalize(x01.clamp(0, 1)))
+    return F.cosine_similarity(embed, clip.encode_text([PROMPT])).item()
+
+
+def bench_quality(models: Any, steps: int, cutouts: int, size: tuple[int, int]) -> dict[str, Any]:
+    """The VQGAN+CLIP loop on the same start, seed and cutouts in fp32 and in bf16 autocast: every
+    step's frame (PSNR), loss (the CLIP prompt distance the step optimises), the result's CLIP score.
+
+    At the nightmare's lr 0.01, where stages 2/3 spend their time: at stage 2's lr 0.1 the two runs
+    flip different codes within a few steps and then differ as two seeds would (test_precision).
+    """
+    from engine.pipeline.progress import Progress
+    from engine.pipeline.prompts import parse_prompts
+    from engine.pipeline.vqgan_clip import VqganClipParams, scare
+
+    face = _face(models)
+    runs: dict[str, Any] = {}
+    for precision in ("fp32", "bf16"):
+        events: list[Progress] = []
+        params = VqganClipParams(
+            steps=steps, lr=0.01, cutouts=cutouts, still_every=1, seed=0, size=size,
+            precision=precision, checkpoint=False,  # type: ignore[arg-type]
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        result = scare(models.vqgan, models.clip, face, parse_prompts(PROMPT), params, events.append)
+        runs[precision] = (events, result, time.perf_counter() - t0)
+    (f_events, f_result, f_s), (b_events, b_result, b_s) = runs["fp32"], runs["bf16"]
+    # The last still is the result (decoded from the final latent); the ones before are the images
+    # each step was computed on, step 1's being the input's own codes decoded.
+    frame_psnr = [psnr01(a.image, b.image) for a, b in zip(f_events[:-1], b_events[:-1], strict=True)]
+    loss_delta = [abs(a.loss - b.loss) for a, b in zip(f_events, b_events, strict=True)]
+    scores = (clip_score(models, f_result), clip_score(models, b_result))
+    row = {
+        "stage": "quality", "size": list(size), "cutouts": cutouts, "steps": steps,
+        "frame_psnr_db": frame_psnr, "loss_fp32": [e.loss for e in f_events],
+        "loss_delta": loss_delta,
+        "result_psnr_db": psnr01(f_result.add(1).div(2), b_result.add(1).div(2)),
+        "clip_score_fp32": scores[0], "clip_score_bf16": scores[1],
+        "clip_score_delta": abs(scores[0] - scores[1]),
+        "fp32_s": f_s, "bf16_s": b_s,
+        "min_psnr_db": QUALITY_MIN_PSNR_DB, "max_score_delta": QUALITY_MAX_SCORE_DELTA,
+    }  # fmt: skip
+    row["within_tolerance"] = bool(
+        min([*frame_psnr, row["result_psnr_db"]]) >= QUALITY_MIN_PSNR_DB
+        and max([*loss_delta, row["clip_score_delta"]]) <= QUALITY_MAX_SCORE_DELTA
+    )
+    return row
+
+
+def print_quality(q: dict[str, Any]) -> None:
+    w, h = q["size"]
+    print(f"\nbf16 autocast against fp32, VQGAN+CLIP at {w}x{h}, lr 0.01, {q['cutouts']} cutouts, "
+          "random weights")  # fmt: skip
+    print(f"{'step':>4} {'frame PSNR dB':>14} {'loss fp32':>10} {'|loss delta|':>13}")
+    for i, loss in enumerate(q["loss_fp32"]):
+        psnr = f"{q['frame_psnr_db'][i]:.1f}" if i < len(q["frame_psnr_db"]) else "-"  # last: the result
+        print(f"{i + 1:>4} {psnr:>14} {loss:>10.4f} {q['loss_delta'][i]:>13.5f}")
+    print(f"result PSNR {q['result_psnr_db']:.1f} dB; CLIP score fp32 {q['clip_score_fp32']:.4f}, "
+          f"bf16 {q['clip_score_bf16']:.4f}, delta {q['clip_score_delta']:.5f}; "
+          f"tolerance PSNR >= {q['min_psnr_db']:.0f} dB, delta <= {q['max_score_delta']}: "
+          f"{'within' if q['within_tolerance'] else 'OUTSIDE'}; "
+          f"fp32 {q['fp32_s']:.0f} s, bf16 {q['bf16_s']:.0f} s")  # fmt: skip
 
 
 # --- the reference loops, re-created from their published algorithms ---------------------------
@@ -477,17 +578,19 @@ def run_items(args: argparse.Namespace, device: torch.device, items: list[tuple[
         print(f"  {stage} (cutouts {cutouts or '-'}) ...", file=sys.stderr, flush=True)
         stage, _, precision = stage.partition("@")
         ckpt = args.checkpointing
+        # channels_last and torch.compile as the engine would set them (`[pipeline]`).
+        fast = {"channels_last": args.channels_last, "compile": args.compile}
         if stage == "stylegan":
             row = bench_stylegan(models, args.steps, precision)
         elif stage == "scare":
-            row = bench_scare(models, args.steps, cutouts, size, precision, ckpt)  # type: ignore[arg-type]
+            row = bench_scare(models, args.steps, cutouts, size, precision, ckpt, fast)  # type: ignore[arg-type]
         elif stage == "nightmare":
-            row = bench_nightmare(models, args.steps, cutouts, size, precision, ckpt)  # type: ignore[arg-type]
+            row = bench_nightmare(models, args.steps, cutouts, size, precision, ckpt, fast)  # type: ignore[arg-type]
         elif stage in ("ref_styleclip", "ref_styleclip_frozen"):
             row = bench_ref_styleclip(models, args.steps, frozen=stage.endswith("frozen"))
         else:
             row = bench_ref_vqgan_clip(models, args.steps, cutouts, size)  # type: ignore[arg-type]
-        row.update(stage=stage, precision=precision or "fp32", cutouts=cutouts, build_s=build_s)
+        row.update(stage=stage, precision=precision or "fp32", cutouts=cutouts, build_s=build_s, **fast)
         if device.type == "cuda":
             row["weights_gb"] = weights_gb
         rows.append(row)
@@ -504,6 +607,7 @@ def run_isolated(args: argparse.Namespace, items: list[tuple[str, int]]) -> list
             sys.executable, __file__, "--device", args.device, "--steps", str(args.steps),
             "--size", *map(str, args.size), "--child", stage, "--cutouts", str(cutouts), "--json", str(out),
             "--preset", args.preset, "--checkpointing", str(args.checkpointing),
+            "--channels-last", str(args.channels_last), *(["--compile"] if args.compile else []),
         ]  # fmt: skip
         subprocess.run(cmd, check=True)
         rows.extend(json.loads(out.read_text())["stages"])
@@ -598,6 +702,40 @@ def print_report(
             print(f"{v['drift']:>15} {v['crf']:>4} {v['frames']:>6} {v['mib']:>7.2f} {v['encode_s']:>9.1f}")
 
 
+def layout_check(device: torch.device, size: tuple[int, int], repeats: int = 3) -> None:
+    """The VQGAN decoder's forward + backward at `size`, NCHW against channels_last (best of `repeats`)."""
+    from engine.pipeline.layout import apply_layout
+
+    torch.manual_seed(0)
+    vq = build_vqgan_f16(device)
+    w, h = size[0] // vq.factor, size[1] // vq.factor
+    codes = torch.randint(0, vq.n_embed, (1, h, w), device=device)
+    times = {}
+    for name, channels_last in (("NCHW", False), ("channels_last", True), ("NCHW again", False)):
+        apply_layout(vq, channels_last)
+        best = math.inf
+        for _ in range(repeats):
+            z = vq.quantize_codes(codes).detach().requires_grad_(True)
+            t0 = time.perf_counter()
+            vq.decode(z).square().mean().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - t0)
+        times[name] = best
+    nchw = min(times["NCHW"], times["NCHW again"])
+    print(f"decoder forward + backward at {size[0]}x{size[1]} on {device}: NCHW {nchw:.3f} s, "
+          f"channels_last {times['channels_last']:.3f} s ({times['channels_last'] / nchw:.2f}x)")  # fmt: skip
+
+
+def build_vqgan_f16(device: torch.device) -> Any:
+    """The published VQGAN f16 16384's architecture, random weights, frozen."""
+    from engine.models.vqgan import build_vqgan
+
+    vqgan = build_vqgan(VQGAN_F16_16384).to(device).eval().requires_grad_(False)
+    vqgan.refresh_codebook_range()
+    return vqgan
+
+
 def _checkpointing(text: str) -> bool | str:
     lowered = text.lower()
     if lowered in ("auto", "true", "false"):
@@ -626,11 +764,36 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: fp32 on CPU, fp32 tf32 bf16 on CUDA")  # fmt: skip
     ap.add_argument("--checkpointing", type=_checkpointing, default="auto", help="auto, true or false")
     ap.add_argument("--reference", action="store_true", help="also run the re-created reference loops")
+    ap.add_argument("--channels-last", type=_checkpointing, default="auto",
+                    help="VQGAN weights in NHWC: auto (CUDA only), true or false")  # fmt: skip
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the decoder and CLIP's image tower (stages 2/3); FLOPs then "
+                    "read from an eager row: the counter does not see inside compiled kernels")  # fmt: skip
+    ap.add_argument("--layout-check", action="store_true",
+                    help="only time the VQGAN decoder (fwd + bwd) at --size in NCHW and NHWC")  # fmt: skip
+    ap.add_argument(
+        "--quality",
+        action="store_true",
+        help="only compare bf16 autocast with fp32 on stage 2 (frames PSNR, CLIP scores)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+
+    if args.layout_check:
+        layout_check(device, tuple(args.size))  # type: ignore[arg-type]
+        return 0
+    if args.quality:
+        models = build_models(device, {"scare"}, tuple(args.size), args.preset)  # type: ignore[arg-type]
+        size = models.default_size if args.preset == "tiny" else tuple(args.size)
+        quality = bench_quality(models, args.steps, args.cutouts[0], size)  # type: ignore[arg-type]
+        print_quality(quality)
+        if args.json:
+            args.json.write_text(json.dumps({"info": {"device": str(device), "torch": torch.__version__},
+                                             "quality": quality}, indent=2))  # fmt: skip
+        return 0 if quality["within_tolerance"] else 1
 
     if args.child:  # one stage in a child process: report its own peak RSS
         rows = run_items(args, device, [(args.child, args.cutouts[0])])

@@ -134,6 +134,9 @@ class VQGAN(torch.nn.Module):
         # Not persistent: derived from the codebook, so checkpoints need not (and do not) hold them.
         self.register_buffer("z_min", torch.zeros(1, spec.embed_dim, 1, 1), persistent=False)
         self.register_buffer("z_max", torch.zeros(1, spec.embed_dim, 1, 1), persistent=False)
+        # Squared norms of the code vectors for `nearest_codes`, with the codebook storage and
+        # version they were computed from (a move, a load or an in-place edit makes them stale).
+        self._codebook_sq: tuple[tuple[int, int, torch.device, torch.dtype], torch.Tensor] | None = None
         self.refresh_codebook_range()
 
     @property
@@ -154,7 +157,9 @@ class VQGAN(torch.nn.Module):
 
     @torch.no_grad()
     def refresh_codebook_range(self) -> None:
-        """Recompute z_min / z_max from the codebook (after loading or changing it)."""
+        """Recompute z_min / z_max and the cached code norms from the codebook (after loading or
+        changing it; an edit through `.data` bypasses the version counter the cache also checks)."""
+        self._codebook_sq = None
         cb = self.codebook.detach()
         self.z_min.copy_(cb.min(dim=0).values.view(1, -1, 1, 1))
         self.z_max.copy_(cb.max(dim=0).values.view(1, -1, 1, 1))
@@ -181,8 +186,15 @@ class VQGAN(torch.nn.Module):
         n, c, h, w = z.shape
         flat = z.detach().permute(0, 2, 3, 1).reshape(-1, c)
         cb = self.codebook.detach()
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.T + cb.pow(2).sum(1)
+        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.T + self._codebook_norms(cb)
         return dist.argmin(dim=1).view(n, h, w)
+
+    def _codebook_norms(self, cb: torch.Tensor) -> torch.Tensor:
+        """`cb.pow(2).sum(1)`, computed once per codebook state rather than every step."""
+        key = (cb.untyped_storage().data_ptr(), self.codebook._version, cb.device, cb.dtype)
+        if self._codebook_sq is None or self._codebook_sq[0] != key:
+            self._codebook_sq = (key, cb.pow(2).sum(1))
+        return self._codebook_sq[1]
 
     @torch.no_grad()
     def encode_to_codes(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 
 from engine.models.factory import Models
 from engine.pipeline.images import from_pil, to_pil
+from engine.pipeline.layout import apply_layout, use_channels_last
 from engine.pipeline.memory import StepMemory, free_bytes, measure_step_memory, use_checkpointing
 from engine.pipeline.precision import Precision, device_precision
 from engine.pipeline.progress import ProgressCallback, no_progress
@@ -61,6 +62,8 @@ class Renderer:
         self.precision: Precision = device_precision(pipeline.precision, models.device)
         self._free_bytes: int | None = None
         self._step_memory: StepMemory | None = None
+        self.channels_last = use_channels_last(pipeline.channels_last, models.device.type)
+        apply_layout(models.vqgan, self.channels_last)
         if pipeline.decoder_checkpointing == "auto":
             # Read once, right after the models loaded: later readings would count a job's tensors.
             self._free_bytes = free_bytes(models.device)
@@ -154,6 +157,7 @@ class Renderer:
             size=size,  # type: ignore[arg-type]
             checkpoint=self.decoder_checkpointing(size),  # type: ignore[arg-type]
             precision=self.precision,
+            compile=p.compile,
         )
         stage1 = optimise_latent(self.models.stylegan, self.models.clip, job.prompt.strip(), face, callback)
         # Stage 2 stretches the square face to the canvas, as the original did.
@@ -222,6 +226,7 @@ class Renderer:
             size=size,
             checkpoint=self.decoder_checkpointing(size),
             precision=self.precision,
+            compile=p.compile,
         )
         # Crop only what falls outside the allowed aspect range, so the face is not distorted.
         fitted = ImageOps.fit(image.convert("RGB"), size, Image.Resampling.LANCZOS)

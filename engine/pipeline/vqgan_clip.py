@@ -19,8 +19,8 @@ from torch import Tensor
 
 from engine.models.clip import ClipModel
 from engine.models.vqgan import VQGAN
+from engine.pipeline import compiled
 from engine.pipeline.cutouts import MakeCutouts
-from engine.pipeline.decode import decode
 from engine.pipeline.losses import weighted_prompt_loss
 from engine.pipeline.precision import Precision, networks, tf32_allowed
 from engine.pipeline.progress import LossLog, Progress, ProgressCallback, no_progress
@@ -49,6 +49,9 @@ class VqganClipParams:
     checkpoint: bool = True
     # Arithmetic of the decoder and CLIP (see engine.pipeline.precision); z and the loss stay fp32.
     precision: Precision = "fp32"
+    # torch.compile the decoder and CLIP's image tower (engine.pipeline.compiled); the same images
+    # within float rounding, a slow first step.
+    compile: bool = False
 
 
 def prepare_image(image: Tensor | Image.Image, size: tuple[int, int], factor: int) -> Tensor:
@@ -216,6 +219,8 @@ class _Optimisation:
             seed = params.seed
             self.generator.manual_seed(seed)
         self.crops = random.Random(seed)
+        self._decode = compiled.decoder(vqgan, checkpointed=params.checkpoint, compile=params.compile)
+        self._encode_image = compiled.image_tower(clip, compile=params.compile)
         self.losses = LossLog()
         self._stack = contextlib.ExitStack()
 
@@ -268,14 +273,14 @@ class _Optimisation:
         precision, device = self.params.precision, self.x.device
         z_q = straight_through(self.z, self.vqgan.quantize_codes(self.codes))
         with networks(precision, device):
-            decoded = decode(self.vqgan, z_q, checkpointed=self.params.checkpoint)
+            decoded = self._decode(z_q)
         # Cutouts and their augmentations in fp32: cheap, and their noise is not rounded away.
         decoded = decoded.float()
         # Keep the gradient of pixels the decoder pushes past [0, 1] so the loss can pull them back.
         x01 = clamp_with_grad(decoded.add(1).div(2), 0.0, 1.0)
         cuts = self.cutouts(x01, self.generator, self.crops)
         with networks(precision, device):
-            embeds = self.clip.encode_image(self.clip.normalize(cuts))
+            embeds = self._encode_image(self.clip.normalize(cuts))
         loss = weighted_prompt_loss(embeds.float(), self.text_embeds, self.weights)
         return decoded.detach(), loss
 
