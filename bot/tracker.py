@@ -219,7 +219,10 @@ class Tracker:
 
     async def _recover(self) -> int:
         """Post results that finished while the bot was away, and resume unfinished jobs' messages."""
-        jobs = await self.engine.jobs(undelivered=True, limit=100)
+        # Asked per shard set: the newest 100 undelivered jobs of every server would crowd out ours.
+        shards = self.shards
+        mine = (shards.count, list(shards.ids)) if shards.ids is not None and shards.count else None
+        jobs = await self.engine.jobs(undelivered=True, shards=mine, limit=100)
         new = [j for j in jobs if self._ours(j) and j.id not in self._feeds and j.id not in self._settled]
         for job in new:
             self._feed(job)

@@ -116,6 +116,16 @@ class EngineConfig(_Section):
     data_dir: Path = Path("./data")
     # postgresql://user:password@host:port/db: a queue several engines share; "" = SQLite in data_dir.
     database_url: str = ""
+    # all: API and worker in one process; api: the HTTP API only (no torch, no models; several may
+    # share one address); worker: renders on [models] device, serves only /v1/health and /metrics.
+    # api and worker share their queue through database_url (PostgreSQL).
+    role: Literal["all", "api", "worker"] = "all"
+    # A worker renews the lease of the job it runs this often / 3; a job whose lease lapses (worker
+    # killed, host gone) goes back to the queue for another worker.
+    lease_s: float = Field(30, ge=1)
+    # Where artifacts (PNG, MP4) are written; "" = data_dir/artifacts. Every API node and worker
+    # must see the same folder (a shared volume or NFS mount) when they run on several hosts.
+    artifacts_dir: Path | None = None
     # Most jobs waiting or running across all servers.
     max_queue: int = Field(100, ge=1)
     # A job running longer than this fails with a time-out.

@@ -211,8 +211,10 @@ class EngineClient:
         user_id: str | None = None,
         state: JobState | str | None = None,
         undelivered: bool = False,
+        shards: tuple[int, list[int]] | None = None,
         limit: int = 100,
     ) -> list[JobView]:
+        """`shards` = (shard_count, shard_ids): only the jobs of the servers those bot shards run."""
         answer = await self._get(
             JobList,
             "/jobs",
@@ -220,6 +222,8 @@ class EngineClient:
             user_id=user_id,
             state=state,
             undelivered=undelivered or None,
+            shard_count=shards[0] if shards else None,
+            shard_ids=",".join(map(str, shards[1])) if shards else None,
             limit=limit,
         )
         return answer.jobs

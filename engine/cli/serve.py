@@ -31,11 +31,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ask the engine at engine.host:engine.port for /v1/health; exit 0 only when it is ready",
     )
+    parser.add_argument(
+        "--role",
+        choices=("all", "api", "worker"),
+        help="all (default): API and worker; api: the API without torch or models; worker: renders, "
+        "serves only /v1/health and /metrics. api and worker need [engine] database_url (PostgreSQL)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if getattr(args, "role", None):
+        settings = settings.model_copy(
+            update={"engine": settings.engine.model_copy(update={"role": args.role})}
+        )
     if args.check:
         return check(settings)
     return asyncio.run(serve(settings))

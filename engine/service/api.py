@@ -30,11 +30,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.service.bodies import read_body
 from engine.service.core import EngineCore, artifact_view, validation_details
-from engine.service.errors import ApiError, DiskFullError, Refused
+from engine.service.errors import ApiError, DatabaseUnavailableError, DiskFullError, Refused
 from engine.service.metrics import CONTENT_TYPE
 from spooky.bounds import MAX_EVENT_ID, MAX_JSON_BODY_BYTES, MIN_VIDEO_BYTES, SNOWFLAKE_PATTERN
 from spooky.contract import (
@@ -96,7 +96,27 @@ class JobsQuery(_Query):
     user_id: Snowflake | None = None
     state: JobState | None = None
     undelivered: bool = False  # jobs whose result the bot has not marked delivered, in any state
+    # A sharded bot's own servers: shard_count with a comma-separated shard_ids ("0,2").
+    shard_count: int | None = Field(None, ge=1, le=100_000)
+    shard_ids: str | None = Field(None, pattern=r"^\d{1,6}(,\d{1,6})*$", max_length=7000)
     limit: int = Field(100, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _shards_together(self) -> JobsQuery:
+        if (self.shard_count is None) != (self.shard_ids is None):
+            raise ValueError("shard_count and shard_ids go together")
+        if self.shard_count is not None and any(
+            int(i) >= self.shard_count for i in self.shard_ids.split(",")
+        ):  # type: ignore[union-attr]
+            raise ValueError("every shard id must be below shard_count")
+        return self
+
+    def filters(self) -> dict[str, Any]:
+        """The store's `list_jobs` filters."""
+        out = self.model_dump(exclude={"shard_count", "shard_ids"})
+        if self.shard_count is not None and self.shard_ids is not None:
+            out["shards"] = (self.shard_count, sorted({int(i) for i in self.shard_ids.split(",")}))
+        return out
 
 
 class QueueQuery(_Query):
@@ -188,6 +208,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         )
     except DiskFullError as e:
         return error_response(507, e.code, str(e))
+    except DatabaseUnavailableError as e:
+        # The shared database is down or restarting: nothing was accepted; the client retries.
+        resp = error_response(503, e.code, f"{e}; {e.hint}" if e.hint else str(e))
+        resp.headers["Retry-After"] = "5"
+        return resp
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -245,7 +270,7 @@ async def submit(request: web.Request) -> web.Response:
 @routes.get(f"{API_PREFIX}/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     q = _query(request, JobsQuery)
-    jobs = await _core(request).jobs(**q.model_dump())
+    jobs = await _core(request).jobs(**q.filters())
     return model_response(JobList(jobs=jobs))
 
 

@@ -1,5 +1,10 @@
 """`EngineService`: the engine's lifecycle around `EngineCore`, the API and the worker.
 
+`[engine] role` picks the parts (roles.py): `all` runs everything below in one process; `api`
+skips the models and the worker; `worker` skips the API but for health and metrics. With a
+shared database (PostgreSQL) every node also LISTENs (store/notify.py: event streams, idle
+workers and cancels wake on other nodes' commits) and reaps lapsed leases (lease.py).
+
 start: open the store, requeue what a crash left running, serve the API at once (health
 `loading`; submits are accepted and durable), load the models once in a thread, then `ready` and
 the worker starts. stop (SIGTERM): health `draining`, new submits refused, the running job gets
@@ -21,7 +26,9 @@ from engine.service.api import build_app
 from engine.service.artifacts import ArtifactFiles
 from engine.service.core import EngineCore, default_limits
 from engine.service.events import EventHub
+from engine.service.lease import reap_loop
 from engine.service.link import WorkerLink
+from engine.service.roles import check_role, runs_api, runs_worker, worker_only
 from engine.service.server import EngineRunner
 from engine.service.store import MAX_ATTEMPTS, open_store
 from engine.service.threads import run_in_daemon_thread
@@ -74,6 +81,9 @@ class EngineService:
         autoload: bool = True,
     ) -> None:
         self.settings = settings
+        self.role = check_role(settings)
+        #: A database other engines share: start-up must leave their running jobs alone.
+        self.shared = bool(settings.engine.database_url)
         # autoload=False keeps the engine in `loading` (API up, submits queued, no worker): for
         # tests of the API and the queue alone, and for `start_models()` later.
         self._autoload = autoload
@@ -89,7 +99,11 @@ class EngineService:
             default_limits=default_limits(settings.limits),
             on_events=self.hub.notify,
         )
-        self.files = ArtifactFiles(data_dir / "artifacts")
+        self.files = ArtifactFiles(
+            Path(settings.engine.artifacts_dir).expanduser()
+            if settings.engine.artifacts_dir
+            else data_dir / "artifacts"
+        )
         self.link = WorkerLink()  # the worker and the renderer's checks, once the models are loaded
         self.core = EngineCore(
             settings, self.store, self.files, self.hub, worker=self.link, check=self.link.check
@@ -99,6 +113,7 @@ class EngineService:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._load_task: asyncio.Task[None] | None = None
+        self._listener: Any | None = None  # store.notify.Listener on a shared database
         self.port: int | None = None
         self.ready = asyncio.Event()
 
@@ -111,19 +126,68 @@ class EngineService:
         loop = asyncio.get_running_loop()
         self.hub.bind(loop)
         self.hub.latest = self.store.last_event_id()
-        for event in self.store.recover_interrupted(MAX_ATTEMPTS):
+        # Alone on a SQLite file, every running job is this engine's own from before a crash; on a
+        # shared database only the jobs whose lease lapsed are (the others are live workers').
+        for event in self.store.recover_interrupted(MAX_ATTEMPTS, lapsed_only=self.shared):
             log.warning("job %s was interrupted: %s", event.job_id, event.data.get("reason"))
-        self.files.clean_tmp(older_than_s=0)
-        self._runner = EngineRunner(build_app(self.core, self.secret), access_log=None, shutdown_timeout=2.0)
+        # A shared artifacts folder holds other workers' scratch files: only old ones are a crash's.
+        self.files.clean_tmp(older_than_s=self.settings.engine.job_timeout_s + 600 if self.shared else 0)
+        if self.shared:
+            self._listen(loop)
+            self._tasks.append(
+                asyncio.create_task(
+                    reap_loop(self.core, self.settings.engine.lease_s, self._wake_worker), name="spooky-reap"
+                )
+            )
+        app = build_app(self.core, self.secret)
+        if not runs_api(self.role):
+            app.middlewares.insert(0, worker_only)
+        self._runner = EngineRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.engine.host, self._port)
         await site.start()
         sockets = [s for s in (site._server.sockets if site._server else [])]
         self.port = sockets[0].getsockname()[1] if sockets else self._port
-        log.info("engine API on %s (health: loading)", self.url)
-        if self._autoload:
-            self.start_models()
+        if not runs_worker(self.role):
+            # No models to wait for: submits are checked with CLIP's tokenizer alone
+            # (engine.models.clip_tokens, no torch).
+            self.core.status = HealthStatus.READY
+            self.ready.set()
+            log.info("engine API on %s (role api: no models, no worker; health: ready)", self.url)
+        else:
+            log.info(
+                "engine %s on %s (health: loading)", "worker" if self.role == "worker" else "API", self.url
+            )
+            if self._autoload:
+                self.start_models()
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="spooky-sweep"))
+
+    def _wake_worker(self) -> None:
+        self.link.wake()
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hear other nodes' commits: new events, claimable jobs, cancels of running jobs."""
+        from engine.service.store.notify import Listener
+
+        def on_loop(fn: Any) -> Any:
+            return lambda payload: loop.call_soon_threadsafe(fn)
+
+        def on_events(payload: str) -> None:
+            self.hub.notify(int(payload or 0))  # thread-safe; a reader then reads the store
+
+        def cancel_asked() -> None:
+            if self.worker is not None:
+                self.worker.cancel_asked()
+
+        self._listener = Listener(
+            self.settings.engine.database_url,
+            {
+                "spooky_events": on_events,
+                "spooky_jobs": on_loop(self._wake_worker),
+                "spooky_cancel": on_loop(cancel_asked),
+            },
+        )
+        self._listener.start()
 
     def start_models(self) -> None:
         """Load the models in the background; the worker starts when they are ready."""
@@ -166,9 +230,15 @@ class EngineService:
         log.info("models loaded in %.1f s: %s; engine ready", time.monotonic() - started, models.description)
 
     async def _sweep_loop(self) -> None:
+        store = self.store
         while True:
             try:
-                await self.core.sweep()
+                # One node at a time sweeps a shared database and artifacts folder; the others skip.
+                if await self.core.db(store.try_lead, "sweep"):
+                    try:
+                        await self.core.sweep()
+                    finally:
+                        await self.core.db(store.release_lead, "sweep")
             except Exception:
                 log.exception("artifact retention sweep failed")
             await asyncio.sleep(SWEEP_INTERVAL_S)
@@ -211,6 +281,8 @@ class EngineService:
                 await task
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.stop)
         self.core.close()
         self.store.close()
         log.info("engine stopped")

@@ -34,6 +34,7 @@ from engine.service.spec import resolve_spec
 from engine.service.store import (
     ArtifactRow,
     Counts,
+    DatabaseUnavailableError,
     Decide,
     JobRow,
     JobStore,
@@ -241,6 +242,10 @@ class EngineCore:
             # Nothing else may write while the disk is full: a probe notices the space coming back.
             await self.db(self.store.probe_write)
         full = self.store.health.detail or self.files.disk.detail
+        try:
+            queue_length = await self.db(self.store.queue_length)
+        except DatabaseUnavailableError as e:
+            full, queue_length = str(e), 0  # the database is down: degraded until it answers again
         if full and status in (HealthStatus.LOADING, HealthStatus.READY):
             status = HealthStatus.DEGRADED
         detail = full or self.detail
@@ -248,7 +253,7 @@ class EngineCore:
             status=status,
             preset=self.preset,
             device=self.device,
-            queue_length=await self.db(self.store.queue_length),
+            queue_length=queue_length,
             running_job=self.running_job,
             detail=detail,
         )
@@ -361,13 +366,16 @@ class EngineCore:
             if event is not None:
                 self.metrics.jobs.labels(job.kind.value, "cancelled").inc()
                 return await self.job(job_id)
-        # Running (or claimed between our read and the cancel): stop it at the next step.
+        # Running (or claimed between our read and the cancel): stop it at the next step, here or
+        # on whichever worker holds it (it sees the request through its lease).
         done = self.worker.request_cancel(job_id, by)
+        if done is None:
+            await self.db(self.store.request_cancel, job_id, by)
         deadline = time.monotonic() + CANCEL_WAIT_S
         try:
             if done is not None:
                 await asyncio.wait_for(asyncio.shield(done), CANCEL_WAIT_S)
-            else:  # claimed but not started: the worker honours the cancel as it starts
+            else:  # on another worker, or claimed but not started here: it stops at its next step
                 while not (await self._job(job_id)).state.terminal and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
         except TimeoutError:

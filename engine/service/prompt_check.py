@@ -1,4 +1,5 @@
-"""The submit-time prompt checks that need only CLIP's tokenizer, for the time before the models load.
+"""The submit-time prompt checks that need only CLIP's tokenizer: before the models load, and on
+an API node (`[engine] role = "api"`), which never loads them and imports no torch.
 
 Once the models are loaded the renderer's own check (engine.service.worker.validator_for) runs
 the same checks with the loaded CLIP; these give the same answers without any weights, and without

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
+import os
+import socket
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,8 +33,9 @@ from engine.pipeline.render import Renderer
 from engine.pipeline.video import VideoDiskFullError, stop_children
 from engine.service.core import EngineCore
 from engine.service.errors import BadSpecError, DiskFullError
+from engine.service.lease import keep_lease
 from engine.service.link import SpecCheck
-from engine.service.store import ArtifactRow, JobRow, UnreadableSpec
+from engine.service.store import ArtifactRow, JobRow, LeaseLostError, UnreadableSpec
 from engine.service.testgate import step_gate
 from engine.service.threads import run_in_daemon_thread
 from spooky.contract import EventType, JobKind, JobSpec, JobState, SpookySpec
@@ -38,7 +43,8 @@ from spooky.errors import BadPromptError, InputError, JobCancelled, SpookyError,
 
 log = logging.getLogger(__name__)
 
-StopKind = Literal["cancel", "timeout", "drain"]
+#: lost: the job's lease lapsed (this worker was cut off) and the job may run elsewhere.
+StopKind = Literal["cancel", "timeout", "drain", "lost"]
 
 #: How often the event loop looks at a running job's deadline and stop request.
 WATCH_S = 0.5
@@ -116,6 +122,11 @@ class Worker:
         self._stopping = False
         self._drain_now = False  # the drain's wait is over: stop whatever runs
         self._task: asyncio.Task[None] | None = None
+        #: Who holds a claim, in the jobs table: host, process, and a nonce for a reused pid.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_s = core.settings.engine.lease_s
+        #: Set to renew the running job's lease now (a cancel was asked of whichever worker holds it).
+        self.renew_now = asyncio.Event()
 
     # --- control from the event loop -------------------------------------------------------
 
@@ -124,6 +135,10 @@ class Worker:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def cancel_asked(self) -> None:
+        """A cancel was asked of a running job somewhere: the renewal looks at once (any thread)."""
+        self.renew_now.set()
 
     def request_cancel(self, job_id: str, by: str) -> asyncio.Future[None] | None:
         """Stop `job_id` at its next step; the future settles when the job has ended."""
@@ -160,7 +175,7 @@ class Worker:
         while not self._stopping:
             self._wake.clear()
             try:
-                job = await core.db(core.store.claim_next)
+                job = await core.db(core.store.claim_next, self.worker_id, self.lease_s)
             except Exception:
                 log.exception("claiming the next job failed; retrying in 1 s")
                 await asyncio.sleep(1)
@@ -172,6 +187,9 @@ class Worker:
             self._current = asyncio.get_running_loop().create_future()
             try:
                 await self._execute(job)
+            except LeaseLostError as e:
+                # Another worker has (or will have) this job: what this attempt did is not written.
+                log.warning("job %s: lease lost; this worker wrote nothing more for it: %s", job.id, e)
             except Exception:
                 # The outcome could not even be recorded (store broken?): log, keep serving.
                 log.exception("recording the outcome of job %s failed", job.id)
@@ -193,6 +211,17 @@ class Worker:
         elif self._drain_now:
             control.stop("drain")  # claimed just as the drain ran out of time
         started = time.monotonic()
+        renewer = asyncio.create_task(keep_lease(self, control), name=f"spooky-lease-{job.id}")
+        try:
+            await self._run_and_record(job, control, started)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _run_and_record(self, job: JobRow, control: JobControl, started: float) -> None:
+        core = self.core
+        attempt = job.attempts
         state, event, data = JobState.FAILED, EventType.FAILED, {}
         outcome: Outcome | None = None
         error: str | None = None
@@ -211,9 +240,16 @@ class Worker:
             state, event = JobState.SUCCEEDED, EventType.FINISHED
             data = {"artifacts": outcome.artifacts, "result": outcome.result}
         except JobCancelled:
+            if control.stop_kind == "lost":
+                raise LeaseLostError(f"its lease lapsed during attempt {attempt}") from None
             if control.stop_kind == "drain":
                 await core.db(
-                    core.store.requeue, job.id, "the engine is shutting down; the job will run again"
+                    functools.partial(
+                        core.store.requeue,
+                        job.id,
+                        "the engine is shutting down; the job will run again",
+                        attempt=attempt,
+                    )
                 )
                 self._log(job, control, started, "requeued")
                 return
@@ -239,6 +275,8 @@ class Worker:
             )
             log.warning("job %s: %s", job.id, error)
             oom = True
+        except LeaseLostError:
+            raise
         except (DiskFullError, VideoDiskFullError) as e:
             error, code = str(e), "disk_full"
         except InputError as e:
@@ -266,6 +304,7 @@ class Worker:
                 error=error,
                 error_code=code,
                 last_image=outcome.last_image if outcome else None,
+                attempt=attempt,
             ),
             job,
         )
@@ -357,7 +396,7 @@ class Worker:
         row = self.core.files.write(
             png_bytes(image, metadata), "image/png", job_id=job.id, width=image.width, height=image.height
         )
-        self.core.store.add_artifact(row)
+        self.core.store.add_artifact(row, attempt=job.attempts)
         return row
 
     def _callback(self, job: JobRow, control: JobControl) -> Callable[[Progress], None]:
@@ -369,7 +408,9 @@ class Worker:
             still = None
             if p.image is not None:
                 still = self._save_png(to_pil(p.image, (0.0, 1.0)), job, f"still-{p.stage}-{p.step}").id
-            store.record_progress(job.id, {"stage": p.stage, "step": p.step, "total": p.total}, still)
+            store.record_progress(
+                job.id, {"stage": p.stage, "step": p.step, "total": p.total}, still, attempt=job.attempts
+            )
             if self.gate is not None:
                 self.gate.wait(job.id, p.stage, p.step, control._flag)
 
@@ -405,7 +446,7 @@ class Worker:
             control.close_stage("encode")
             w, h = res.settings.get("size", (None, None))
             video = self.core.files.adopt(res.video_path, "video/mp4", job_id=job.id, width=w, height=h)
-            self.core.store.add_artifact(video)
+            self.core.store.add_artifact(video, attempt=job.attempts)
         finally:
             out.unlink(missing_ok=True)
         meta = {"seed": spec.seed, "settings": res.settings}

@@ -151,7 +151,7 @@ def ignored(rel: str) -> bool:
 
 
 def test_compose_targets_are_stages_of_the_dockerfile():
-    assert set(TARGETS) == {"engine", "bot"}
+    assert set(TARGETS) == {"engine", "bot", "worker"}
     for service, target in TARGETS.items():
         assert target in STAGES, f"compose service {service} builds target {target!r}, not in the Dockerfile"
         assert SERVICES[service]["build"].get("context", ".") == "."
@@ -263,7 +263,10 @@ def test_ports_match_the_engine_defaults():
 
 
 #: What .env supplies, where a setting checks its form.
-_PLACEHOLDERS = {"SPOOKY_DATABASE_URL": "postgresql://spooky:placeholder@postgres:5432/spooky"}
+_PLACEHOLDERS = {
+    "SPOOKY_DATABASE_URL": "postgresql://spooky:placeholder@postgres:5432/spooky",
+    "SPOOKY_ENGINE__ROLE": "all",
+}
 
 
 def _container_settings(service: str, tmp_path: Path) -> Settings:

@@ -6,7 +6,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,38 +37,6 @@ from spooky.contract import (
 )
 
 Opener = Callable[..., Any]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where a store keeps its data: a SQLite path, or a fresh PostgreSQL database's URL."""
-    if request.param == "sqlite":
-        return str(tmp_path / "engine.sqlite3")
-    return request.getfixturevalue("pg_url")
-
-
-@pytest.fixture
-def open_at(backend: str) -> Iterator[Opener]:
-    """Open a store (a connection of its own) on the test's database; all are closed at the end."""
-    opened: list[Any] = []
-
-    def opener(cls: type | None = None, **kwargs: Any) -> Any:
-        if cls is None:
-            cls = PostgresStore if backend.startswith("postgresql://") else SQLiteStore
-        store = cls(
-            Path(backend) if cls is SQLiteStore or issubclass(cls, SQLiteStore) else backend, **kwargs
-        )
-        opened.append(store)
-        return store
-
-    yield opener
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(open_at: Opener) -> JobStore:
-    return open_at()
 
 
 _ids = iter(range(10**9))
@@ -388,6 +356,9 @@ def test_a_database_from_before_the_version_table_opens_as_version_1_and_migrate
     con.execute("DROP TABLE schema_version")
     con.execute("DROP TABLE write_probe")
     con.execute("DROP INDEX jobs_finished")
+    con.execute("DROP INDEX jobs_lease")
+    for column in ("lease_until", "worker", "cancel_requested"):  # version 3's
+        con.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
     con.execute("PRAGMA user_version = 1")
     con.commit()
     con.close()

@@ -30,7 +30,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from engine.service.store.base import DatabaseUnavailableError
-from engine.service.store.sql import Connection, Cursor, SqlStore
+from engine.service.store.sql import Connection, Cursor, SqlStore, lease_columns
 from spooky.config import mask_url
 from spooky.contract import GuildLimits, JobState
 
@@ -119,7 +119,7 @@ _SCHEMA_2 = (
     "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at DOUBLE PRECISION NOT NULL)",
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_1, 2: _SCHEMA_2}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_1, 2: _SCHEMA_2, 3: lease_columns("DOUBLE PRECISION")}
 
 #: `scheduler.fair_slots` in SQL. `cur` is the current round; a user's k-th waiting job is in
 #: round max(their last claimed round + 1, current) + k; within the current round a server's
@@ -257,8 +257,24 @@ class PostgresStore(SqlStore):
     def _lock_job(self, con: Connection, job_id: str) -> None:
         con.execute("SELECT 1 FROM jobs WHERE id = ? FOR UPDATE", (job_id,))
 
+    def _notify(self, con: Connection, channel: str, payload: str) -> None:
+        # Delivered at commit, and only if it commits: a listener never hears of a rolled-back row.
+        con.execute("SELECT pg_notify(?, ?)", (channel, payload))
+
     def _lock_events(self, con: Connection) -> None:
         _lock_key(con, "spooky:events")
+
+    def try_lead(self, name: str) -> bool:
+        # Session-level: a node that dies (or whose connection breaks) gives its turn back.
+        with self._session():
+            row = self._db.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(?, 0)) AS mine", (f"spooky:lead:{name}",)
+            ).fetchone()
+        return bool(row["mine"])
+
+    def release_lead(self, name: str) -> None:
+        with self._session():
+            self._db.execute("SELECT pg_advisory_unlock(hashtextextended(?, 0))", (f"spooky:lead:{name}",))
 
     def _migrate(self) -> int:
         # Engines starting together must not both create the tables: one migrates, the others wait.

@@ -28,6 +28,8 @@ from engine.service.store.base import (
     Describe,
     DiskFullError,
     JobRow,
+    Lease,
+    LeaseLostError,
     NewJob,
     QueueEntry,
     QueueSnapshot,
@@ -141,6 +143,17 @@ def event_row(row: Row) -> Event:
     )
 
 
+def lease_columns(real: str) -> tuple[str, ...]:
+    """Schema version 3, the same on both stores but for the float type: who holds a running job,
+    until when, and a cancel asked of whichever worker holds it."""
+    return (
+        f"ALTER TABLE jobs ADD COLUMN lease_until {real}",
+        "ALTER TABLE jobs ADD COLUMN worker TEXT",
+        "ALTER TABLE jobs ADD COLUMN cancel_requested TEXT",
+        "CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(state, lease_until)",
+    )
+
+
 def split_script(script: str) -> list[str]:
     """A DDL script as single statements (no `;` inside one), for drivers that run one at a time."""
     return [s.strip() for s in script.split(";") if s.strip()]
@@ -194,6 +207,17 @@ class SqlStore:
 
     def _lock_events(self, con: Connection) -> None:
         """Called before each event insert: events must become visible in id order."""
+
+    def _notify(self, con: Connection, channel: str, payload: str) -> None:
+        """Tell the other processes sharing the database, at commit (PostgreSQL's NOTIFY)."""
+
+    def try_lead(self, name: str) -> bool:
+        """Take the named node-wide turn (the retention sweep) unless another node holds it; held
+        until `release_lead` or until this store's connection ends. One database user: always."""
+        return True
+
+    def release_lead(self, name: str) -> None:
+        """Give back a turn `try_lead` took."""
 
     def _legacy_version(self, con: Connection) -> int:
         """The schema version of a database from before the version table (0: a new one)."""
@@ -251,6 +275,7 @@ class SqlStore:
             (job.id, type_.value, at, job.guild_id, job.channel_id, job.user_id, json.dumps(data)),
         ).fetchone()
         event_id = int(row["id"])
+        self._notify(con, "spooky_events", str(event_id))
         self._pending_event_id = max(self._pending_event_id, event_id)
         return Event(
             id=event_id,
@@ -273,6 +298,16 @@ class SqlStore:
         job = self._get(con, job_id)
         if job is None:
             raise KeyError(job_id)
+        return job
+
+    def _fenced(self, con: Connection, job_id: str, attempt: int | None) -> JobRow:
+        """The job, locked; with `attempt`, only while that attempt still runs it (LeaseLostError)."""
+        job = self._must(con, job_id, lock=True)
+        if attempt is not None and (job.state is not JobState.RUNNING or job.attempts != attempt):
+            raise LeaseLostError(
+                f"job {job_id} is no longer held by attempt {attempt} (it is {job.state.value}, "
+                f"attempt {job.attempts}); nothing was written for it"
+            )
         return job
 
     def _snapshot(self, con: Connection) -> QueueSnapshot:
@@ -402,23 +437,58 @@ class SqlStore:
                 new.created_at,
             ),
         )
+        self._notify(con, "spooky_jobs", "")
         return Submitted(job=self._must(con, new.id))
 
-    def claim_next(self) -> JobRow | None:
-        """Mark the first job in fair order RUNNING (attempt + 1) and log STARTED; None when idle."""
+    def claim_next(self, worker: str = "", lease_s: float | None = None) -> JobRow | None:
+        """Mark the first job in fair order RUNNING (attempt + 1) and log STARTED; None when idle.
+
+        With `lease_s` the claim is a lease that `renew_lease` must keep extending: once it lapses,
+        `recover_interrupted(lapsed_only=True)` gives the job to another worker.
+        """
         with self._write() as con:
             picked = self._pick(con)
             if picked is None:
                 return None
             job_id, claim_round = picked
+            now = time.time()
             con.execute(
                 "UPDATE jobs SET state = ?, attempts = attempts + 1, started_at = ?, progress = NULL,"
-                " claim_round = ? WHERE id = ?",
-                (JobState.RUNNING.value, time.time(), claim_round, job_id),
+                " claim_round = ?, worker = ?, lease_until = ?, cancel_requested = NULL WHERE id = ?",
+                (
+                    JobState.RUNNING.value,
+                    now,
+                    claim_round,
+                    worker or None,
+                    now + lease_s if lease_s else None,
+                    job_id,
+                ),
             )
             job = self._must(con, job_id)
             self._event(con, job, EventType.STARTED, {"attempt": job.attempts})
             return job
+
+    def renew_lease(self, job_id: str, attempt: int, lease_s: float) -> Lease:
+        """Extend this attempt's lease; whether it still holds the job, and a cancel asked of it."""
+        with self._write() as con:
+            row = con.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = ? AND attempts = ?"
+                " RETURNING cancel_requested",
+                (time.time() + lease_s, job_id, JobState.RUNNING.value, attempt),
+            ).fetchone()
+        return Lease(held=False) if row is None else Lease(held=True, cancel_by=row["cancel_requested"])
+
+    def request_cancel(self, job_id: str, by: str) -> bool:
+        """Ask whichever worker runs `job_id` to stop it (it sees the request when it renews its
+        lease, or at once through a NOTIFY); False when the job is not running."""
+        with self._write() as con:
+            cur = con.execute(
+                "UPDATE jobs SET cancel_requested = ? WHERE id = ? AND state = ?",
+                (by, job_id, JobState.RUNNING.value),
+            )
+            if cur.rowcount:
+                self._notify(con, "spooky_cancel", job_id)
+            return bool(cur.rowcount)
 
     def get_job(self, job_id: str) -> JobRow | None:
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -440,9 +510,14 @@ class SqlStore:
         user_id: str | None = None,
         state: JobState | None = None,
         undelivered: bool = False,
+        shards: tuple[int, list[int]] | None = None,
         limit: int = 100,
     ) -> list[JobRow]:
-        """The newest `limit` jobs matching every filter given, oldest first."""
+        """The newest `limit` jobs matching every filter given, oldest first.
+
+        `shards` = (shard_count, shard_ids): only jobs of servers those bot shards serve (Discord's
+        rule: shard = (guild_id >> 22) % shard_count); direct messages belong to shard 0.
+        """
         where, args = [], []
         if guild_id is not None:
             where.append("guild_id = ?")
@@ -455,6 +530,14 @@ class SqlStore:
             args.append(JobState(state).value)
         if undelivered:
             where.append("delivered = 0")
+        if shards is not None:
+            count, ids = shards
+            marks = ",".join("?" * len(ids))
+            dm = " OR guild_id IS NULL" if 0 in ids else ""
+            # x - x / n * n is x mod n in both engines' integer arithmetic (the shared SQL has no '%').
+            shard = "(CAST(guild_id AS BIGINT) >> 22) - (CAST(guild_id AS BIGINT) >> 22) / ? * ?"
+            where.append(f"({shard} IN ({marks}){dm})")
+            args.extend([count, count, *ids])
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         rows = self._read(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit))
         return [job_row(r) for r in reversed(rows)]
@@ -466,9 +549,11 @@ class SqlStore:
     def queue_length(self) -> int:
         return self._read("SELECT count(*) AS n FROM jobs WHERE state = ?", (JobState.QUEUED.value,))[0]["n"]
 
-    def record_progress(self, job_id: str, progress: dict[str, Any], still: str | None) -> Event:
+    def record_progress(
+        self, job_id: str, progress: dict[str, Any], still: str | None, *, attempt: int | None = None
+    ) -> Event:
         with self._write() as con:
-            job = self._must(con, job_id, lock=True)
+            job = self._fenced(con, job_id, attempt)
             artifacts = dict(job.artifacts)
             if still:
                 artifacts["still"] = still
@@ -490,14 +575,16 @@ class SqlStore:
         error: str | None = None,
         error_code: str | None = None,
         last_image: str | None = None,
+        attempt: int | None = None,
     ) -> Event:
-        """Move a job to a terminal state, remember its last image, log the event: one transaction."""
+        """Move a job to a terminal state, remember its last image, log the event: one transaction.
+        With `attempt`, only while that attempt holds the job (else LeaseLostError, nothing written)."""
         with self._write() as con:
-            job = self._must(con, job_id, lock=True)
+            job = self._fenced(con, job_id, attempt)
             merged = {**job.artifacts, **(artifacts or {})}
             con.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, artifacts = ?, result = ?, error = ?,"
-                " error_code = ? WHERE id = ?",
+                " error_code = ?, lease_until = NULL WHERE id = ?",
                 (
                     state.value,
                     time.time(),
@@ -530,53 +617,66 @@ class SqlStore:
             )
             return self._event(con, job, EventType.CANCELLED, {"by": by})
 
-    def requeue(self, job_id: str, reason: str) -> Event:
+    def requeue(self, job_id: str, reason: str, *, attempt: int | None = None) -> Event:
         """Put a running job back in the queue without counting the attempt (engine shutdown)."""
         with self._write() as con:
-            job = self._must(con, job_id, lock=True)
+            job = self._fenced(con, job_id, attempt)
             con.execute(
                 "UPDATE jobs SET state = ?, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
-                " started_at = NULL, progress = NULL, claim_round = NULL WHERE id = ?",
+                " started_at = NULL, progress = NULL, claim_round = NULL, lease_until = NULL WHERE id = ?",
                 (JobState.QUEUED.value, job_id),
             )
+            self._notify(con, "spooky_jobs", "")
             return self._event(con, job, EventType.INTERRUPTED, {"reason": reason, "retried": True})
 
-    def recover_interrupted(self, max_attempts: int) -> list[Event]:
-        """At start: jobs left RUNNING by a crash are requeued, or failed once out of attempts."""
+    def recover_interrupted(self, max_attempts: int, *, lapsed_only: bool = False) -> list[Event]:
+        """Running jobs whose attempt ended without an outcome are requeued, or failed once out of
+        attempts. At the start of the only engine (SQLite) every running job is such a one; with
+        `lapsed_only` (a shared database) only those whose lease lapsed: another live worker's job
+        is left alone. Each row is taken with a conditional update, so reapers on several nodes
+        never both take the same attempt."""
+        now = time.time()
+        lapsed = " AND (lease_until IS NULL OR lease_until < ?)" if lapsed_only else ""
+        guard = (now,) if lapsed_only else ()
+        why = "its worker stopped renewing its lease" if lapsed_only else "the engine stopped"
         with self._write() as con:
             jobs = [
                 job_row(r)
                 for r in con.execute(
-                    "SELECT * FROM jobs WHERE state = ? ORDER BY seq", (JobState.RUNNING.value,)
+                    f"SELECT * FROM jobs WHERE state = ?{lapsed} ORDER BY seq",
+                    (JobState.RUNNING.value, *guard),
                 ).fetchall()
             ]
             # Every row is updated before the first event is written: row locks are always taken
             # before the event lock (see _lock_events), so concurrent writers cannot deadlock.
             outcomes: list[tuple[JobRow, bool, str, str | None]] = []
+            taken = f" WHERE id = ? AND state = ? AND attempts = ?{lapsed}"
             for job in jobs:
                 retry = job.attempts < max_attempts
-                reason = f"the engine stopped during attempt {job.attempts}" + (
+                reason = f"{why} during attempt {job.attempts}" + (
                     "; the job was put back in the queue"
                     if retry
                     else f"; it failed after {job.attempts} attempts"
                 )
                 error = None
+                keys = (job.id, JobState.RUNNING.value, job.attempts, *guard)
                 if retry:
-                    con.execute(
-                        "UPDATE jobs SET state = ?, started_at = NULL, progress = NULL, claim_round = NULL"
-                        " WHERE id = ?",
-                        (JobState.QUEUED.value, job.id),
+                    cur = con.execute(
+                        "UPDATE jobs SET state = ?, started_at = NULL, progress = NULL, claim_round = NULL,"
+                        " lease_until = NULL" + taken,
+                        (JobState.QUEUED.value, *keys),
                     )
                 else:
-                    error = (
-                        f"interrupted {job.attempts} times (the engine stopped while it ran); "
-                        "not retried again"
+                    error = f"interrupted {job.attempts} times ({why} while it ran); not retried again"
+                    cur = con.execute(
+                        "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_code = ?,"
+                        " lease_until = NULL" + taken,
+                        (JobState.FAILED.value, time.time(), error, "interrupted", *keys),
                     )
-                    con.execute(
-                        "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_code = ? WHERE id = ?",
-                        (JobState.FAILED.value, time.time(), error, "interrupted", job.id),
-                    )
-                outcomes.append((job, retry, reason, error))
+                if cur.rowcount:  # 0: its worker renewed or finished it meanwhile, or another reaper took it
+                    outcomes.append((job, retry, reason, error))
+            if any(retry for _, retry, _, _ in outcomes):
+                self._notify(con, "spooky_jobs", "")
             events: list[Event] = []
             for job, retry, reason, error in outcomes:
                 events.append(
@@ -650,8 +750,11 @@ class SqlStore:
 
     # --- artifacts --------------------------------------------------------------------------
 
-    def add_artifact(self, row: ArtifactRow) -> None:
+    def add_artifact(self, row: ArtifactRow, *, attempt: int | None = None) -> None:
+        """Index an artifact; with `attempt`, only while that attempt holds its job."""
         with self._write() as con:
+            if attempt is not None and row.job_id is not None:
+                self._fenced(con, row.job_id, attempt)
             con.execute(
                 "INSERT INTO artifacts (id, media_type, bytes, path, job_id, width, height, created_at)"
                 " VALUES (?,?,?,?,?,?,?,?)",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.service.scheduler import fair_slots
 from engine.service.store.base import VACUUM_PAGES, DiskFullError, StoreHealth
-from engine.service.store.sql import Connection, SqlStore, split_script
+from engine.service.store.sql import Connection, SqlStore, lease_columns, split_script
 from spooky.contract import GuildLimits
 from spooky.errors import ConfigError
 
@@ -114,7 +114,11 @@ CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL
 """
 
 #: Version 1 is the schema of the releases before the version table (PRAGMA user_version = 1).
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: tuple(split_script(_SCHEMA)), 2: tuple(split_script(_SCHEMA_2))}
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: tuple(split_script(_SCHEMA)),
+    2: tuple(split_script(_SCHEMA_2)),
+    3: lease_columns("REAL"),
+}
 SCHEMA_VERSION = max(MIGRATIONS)
 #: SQLite's answers to a write the file system will not take (a read-only folder or file).
 _CANNOT_WRITE = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_IOERR}
