@@ -9,7 +9,7 @@ importing torch (engine.models.clip_tokens), so a submit never waits for the mod
 from __future__ import annotations
 
 from engine.models.clip_tokens import check_prompt_tokens
-from engine.pipeline.prompts import parse_prompts
+from engine.pipeline.prompts import WeightedPrompt, parse_prompts
 from spooky.contract import JobSpec, SpookySpec
 from spooky.errors import BadPromptError, InputError
 
@@ -17,16 +17,22 @@ from spooky.errors import BadPromptError, InputError
 CLIP_CONTEXT_LENGTH = 77
 
 
+def parse_prompt_syntax(text: str) -> list[WeightedPrompt]:
+    """`parse_prompts`, with a syntax error (a plain InputError) raised as BadPromptError, so it is
+    told apart from the range errors that are InputErrors too."""
+    try:
+        return parse_prompts(text)
+    except InputError as e:
+        if e.code != InputError.code:
+            raise
+        raise BadPromptError(e.message, hint=e.hint) from e
+
+
 def check_prompts(spec: JobSpec) -> None:
     """Raise the InputError the loaded renderer would raise for the prompts of `spec`."""
 
     def pieces(text: str) -> list[str]:
-        try:
-            return [p.text for p in parse_prompts(text)]
-        except InputError as e:
-            if e.code != InputError.code:
-                raise
-            raise BadPromptError(e.message, hint=e.hint) from e
+        return [p.text for p in parse_prompt_syntax(text)]
 
     # Syntax first, as the loaded validator does, so its errors are told apart from the lengths'.
     if isinstance(spec, SpookySpec):

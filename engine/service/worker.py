@@ -28,18 +28,18 @@ from PIL import Image
 
 from engine.pipeline.images import load_image, png_bytes, to_pil
 from engine.pipeline.progress import Progress
-from engine.pipeline.prompts import parse_prompts
 from engine.pipeline.render import Renderer
 from engine.pipeline.video import VideoDiskFullError, stop_children
 from engine.service.core import EngineCore
 from engine.service.errors import BadSpecError, DiskFullError
 from engine.service.lease import keep_lease
 from engine.service.link import SpecCheck
+from engine.service.prompt_check import parse_prompt_syntax
 from engine.service.store import ArtifactRow, JobRow, LeaseLostError, UnreadableSpec
 from engine.service.testgate import step_gate
 from engine.service.threads import run_in_daemon_thread
 from spooky.contract import EventType, JobKind, JobSpec, JobState, SpookySpec
-from spooky.errors import BadPromptError, InputError, JobCancelled, SpookyError, VideoError
+from spooky.errors import InputError, JobCancelled, SpookyError, VideoError
 
 log = logging.getLogger(__name__)
 
@@ -471,12 +471,7 @@ def validator_for(renderer: Renderer) -> SpecCheck:
         # Prompt syntax first, so its errors are told apart from the ranges' (both are InputError).
         for text in (spec.prompt, spec.scare_prompt if isinstance(spec, SpookySpec) else None):
             if text:
-                try:
-                    parse_prompts(text)
-                except InputError as e:
-                    if e.code != InputError.code:
-                        raise
-                    raise BadPromptError(e.message, hint=e.hint) from e
+                parse_prompt_syntax(text)
         # A nightmare's image is checked at upload, and again when the job runs.
         renderer.validate(spec)
 
