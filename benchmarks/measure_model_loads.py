@@ -1,6 +1,6 @@
 """Load time and peak memory of each model from a full-size replica of its published file (CPU).
 
-    python tests/engine/measure_model_loads.py /tmp/spooky-replicas
+    python benchmarks/measure_model_loads.py /tmp/spooky-replicas
 
 Writes (once) random-weight files in the published layouts and sizes: rosinality's converted
 StyleGAN2 FFHQ 1024, taming's Lightning 1.0 WikiArt `last.ckpt` (with the loss weights, pickled
@@ -17,28 +17,13 @@ import sys
 import warnings
 from pathlib import Path
 
-WIKIART_YAML = {
-    "model": {
-        "base_learning_rate": 4.5e-06,
-        "target": "taming.models.vqgan.VQModel",
-        "params": {
-            "embed_dim": 256,
-            "n_embed": 16384,
-            "ddconfig": {
-                "double_z": False,
-                "z_channels": 256,
-                "resolution": 256,
-                "in_channels": 3,
-                "out_ch": 3,
-                "ch": 128,
-                "ch_mult": [1, 1, 2, 2, 4],
-                "num_res_blocks": 2,
-                "attn_resolutions": [16],
-                "dropout": 0.0,
-            },
-            "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"},
-        },
-    }
+from bench_pipeline import VQGAN_F16_16384
+
+#: WikiArt's model.yaml as published: the f16 16384 architecture, with its training entries.
+WIKIART_YAML = copy.deepcopy(VQGAN_F16_16384)
+WIKIART_YAML["model"]["base_learning_rate"] = 4.5e-06
+WIKIART_YAML["model"]["params"]["lossconfig"] = {
+    "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"
 }
 
 
