@@ -63,8 +63,9 @@ class Recorder:
 class CallCounter:
     """Counts forward calls of a module (a real hook, not a fake): one per synthesis or decode.
 
-    Counting VQGAN decodes needs `checkpoint=False`: checkpointed decoding calls the decoder's
-    blocks, not the decoder, and runs them again in the backward pass.
+    VQGAN decodes are counted at the decoder's last convolution (the pipeline walks the decoder
+    block by block, never calling its forward), with `checkpoint=False`: checkpointed decoding
+    runs the blocks again in the backward pass.
     """
 
     def __init__(self, module: torch.nn.Module) -> None:
@@ -269,7 +270,7 @@ def test_stage2_progress_stills_and_cancel(
     assert rec.events[-1].image.shape == (3, 64, 64)
     assert torch.equal(rec.events[-1].image, to_still(result))
 
-    decodes = CallCounter(vqgan.decoder)
+    decodes = CallCounter(vqgan.decoder.conv_out)
     counter.append(decodes)
     cancel = Recorder(cancel_at=2)
     with pytest.raises(JobCancelled):
@@ -327,7 +328,7 @@ def test_stage3_yields_one_frame_per_step_lazily(
     models: Models, face: torch.Tensor, counter: list[CallCounter]
 ) -> None:
     vqgan, clip = models.vqgan, models.clip
-    decodes = CallCounter(vqgan.decoder)
+    decodes = CallCounter(vqgan.decoder.conv_out)
     counter.append(decodes)
     rec = Recorder()
     frames = nightmare_frames(
@@ -419,7 +420,7 @@ def test_stage3_same_seed_same_frames(models: Models, face: torch.Tensor) -> Non
 def test_stage3_cancel_stops_the_stream(
     models: Models, face: torch.Tensor, counter: list[CallCounter]
 ) -> None:
-    decodes = CallCounter(models.vqgan.decoder)
+    decodes = CallCounter(models.vqgan.decoder.conv_out)
     counter.append(decodes)
     rec = Recorder(cancel_at=3)
     got = []
