@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from engine.models.vqgan import VQGAN
+from engine.pipeline.winograd import conv3x3
 
 
 def decode(vqgan: VQGAN, z_q: Tensor, *, checkpointed: bool = False) -> Tensor:
@@ -43,7 +44,7 @@ def decode(vqgan: VQGAN, z_q: Tensor, *, checkpointed: bool = False) -> Tensor:
     run = _ckpt if checkpointed and torch.is_grad_enabled() and z_q.requires_grad else _call
     # taming's Decoder.forward (taming-transformers 0.0.6); its timestep embedding is always None.
     h = run(vqgan.post_quant_conv, z_q)
-    h = run(dec.conv_in, h)
+    h = run(conv3x3, dec.conv_in, h)
     h = run(resnet_block, dec.mid.block_1, h)
     h = run(dec.mid.attn_1, h)
     h = run(resnet_block, dec.mid.block_2, h)
@@ -60,8 +61,8 @@ def decode(vqgan: VQGAN, z_q: Tensor, *, checkpointed: bool = False) -> Tensor:
 
 def resnet_block(block: nn.Module, x: Tensor) -> Tensor:
     """taming's ResnetBlock.forward without a timestep embedding, with a one-pass swish."""
-    h = block.conv1(F.silu(block.norm1(x)))
-    h = block.conv2(block.dropout(F.silu(block.norm2(h))))
+    h = conv3x3(block.conv1, F.silu(block.norm1(x)))
+    h = conv3x3(block.conv2, block.dropout(F.silu(block.norm2(h))))
     if block.in_channels != block.out_channels:
         x = block.conv_shortcut(x) if block.use_conv_shortcut else block.nin_shortcut(x)
     return x + h
@@ -107,7 +108,7 @@ def _fold_taps(weight: Tensor, dim: int) -> tuple[Tensor, Tensor]:
 
 
 def _tail(dec: nn.Module, h: Tensor) -> Tensor:
-    return dec.conv_out(F.silu(dec.norm_out(h)))
+    return conv3x3(dec.conv_out, F.silu(dec.norm_out(h)))
 
 
 def _call(fn: Callable[..., Tensor], *args: object) -> Tensor:
