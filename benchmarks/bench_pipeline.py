@@ -704,27 +704,73 @@ def print_report(
 
 def layout_check(device: torch.device, size: tuple[int, int], repeats: int = 3) -> None:
     """The VQGAN decoder's forward + backward at `size`, NCHW against channels_last (best of `repeats`)."""
+    from engine.pipeline.decode import decode
     from engine.pipeline.layout import apply_layout
 
-    torch.manual_seed(0)
-    vq = build_vqgan_f16(device)
-    w, h = size[0] // vq.factor, size[1] // vq.factor
-    codes = torch.randint(0, vq.n_embed, (1, h, w), device=device)
+    vq, codes = _decoder_probe(device, size)
     times = {}
     for name, channels_last in (("NCHW", False), ("channels_last", True), ("NCHW again", False)):
         apply_layout(vq, channels_last)
-        best = math.inf
-        for _ in range(repeats):
-            z = vq.quantize_codes(codes).detach().requires_grad_(True)
-            t0 = time.perf_counter()
-            vq.decode(z).square().mean().backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best = min(best, time.perf_counter() - t0)
-        times[name] = best
+        times[name] = _time_decoder(vq, codes, lambda z: decode(vq, z), repeats)["wall_s"]
     nchw = min(times["NCHW"], times["NCHW again"])
     print(f"decoder forward + backward at {size[0]}x{size[1]} on {device}: NCHW {nchw:.3f} s, "
           f"channels_last {times['channels_last']:.3f} s ({times['channels_last'] / nchw:.2f}x)")  # fmt: skip
+
+
+def decoder_check(device: torch.device, size: tuple[int, int], repeats: int = 3) -> list[dict[str, Any]]:
+    """The VQGAN decoder's forward + backward at `size`: taming's forward against the pipeline's
+    (sub-pixel upsampling, one-pass swish), and with freed host memory kept (CPU renders)."""
+    from engine.pipeline.decode import decode
+    from engine.pipeline.host_memory import reuse_freed_memory
+
+    vq, codes = _decoder_probe(device, size)
+    variants = (
+        ("taming Decoder.forward", vq.decode, False),
+        ("pipeline decode", lambda z: decode(vq, z), False),
+        ("pipeline decode, freed memory kept", lambda z: decode(vq, z), device.type == "cpu"),
+    )
+    rows = []
+    print(f"decoder forward + backward at {size[0]}x{size[1]} on {device}, best of {repeats}")
+    print(f"{'variant':<36} {'wall s':>7} {'user s':>7} {'sys s':>6} {'page faults':>11} {'GFLOP':>6}")
+    for name, fn, keep in variants:
+        with reuse_freed_memory(keep):
+            row = {"variant": name, **_time_decoder(vq, codes, fn, repeats)}
+        rows.append(row)
+        print(f"{name:<36} {row['wall_s']:>7.2f} {row['user_s']:>7.2f} {row['sys_s']:>6.2f} "
+              f"{row['page_faults']:>11} {row['gflop']:>6.0f}")  # fmt: skip
+    return rows
+
+
+def _decoder_probe(device: torch.device, size: tuple[int, int]) -> tuple[Any, torch.Tensor]:
+    torch.manual_seed(0)
+    vq = build_vqgan_f16(device)
+    w, h = size[0] // vq.factor, size[1] // vq.factor
+    return vq, torch.randint(0, vq.n_embed, (1, h, w), device=device)
+
+
+def _time_decoder(
+    vq: Any, codes: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], repeats: int
+) -> dict[str, Any]:
+    """The fastest of `repeats` forward + backward passes after a warm-up, with CPU time and page faults."""
+
+    def once() -> None:
+        z = vq.quantize_codes(codes).detach().requires_grad_(True)
+        fn(z).square().mean().backward()
+        if codes.device.type == "cuda":
+            torch.cuda.synchronize(codes.device)
+
+    with FlopCounterMode(display=False) as counter:
+        once()  # the warm-up
+    best: dict[str, Any] = {"wall_s": math.inf}
+    for _ in range(repeats):
+        before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        once()
+        wall, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+        if wall < best["wall_s"]:
+            best = {"wall_s": wall, "user_s": after.ru_utime - before.ru_utime,
+                    "sys_s": after.ru_stime - before.ru_stime,
+                    "page_faults": after.ru_minflt - before.ru_minflt}  # fmt: skip
+    return {**best, "gflop": counter.get_total_flops() / 1e9}
 
 
 def build_vqgan_f16(device: torch.device) -> Any:
@@ -771,6 +817,9 @@ def main(argv: list[str] | None = None) -> int:
                     "read from an eager row: the counter does not see inside compiled kernels")  # fmt: skip
     ap.add_argument("--layout-check", action="store_true",
                     help="only time the VQGAN decoder (fwd + bwd) at --size in NCHW and NHWC")  # fmt: skip
+    ap.add_argument("--decoder-check", action="store_true",
+                    help="only time the VQGAN decoder (fwd + bwd) at --size: taming's forward, the "
+                    "pipeline's, and the pipeline's with freed host memory kept")  # fmt: skip
     ap.add_argument(
         "--quality",
         action="store_true",
@@ -784,6 +833,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.layout_check:
         layout_check(device, tuple(args.size))  # type: ignore[arg-type]
+        return 0
+    if args.decoder_check:
+        rows = decoder_check(device, tuple(args.size))  # type: ignore[arg-type]
+        if args.json:
+            args.json.write_text(json.dumps({"info": {"device": str(device)}, "decoder": rows}, indent=2))
         return 0
     if args.quality:
         models = build_models(device, {"scare"}, tuple(args.size), args.preset)  # type: ignore[arg-type]

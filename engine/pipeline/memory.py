@@ -16,6 +16,7 @@ from torch import Tensor
 
 from engine.models.clip import ClipModel
 from engine.models.vqgan import VQGAN
+from engine.pipeline.decode import decode
 from engine.pipeline.precision import Precision, networks
 
 #: Slack over the estimate: allocator fragmentation, convolution workspaces, the optimiser.
@@ -75,7 +76,7 @@ def measure_step_memory(vqgan: VQGAN, clip: ClipModel, precision: Precision) -> 
     # Weights are saved for the input gradient too, but they are resident anyway: not per step.
     weights = {t.untyped_storage().data_ptr() for m in (vqgan, clip.model) for t in m.state_dict().values()}
     with networks(precision, device):
-        decoder = _saved_bytes(lambda: vqgan.decode(z), weights)
+        decoder = _saved_bytes(lambda: decode(vqgan, z), weights)
         cuts = torch.zeros(2, 3, clip.image_size, clip.image_size, device=device, requires_grad=True)
         per_cut = _saved_bytes(lambda: clip.encode_image(cuts), weights) / 2
     pixels = (side * vqgan.factor) ** 2

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from engine.models.clip import ClipModel
 from engine.models.stylegan2 import StyleGAN2Generator
+from engine.pipeline.host_memory import reuse_freed_memory
 from engine.pipeline.losses import clip_similarity, styleclip_loss
 from engine.pipeline.precision import Precision, networks, tf32_allowed
 from engine.pipeline.progress import LossLog, Progress, ProgressCallback, no_progress
@@ -67,7 +68,7 @@ def optimise_latent(
     _check(params)
     text = clip.check_prompt(prompt)
     device = gen.latent_avg.device
-    with frozen(gen), tf32_allowed(params.precision):
+    with frozen(gen), tf32_allowed(params.precision), reuse_freed_memory(device.type == "cpu"):
         text_embed = clip.encode_text([text])
         start = start_latent(gen, params.seed, params.truncation)
         latent = start.clone().requires_grad_(True)

@@ -21,6 +21,8 @@ from engine.models.clip import ClipModel
 from engine.models.vqgan import VQGAN
 from engine.pipeline import compiled
 from engine.pipeline.cutouts import MakeCutouts
+from engine.pipeline.decode import decode
+from engine.pipeline.host_memory import reuse_freed_memory
 from engine.pipeline.losses import weighted_prompt_loss
 from engine.pipeline.precision import Precision, networks, tf32_allowed
 from engine.pipeline.progress import LossLog, Progress, ProgressCallback, no_progress
@@ -227,6 +229,8 @@ class _Optimisation:
     def __enter__(self) -> _Optimisation:
         self._stack.enter_context(frozen(self.vqgan))
         self._stack.enter_context(tf32_allowed(self.params.precision))
+        # Each CPU step frees and reallocates gigabytes of activations: keep the pages.
+        self._stack.enter_context(reuse_freed_memory(self.x.device.type == "cpu"))
         with torch.no_grad():
             # Start from the codes of the image, picked the way the model's quantiser picks them
             # (a Gumbel model scores codes with its `proj` logits): z is exactly those codebook
@@ -266,7 +270,7 @@ class _Optimisation:
     def decode_latent(self) -> Tensor:
         """The image of the current z, [1, 3, h, w] clamped to [-1, 1]."""
         with networks(self.params.precision, self.x.device):
-            decoded = self.vqgan.decode(self.vqgan.quantize_codes(self.codes))
+            decoded = decode(self.vqgan, self.vqgan.quantize_codes(self.codes))
         return decoded.float().clamp(-1, 1)
 
     def _forward(self) -> tuple[Tensor, Tensor]:
