@@ -97,7 +97,9 @@ class GraphedStep:
         # The cutouts draw from their own generator, not the default one: each replay must read
         # its current offset and advance it, as an eager step would.
         graph.register_generator_state(self.step.run.generator)
-        with torch.cuda.graph(graph):
+        # "thread_local": the background writer thread may free the pinned memory of earlier
+        # frames meanwhile (an event record there), which "global" would turn into an error.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.step.update()
         self.graph = graph
         graph.replay()  # the capture recorded this step without running it

@@ -20,6 +20,7 @@ from engine.pipeline.progress import Progress
 from engine.pipeline.prompts import parse_prompts
 from engine.pipeline.render import Renderer
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
+from engine.pipeline.tensors import frame_copy
 from engine.pipeline.vqgan_clip import VqganClipParams, _Optimisation, nightmare_frames, prepare_image
 from spooky.config import ModelsConfig, PipelineConfig, load_settings
 from spooky.errors import ConfigError
@@ -163,3 +164,31 @@ def test_cuda_graphs_are_refused_off_cuda(models: Models, tmp_path: Path) -> Non
     assert "pipeline.cuda_graphs" in str(e.value) and "'cpu'" in str(e.value)
     # "auto" may be CUDA: the renderer decides once the device is known.
     assert load_settings(None, env={"SPOOKY_PIPELINE__CUDA_GRAPHS": "true"}).pipeline.cuda_graphs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: captures a CUDA graph")
+def test_cuda_graph_replays_give_the_eager_frames() -> None:
+    """On CUDA: 3 eager warm-up steps, a capture, then replays; the eager loop's frames."""
+    cuda = load_models(ModelsConfig(preset="tiny", device="cuda"))
+    x = torch.rand(1, 3, *reversed(cuda.default_size), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x = x.to(cuda.device)
+    runs = []
+    for static in (False, True):
+        params = VqganClipParams(steps=8, lr=0.05, cutouts=6, seed=5, cuda_graphs=static)
+        with _Optimisation(cuda.vqgan, cuda.clip, x, parse_prompts(PROMPT), params) as run:
+            if static:
+                step = graphs.StaticStep(run)
+                graphed = graphs.GraphedStep(step)
+                frames = []
+                for _ in range(params.steps):
+                    step.load_crops()
+                    graphed()
+                    frames.append(frame_copy(step.decoded).result())
+                assert graphed.graph is not None  # steps 5-8 were replays
+            else:
+                frames = [f.result() for _, _, f in run.steps(frames=True) if f is not None]
+            runs.append(frames)
+    eager, replayed = runs
+    assert len(replayed) == len(eager) == 8
+    for a, b in zip(eager, replayed, strict=True):
+        assert (a.int() - b.int()).abs().max() <= 1
