@@ -4,10 +4,15 @@
 # Needs: this repository, a venv with the engine's packages (torch with CUDA, open_clip, taming)
 # and ffmpeg for the nightmare rows. No model weights: every network is a random-weight copy of
 # the real architecture. Writes JSON and logs to $OUT (default ./gpu-check), one file per run;
-# each run has its own time limit, so a hang costs one row, not the lease. About 6-8 minutes on
-# an H100/H200 in total; the limits add up to under 10 minutes (one device command).
+# each run has its own time limit, so a hang costs one row, not the lease. About 7-9 minutes on
+# an H100/H200 in total, but the limits add up to about 11.5, more than one 10-minute device
+# command: give it as two by naming the parts (no names: all of them, in this order):
 #
-#     PYTHON=.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_check.sh
+#     PYTHON=.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_check.sh graphs bench quality
+#     PYTHON=.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_check.sh checkpointed layout nchw compiled
+#
+# Parts and limits: graphs 105 s, bench 240 s, quality 60 s, checkpointed 60 s, layout 30 s,
+# nchw 45 s, compiled 150 s.
 #
 # Then fill docs/operators.md's GPU table from gpu-check/bench.json (stage rows and projections).
 set -u -o pipefail
@@ -26,17 +31,34 @@ fi
     > "$OUT/device.txt" 2>&1
 command -v ffmpeg >/dev/null || echo "ffmpeg missing: the nightmare rows will fail" >&2
 
+ALL_PARTS="graphs bench quality checkpointed layout nchw compiled"
+PARTS=" ${*:-$ALL_PARTS} "
+for part in $PARTS; do
+    case " $ALL_PARTS " in *" $part "*) ;; *) echo "unknown part $part (parts: $ALL_PARTS)" >&2; exit 2 ;; esac
+done
+
 failed=0
-run() {  # run NAME LIMIT_S ARGS...: one benchmark invocation, its log and its exit status
-    local name=$1 limit=$2
-    shift 2
+run_script() {  # run_script PART NAME LIMIT_S ARGS...: "$PY ARGS" if PART was asked for; its log, status
+    local part=$1 name=$2 limit=$3
+    shift 3
+    case "$PARTS" in *" $part "*) ;; *) return 0 ;; esac
     echo "== $name (limit ${limit}s)" >&2
-    timeout --kill-after=10 "$limit" "$PY" benchmarks/bench_pipeline.py --device cuda "$@" \
-        > "$OUT/$name.log" 2>&1
+    timeout --kill-after=10 "$limit" "$PY" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
     echo "$name rc=$rc" >> "$OUT/status.txt"
     [ "$rc" -eq 0 ] || { failed=1; tail -5 "$OUT/$name.log" >&2; }
 }
+run() {  # run NAME LIMIT_S ARGS...: one bench_pipeline invocation on CUDA
+    local name=$1 limit=$2
+    shift 2
+    run_script "$name" "$name" "$limit" benchmarks/bench_pipeline.py --device cuda "$@"
+}
+
+# 0. [pipeline] cuda_graphs (never yet run on a GPU): its tests (the CUDA one captures a graph on
+#    the tiny preset), then a 40-frame nightmare eager, graphed, eager again at the real size: both
+#    frame rates, and the graphed frames against the eager ones.
+run_script graphs graphs-tests 45 -m pytest tests/engine/test_static_step.py -q -rs -p no:cacheprovider
+run_script graphs graphs 60 benchmarks/graph_check.py --frames 40 --cutouts 32 --json "$OUT/graphs.json"
 
 # 1. All stages, every precision, defaults otherwise (auto checkpointing, channels_last on CUDA).
 run bench 240 --steps 8 --precision fp32 tf32 bf16 --cutouts 32 64 --json "$OUT/bench.json"

@@ -93,6 +93,9 @@ class PipelineConfig(_Section):
     # torch.compile the VQGAN decoder and CLIP's image tower (stages 2 and 3): the first step of a
     # canvas size pays the compilation (tens of seconds); needs a C compiler for the CPU backend.
     compile: bool = False
+    # Replay each nightmare frame's step as one captured CUDA graph (static shapes, one launch per
+    # frame); needs a CUDA device. Never yet run on a GPU (none was available), hence off.
+    cuda_graphs: bool = False
     # Number of CLIP cutouts per step in stages 2 and 3.
     cutouts: int = Field(32, ge=1, le=256)
     # Stage-2/3 canvas, width x height; both multiples of the VQGAN's downsampling factor.
@@ -252,9 +255,24 @@ def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None 
     if env.get(ENV_DATABASE_URL):
         data.setdefault("engine", {})["database_url"] = env[ENV_DATABASE_URL]
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_describe(e, path)) from e
+    _check_combinations(settings, path)
+    return settings
+
+
+def _check_combinations(settings: Settings, path: str | Path | None) -> None:
+    """Settings valid one by one that cannot work together (the renderer checks them again once
+    the device is resolved: "auto" may or may not be CUDA)."""
+    device = settings.models.device
+    if settings.pipeline.cuda_graphs and device != "auto" and not device.startswith("cuda"):
+        where = f" in {path}" if path else ""
+        raise ConfigError(
+            f"invalid settings{where}:\n  pipeline.cuda_graphs: CUDA graphs need a CUDA device, but "
+            f"models.device is {device!r} (got True)",
+            hint='set [pipeline] cuda_graphs = false, or [models] device = "cuda" on a machine with a GPU',
+        )
 
 
 def env_overrides(env: Mapping[str, str]) -> dict[tuple[str, str], str]:

@@ -30,7 +30,7 @@ from engine.pipeline.vqgan_clip import VqganClipParams, check_size, nightmare_fr
 from spooky.bounds import MAX_CANVAS_SIDE, MAX_FRAMES, MAX_SEED, MAX_STEPS, MIN_VIDEO_BYTES
 from spooky.config import PipelineConfig
 from spooky.contract import JobSpec, NightmareSpec, SpookySpec
-from spooky.errors import InputError, InvalidImageError, InvalidSizeError
+from spooky.errors import ConfigError, InputError, InvalidImageError, InvalidSizeError
 
 #: An uploaded image keeps its aspect ratio for the video, within these bounds (w / h).
 _ASPECT_RANGE = (0.5, 2.0)
@@ -57,6 +57,11 @@ class Renderer:
     """Runs job specs on loaded models with the pipeline's tuning; holds no per-job state."""
 
     def __init__(self, models: Models, pipeline: PipelineConfig) -> None:
+        if pipeline.cuda_graphs and models.device.type != "cuda":
+            raise ConfigError(
+                f"[pipeline] cuda_graphs = true needs a CUDA device, but the models are on {models.device}",
+                hint="set [pipeline] cuda_graphs = false (stages 2/3 run the same steps without it)",
+            )
         self.models = models
         self.pipeline = pipeline
         self.precision: Precision = device_precision(pipeline.precision, models.device)
@@ -227,6 +232,7 @@ class Renderer:
             checkpoint=self.decoder_checkpointing(size),
             precision=self.precision,
             compile=p.compile,
+            cuda_graphs=p.cuda_graphs,
         )
         # Crop only what falls outside the allowed aspect range, so the face is not distorted.
         fitted = ImageOps.fit(image.convert("RGB"), size, Image.Resampling.LANCZOS)

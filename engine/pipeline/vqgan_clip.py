@@ -19,7 +19,7 @@ from torch import Tensor
 
 from engine.models.clip import ClipModel
 from engine.models.vqgan import VQGAN
-from engine.pipeline import compiled
+from engine.pipeline import compiled, graphs
 from engine.pipeline.cutouts import MakeCutouts
 from engine.pipeline.decode import decode
 from engine.pipeline.host_memory import reuse_freed_memory
@@ -54,6 +54,9 @@ class VqganClipParams:
     # torch.compile the decoder and CLIP's image tower (engine.pipeline.compiled); the same images
     # within float rounding, a slow first step.
     compile: bool = False
+    # Run each step as one static-shape update (engine.pipeline.graphs): captured once and replayed
+    # as a CUDA graph on CUDA, eager elsewhere (the same frames within float rounding).
+    cuda_graphs: bool = False
 
 
 def prepare_image(image: Tensor | Image.Image, size: tuple[int, int], factor: int) -> Tensor:
@@ -211,7 +214,12 @@ class _Optimisation:
         self.vqgan, self.clip, self.x, self.params = vqgan, clip, x, params
         self.text_embeds = clip.encode_text([p.text for p in prompts])
         self.weights = torch.tensor([p.weight for p in prompts], device=self.text_embeds.device)
-        self.cutouts = MakeCutouts(clip.image_size, params.cutouts, params.cut_pow, augment=params.augment)
+        # Static-shape crops on CUDA (fewer launches, nothing shape-dependent) and for a static
+        # step; on the CPU the per-crop loop is faster (benchmarks/bench_cutouts.py).
+        static = params.cuda_graphs or x.device.type == "cuda"
+        self.cutouts = MakeCutouts(
+            clip.image_size, params.cutouts, params.cut_pow, augment=params.augment, static_shapes=static
+        )
         # On the canvas's device, so the cutouts' noise is drawn where it is used; the crop
         # positions come from a host RNG with the same seed (Python ints, no device read-back).
         self.generator = torch.Generator(device=x.device)
@@ -251,6 +259,9 @@ class _Optimisation:
         a caller asks), and with `frames` the frame's copy to host memory is queued right after
         the decode, so on a GPU it lands while the backward pass still runs.
         """
+        if self.params.cuda_graphs:
+            yield from graphs.static_steps(self, frames=frames)
+            return
         for i in range(self.params.steps):
             decoded, loss = self._forward()
             frame = frame_copy(decoded) if frames else None
@@ -273,7 +284,8 @@ class _Optimisation:
             decoded = decode(self.vqgan, self.vqgan.quantize_codes(self.codes))
         return decoded.float().clamp(-1, 1)
 
-    def _forward(self) -> tuple[Tensor, Tensor]:
+    def _forward(self, boxes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(decoded image detached, loss) of the current codes; `boxes`: crops drawn already."""
         precision, device = self.params.precision, self.x.device
         z_q = straight_through(self.z, self.vqgan.quantize_codes(self.codes))
         with networks(precision, device):
@@ -282,7 +294,7 @@ class _Optimisation:
         decoded = decoded.float()
         # Keep the gradient of pixels the decoder pushes past [0, 1] so the loss can pull them back.
         x01 = clamp_with_grad(decoded.add(1).div(2), 0.0, 1.0)
-        cuts = self.cutouts(x01, self.generator, self.crops)
+        cuts = self.cutouts(x01, self.generator, self.crops, boxes=boxes)
         with networks(precision, device):
             embeds = self._encode_image(self.clip.normalize(cuts))
         loss = weighted_prompt_loss(embeds.float(), self.text_embeds, self.weights)

@@ -121,6 +121,20 @@ def test_stage3_step_has_no_host_sync(models: Models, face: torch.Tensor, syncs:
     assert_no_waits(per_step(syncs, run))
 
 
+def test_stage3_static_step_has_no_host_sync(models: Models, face: torch.Tensor, syncs: SyncCounter) -> None:
+    """The step a CUDA graph captures (engine.pipeline.graphs), run eagerly: crops drawn on the
+    host and copied in, the update in place, frames and losses queued."""
+
+    def run(steps: int) -> None:
+        params = VqganClipParams(
+            steps=steps, lr=0.01, cutouts=4, seed=0, size=(64, 64), still_every=0, cuda_graphs=True
+        )
+        for frame in nightmare_frames(models.vqgan, models.clip, face, parse_prompts("nightmare"), params):
+            assert frame.dtype == torch.uint8
+
+    assert_no_waits(per_step(syncs, run))
+
+
 def test_the_counter_sees_a_read_back(models: Models, syncs: SyncCounter) -> None:
     """The patching works: a loss read every step (what the stages used to do) is counted."""
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.pipeline.cutouts import MakeCutouts
 from engine.pipeline.losses import (
@@ -215,6 +217,71 @@ def test_cutouts_of_an_image_smaller_than_the_cut_size_are_upsampled() -> None:
 def test_cutouts_reject_a_batch() -> None:
     with pytest.raises(ValueError, match="one image"):
         MakeCutouts(8, 2)(torch.rand(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "cut_size"),
+    [(80, 96, 32), (96, 80, 32), (75, 61, 24), (20, 24, 32), (26, 21, 32)],
+    ids=["wide", "tall", "odd-sides", "upsampled-wide", "upsampled-tall"],
+)
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
+def test_static_shape_crops_equal_the_loop_in_values_and_gradients(
+    height: int, width: int, cut_size: int, augment: bool
+) -> None:
+    """The matrix-product crops are the loop's crops (the same draws, bins and bilinear weights)."""
+    image = _image(height, width, seed=3).requires_grad_(True)
+    grad_out = torch.randn(12, 3, cut_size, cut_size, generator=torch.Generator().manual_seed(4))
+    noise = 0.1 if augment else 0
+    results = []
+    for static in (False, True):
+        cut = MakeCutouts(cut_size, 12, augment=augment, noise_fac=noise, static_shapes=static)
+        out = cut(image, torch.Generator().manual_seed(1), random.Random(7))
+        (grad,) = torch.autograd.grad(out, image, grad_out)
+        results.append((out, grad))
+    (loop, loop_grad), (static_out, static_grad) = results
+    torch.testing.assert_close(static_out, loop, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(static_grad, loop_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_static_boxes_are_the_loops_draws() -> None:
+    cut = MakeCutouts(32, 6)
+    boxes = cut.boxes(random.Random(11), (80, 96), torch.device("cpu"))
+    assert boxes.dtype == torch.int64 and boxes.shape == (6, 3)
+    assert [tuple(b) for b in boxes.tolist()] == cut.draw(random.Random(11), (80, 96))
+    written = torch.zeros(6, 3, dtype=torch.int64)
+    assert cut.boxes(random.Random(11), (80, 96), torch.device("cpu"), out=written) is written
+    assert torch.equal(written, boxes)
+
+
+class _ShapeLog(TorchDispatchMode):
+    """Every aten op run, with the shapes of its tensor outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, tuple[tuple[int, ...], ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        flat = out if isinstance(out, tuple | list) else (out,)
+        shapes = tuple(tuple(t.shape) for t in flat if isinstance(t, torch.Tensor))
+        self.ops.append((str(func), shapes))
+        return out
+
+
+def _op_shapes(static: bool, seed: int) -> list[tuple[str, tuple[tuple[int, ...], ...]]]:
+    """The ops and shapes of one forward + backward of the cutouts, for crops drawn with `seed`."""
+    cut = MakeCutouts(32, 8, static_shapes=static)
+    image = _image(80, 96).requires_grad_(True)
+    with _ShapeLog() as log:
+        out = cut(image, torch.Generator().manual_seed(0), random.Random(seed))
+        out.sum().backward()
+    return log.ops
+
+
+def test_static_shape_crops_run_the_same_shapes_whatever_the_draws() -> None:
+    assert _op_shapes(True, seed=1) == _op_shapes(True, seed=2)
+    # The loop's shapes follow the draws: the comparison above can fail.
+    assert _op_shapes(False, seed=1) != _op_shapes(False, seed=2)
 
 
 # --- schedule --------------------------------------------------------------------------------
