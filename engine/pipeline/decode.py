@@ -12,10 +12,11 @@ step's 4.2 TFLOP at 608x752), so it is walked here block by block instead of thr
   upsampling convolutions are about a fifth of the decoder's arithmetic.
 - **One-pass swish.** taming's `x * sigmoid(x)` is two element-wise passes forward and three
   backward, saving two tensors; `F.silu` is the same function in one pass each way, saving one.
-- **Checkpointing** (optional). At 608x752 the plain backward keeps about 9 GiB of activations
-  (fp32), more than an 8 GB GPU holds; checkpointing each block keeps only the block boundaries
-  and recomputes one block at a time during the backward pass: the same arithmetic, so the same
-  result, for about one more decoder forward.
+- **Winograd 3x3 convolutions** on the CPU (engine.pipeline.winograd), forward and backward.
+- **Checkpointing** (optional). At 608x752 the plain backward keeps about 7.3 GiB of activations
+  (fp32, on a GPU), more than an 8 GB GPU holds next to the models; checkpointing each block
+  keeps only the block boundaries and recomputes one block at a time during the backward pass:
+  the same arithmetic, so the same result, for about one more decoder forward.
 
 `vqgan.decode` (taming's own forward) stays the reference: test_stages holds this path to it.
 """

@@ -1,8 +1,9 @@
 """Whether stages 2/3 need decoder checkpointing: the plain backward's memory against what is free.
 
-The plain backward keeps every decoder activation (about 9.3 GiB at 608x752 in fp32, half that in
-bf16); checkpointing keeps a third of that for about a fifth more arithmetic. `auto` measures what
-one step keeps on a small probe canvas, scales it to the job's canvas and cutouts, and turns
+The plain backward keeps every decoder activation it needs (at 608x752 in fp32 about 7.3 GiB on a
+GPU and 5.2 GiB on the CPU, where the Winograd convolutions keep no inputs; half that in bf16);
+checkpointing keeps a third of that for about a fifth more arithmetic. `auto` measures what one
+step keeps on a small probe canvas, scales it to the job's canvas and cutouts, and turns
 checkpointing on only when that would not fit in the memory that was free after the models loaded.
 """
 
@@ -18,6 +19,7 @@ from engine.models.clip import ClipModel
 from engine.models.vqgan import VQGAN
 from engine.pipeline.decode import decode
 from engine.pipeline.precision import Precision, networks
+from engine.pipeline.tensors import frozen
 
 #: Slack over the estimate: allocator fragmentation, convolution workspaces, the optimiser.
 HEADROOM = 1.25
@@ -68,19 +70,28 @@ def free_bytes(device: torch.device) -> int | None:
 
 
 def measure_step_memory(vqgan: VQGAN, clip: ClipModel, precision: Precision) -> StepMemory:
-    """Measure what a plain step saves for backward on a probe canvas (8x8 latent, 2 cutouts)."""
+    """Measure what a plain step saves for backward on probe canvases (8x8 and 12x12 latents, 2 cutouts).
+
+    The decoder's cost per pixel is the difference between the two probes: what does not grow
+    with the canvas (the upsampling's folded kernels, about 30 MiB at f16) is left to RESERVE_BYTES.
+    """
     device = next(vqgan.parameters()).device
-    side = 8
-    z = vqgan.codebook[:1].detach().view(1, -1, 1, 1).expand(1, -1, side, side).clone()
-    z.requires_grad_(True)
     # Weights are saved for the input gradient too, but they are resident anyway: not per step.
     weights = {t.untyped_storage().data_ptr() for m in (vqgan, clip.model) for t in m.state_dict().values()}
-    with networks(precision, device):
-        decoder = _saved_bytes(lambda: decode(vqgan, z), weights)
+
+    def decoder_bytes(side: int) -> int:
+        z = vqgan.codebook[:1].detach().view(1, -1, 1, 1).expand(1, -1, side, side).clone()
+        return _saved_bytes(lambda: decode(vqgan, z.requires_grad_(True)), weights)
+
+    small, large = 8, 12
+    # Frozen as in a step: what autograd keeps depends on it (the Winograd convolutions of a
+    # frozen decoder keep no inputs).
+    with frozen(vqgan, clip.model), networks(precision, device):
+        grown = decoder_bytes(large) - decoder_bytes(small)
         cuts = torch.zeros(2, 3, clip.image_size, clip.image_size, device=device, requires_grad=True)
         per_cut = _saved_bytes(lambda: clip.encode_image(cuts), weights) / 2
-    pixels = (side * vqgan.factor) ** 2
-    return StepMemory(decoder_per_pixel=decoder / pixels, clip_per_cutout=per_cut)
+    pixels = (large**2 - small**2) * vqgan.factor**2
+    return StepMemory(decoder_per_pixel=grown / pixels, clip_per_cutout=per_cut)
 
 
 def _saved_bytes(fn, exclude: set[int]) -> int:  # type: ignore[no-untyped-def]
