@@ -4,7 +4,8 @@ cuDNN's tensor-core convolutions work in NHWC, so NCHW weights on a GPU cost a l
 around every convolution in bf16/TF32; on this project's CPU (oneDNN, AVX-512 without AMX) the
 VQGAN decoder's forward + backward at 256x256 was never faster in channels_last (1.00x and 1.13x
 the NCHW time in two runs, `python benchmarks/bench_pipeline.py --device cpu --layout-check
---size 256 256`), so "auto" keeps the CPU in NCHW. The layout changes no value beyond the order
+--size 256 256`), and its Winograd convolutions (engine.pipeline.winograd) need NCHW, so "auto"
+keeps the CPU in NCHW. The layout changes no value beyond the order
 of float sums.
 """
 
