@@ -12,7 +12,6 @@ step's 4.2 TFLOP at 608x752), so it is walked here block by block instead of thr
   upsampling convolutions are about a fifth of the decoder's arithmetic.
 - **One-pass swish.** taming's `x * sigmoid(x)` is two element-wise passes forward and three
   backward, saving two tensors; `F.silu` is the same function in one pass each way, saving one.
-- **Winograd 3x3 convolutions** on the CPU (engine.pipeline.winograd), forward and backward.
 - **Checkpointing** (optional). At 608x752 the plain backward keeps about 7.3 GiB of activations
   (fp32, on a GPU), more than an 8 GB GPU holds next to the models; checkpointing each block
   keeps only the block boundaries and recomputes one block at a time during the backward pass:
@@ -31,7 +30,6 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from engine.models.vqgan import VQGAN
-from engine.pipeline.winograd import conv3x3
 
 
 def decode(vqgan: VQGAN, z_q: Tensor, *, checkpointed: bool = False) -> Tensor:
@@ -43,9 +41,12 @@ def decode(vqgan: VQGAN, z_q: Tensor, *, checkpointed: bool = False) -> Tensor:
     if getattr(dec, "give_pre_end", False):
         raise ValueError("the pipeline's decoder does not support taming's give_pre_end decoders")
     run = _ckpt if checkpointed and torch.is_grad_enabled() and z_q.requires_grad else _call
+    # Code vectors come out of the codebook lookup in NHWC strides, and every layer would carry
+    # that layout on: run the decoder in the layout of its weights (`apply_layout`) instead.
+    z_q = z_q.contiguous(memory_format=_layout(dec.conv_in.weight))
     # taming's Decoder.forward (taming-transformers 0.0.6); its timestep embedding is always None.
     h = run(vqgan.post_quant_conv, z_q)
-    h = run(conv3x3, dec.conv_in, h)
+    h = run(dec.conv_in, h)
     h = run(resnet_block, dec.mid.block_1, h)
     h = run(dec.mid.attn_1, h)
     h = run(resnet_block, dec.mid.block_2, h)
@@ -62,8 +63,8 @@ def decode(vqgan: VQGAN, z_q: Tensor, *, checkpointed: bool = False) -> Tensor:
 
 def resnet_block(block: nn.Module, x: Tensor) -> Tensor:
     """taming's ResnetBlock.forward without a timestep embedding, with a one-pass swish."""
-    h = conv3x3(block.conv1, F.silu(block.norm1(x)))
-    h = conv3x3(block.conv2, block.dropout(F.silu(block.norm2(h))))
+    h = block.conv1(F.silu(block.norm1(x)))
+    h = block.conv2(block.dropout(F.silu(block.norm2(h))))
     if block.in_channels != block.out_channels:
         x = block.conv_shortcut(x) if block.use_conv_shortcut else block.nin_shortcut(x)
     return x + h
@@ -92,14 +93,19 @@ def upsample_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
     kernels = [col for row in _fold_taps(conv.weight, 2) for col in _fold_taps(row, 3)]
     bias = conv.bias.repeat(4) if conv.bias is not None else None
     phases = F.conv2d(x, torch.cat(kernels), bias, padding=1).unflatten(1, (2, 2, out_ch))
-    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    layout = torch.channels_last if nhwc else torch.contiguous_format  # as the input, for cuDNN
+    layout = _layout(x)  # as the input, for cuDNN
     shape = (n, out_ch, 2 * height, 2 * width)
     out = torch.empty(shape, dtype=phases.dtype, device=phases.device, memory_format=layout)
     for a in (0, 1):
         for b in (0, 1):
             out[:, :, a::2, b::2] = phases[:, a, b, :, a : a + height, b : b + width]
     return out
+
+
+def _layout(t: Tensor) -> torch.memory_format:
+    """channels_last when `t` is laid out NHWC (and not also NCHW), else the contiguous format."""
+    nhwc = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if nhwc else torch.contiguous_format
 
 
 def _fold_taps(weight: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -109,7 +115,7 @@ def _fold_taps(weight: Tensor, dim: int) -> tuple[Tensor, Tensor]:
 
 
 def _tail(dec: nn.Module, h: Tensor) -> Tensor:
-    return conv3x3(dec.conv_out, F.silu(dec.norm_out(h)))
+    return dec.conv_out(F.silu(dec.norm_out(h)))
 
 
 def _call(fn: Callable[..., Tensor], *args: object) -> Tensor:

@@ -1,12 +1,12 @@
-"""Memory layout of the convolutional nets: channels_last (NHWC) where it is faster.
+"""Memory layout of the VQGAN: channels_last (NHWC), where it is faster, by default everywhere.
 
-cuDNN's tensor-core convolutions work in NHWC, so NCHW weights on a GPU cost a layout transpose
-around every convolution in bf16/TF32; on this project's CPU (oneDNN, AVX-512 without AMX) the
-VQGAN decoder's forward + backward at 256x256 was never faster in channels_last (1.00x and 1.13x
-the NCHW time in two runs, `python benchmarks/bench_pipeline.py --device cpu --layout-check
---size 256 256`), and its Winograd convolutions (engine.pipeline.winograd) need NCHW, so "auto"
-keeps the CPU in NCHW. The layout changes no value beyond the order
-of float sums.
+cuDNN's tensor-core convolutions work in NHWC, so NCHW on a GPU costs a layout transpose around
+every convolution in bf16/TF32. On this project's CPU (oneDNN, AVX-512 without AMX) the decoder's
+forward + backward at 608x752 takes 0.92x the NCHW time in NHWC (20.3 s against 22.0 s,
+`python benchmarks/bench_pipeline.py --device cpu --layout-check`). An earlier 256x256 measurement
+said otherwise, but both of its arms ran NHWC activations (the codebook lookup yields NHWC
+strides and every layer kept them); the decoder now runs in its weights' layout
+(engine.pipeline.decode). The layout changes no value beyond the order of float sums.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from engine.models.vqgan import VQGAN
 LayoutSetting = bool | Literal["auto"]
 
 
-def use_channels_last(setting: LayoutSetting, device_type: str) -> bool:
-    """The decision: a forced true/false wins; "auto" is channels_last on CUDA only."""
+def use_channels_last(setting: LayoutSetting) -> bool:
+    """The decision: a forced true/false wins; "auto" is channels_last (faster on CUDA and the CPU)."""
     if isinstance(setting, bool):
         return setting
     if setting != "auto":
         raise ValueError(f"channels_last must be true, false or 'auto', got {setting!r}")
-    return device_type == "cuda"
+    return True
 
 
 def apply_layout(vqgan: VQGAN, channels_last: bool) -> None:

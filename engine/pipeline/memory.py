@@ -1,10 +1,10 @@
 """Whether stages 2/3 need decoder checkpointing: the plain backward's memory against what is free.
 
-The plain backward keeps every decoder activation it needs (at 608x752 in fp32 about 7.3 GiB on a
-GPU and 5.2 GiB on the CPU, where the Winograd convolutions keep no inputs; half that in bf16);
-checkpointing keeps a third of that for about a fifth more arithmetic. `auto` measures what one
-step keeps on a small probe canvas, scales it to the job's canvas and cutouts, and turns
-checkpointing on only when that would not fit in the memory that was free after the models loaded.
+The plain backward keeps every decoder activation it needs (at 608x752 in fp32 about 7.3 GiB, half
+that in bf16); checkpointing keeps a third of that for about a fifth more arithmetic. `auto`
+measures what one step keeps on a small probe canvas, scales it to the job's canvas and cutouts,
+and turns checkpointing on only when that would not fit in the memory that was free after the
+models loaded.
 """
 
 from __future__ import annotations
@@ -84,8 +84,7 @@ def measure_step_memory(vqgan: VQGAN, clip: ClipModel, precision: Precision) -> 
         return _saved_bytes(lambda: decode(vqgan, z.requires_grad_(True)), weights)
 
     small, large = 8, 12
-    # Frozen as in a step: what autograd keeps depends on it (the Winograd convolutions of a
-    # frozen decoder keep no inputs).
+    # Frozen as in a step: what autograd keeps can depend on it.
     with frozen(vqgan, clip.model), networks(precision, device):
         grown = decoder_bytes(large) - decoder_bytes(small)
         cuts = torch.zeros(2, 3, clip.image_size, clip.image_size, device=device, requires_grad=True)

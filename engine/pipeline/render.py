@@ -67,7 +67,7 @@ class Renderer:
         self.precision: Precision = device_precision(pipeline.precision, models.device)
         self._free_bytes: int | None = None
         self._step_memory: StepMemory | None = None
-        self.channels_last = use_channels_last(pipeline.channels_last, models.device.type)
+        self.channels_last = use_channels_last(pipeline.channels_last)
         apply_layout(models.vqgan, self.channels_last)
         if pipeline.decoder_checkpointing == "auto":
             # Read once, right after the models loaded: later readings would count a job's tensors.
