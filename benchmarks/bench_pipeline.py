@@ -718,21 +718,26 @@ def layout_check(device: torch.device, size: tuple[int, int], repeats: int = 3) 
 
 
 def decoder_check(device: torch.device, size: tuple[int, int], repeats: int = 3) -> list[dict[str, Any]]:
-    """The VQGAN decoder's forward + backward at `size`: taming's forward against the pipeline's
-    (sub-pixel upsampling, one-pass swish), and with freed host memory kept (CPU renders)."""
+    """The VQGAN decoder's forward + backward at `size`: taming's forward as the reference loop runs
+    it (NCHW weights), against the pipeline's (sub-pixel upsampling, one-pass swish) in NCHW and in
+    its default NHWC layout, and in NHWC with freed host memory kept (as in a CPU render)."""
     from engine.pipeline.decode import decode
     from engine.pipeline.host_memory import reuse_freed_memory
+    from engine.pipeline.layout import apply_layout
 
     vq, codes = _decoder_probe(device, size)
-    variants = (
-        ("taming Decoder.forward", vq.decode, False),
-        ("pipeline decode", lambda z: decode(vq, z), False),
-        ("pipeline decode, freed memory kept", lambda z: decode(vq, z), device.type == "cpu"),
+    cpu = device.type == "cpu"
+    variants = (  # name, forward, channels_last weights, keep freed memory
+        ("taming Decoder.forward", vq.decode, False, False),
+        ("pipeline decode, NCHW", lambda z: decode(vq, z), False, False),
+        ("pipeline decode, NHWC", lambda z: decode(vq, z), True, False),
+        ("pipeline decode, NHWC, memory kept", lambda z: decode(vq, z), True, cpu),
     )
     rows = []
     print(f"decoder forward + backward at {size[0]}x{size[1]} on {device}, best of {repeats}")
     print(f"{'variant':<36} {'wall s':>7} {'user s':>7} {'sys s':>6} {'page faults':>11} {'GFLOP':>6}")
-    for name, fn, keep in variants:
+    for name, fn, channels_last, keep in variants:
+        apply_layout(vq, channels_last)
         with reuse_freed_memory(keep):
             row = {"variant": name, **_time_decoder(vq, codes, fn, repeats)}
         rows.append(row)
@@ -819,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="only time the VQGAN decoder (fwd + bwd) at --size in NCHW and NHWC")  # fmt: skip
     ap.add_argument("--decoder-check", action="store_true",
                     help="only time the VQGAN decoder (fwd + bwd) at --size: taming's forward, the "
-                    "pipeline's, and the pipeline's with freed host memory kept")  # fmt: skip
+                    "pipeline's in NCHW and NHWC, and with freed host memory kept")  # fmt: skip
     ap.add_argument(
         "--quality",
         action="store_true",
