@@ -9,7 +9,6 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.pipeline.cutouts import MakeCutouts
 from engine.pipeline.losses import (
@@ -19,6 +18,7 @@ from engine.pipeline.losses import (
     weighted_prompt_loss,
 )
 from engine.pipeline.schedule import styleclip_lr
+from tests.engine.op_log import OpLog
 
 # --- losses ----------------------------------------------------------------------------------
 
@@ -253,26 +253,11 @@ def test_static_boxes_are_the_loops_draws() -> None:
     assert torch.equal(written, boxes)
 
 
-class _ShapeLog(TorchDispatchMode):
-    """Every aten op run, with the shapes of its tensor outputs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[tuple[str, tuple[tuple[int, ...], ...]]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        flat = out if isinstance(out, tuple | list) else (out,)
-        shapes = tuple(tuple(t.shape) for t in flat if isinstance(t, torch.Tensor))
-        self.ops.append((str(func), shapes))
-        return out
-
-
 def _op_shapes(static: bool, seed: int) -> list[tuple[str, tuple[tuple[int, ...], ...]]]:
     """The ops and shapes of one forward + backward of the cutouts, for crops drawn with `seed`."""
     cut = MakeCutouts(32, 8, static_shapes=static)
     image = _image(80, 96).requires_grad_(True)
-    with _ShapeLog() as log:
+    with OpLog() as log:
         out = cut(image, torch.Generator().manual_seed(0), random.Random(seed))
         out.sum().backward()
     return log.ops

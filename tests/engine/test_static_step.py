@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.models.factory import Models, load_models
 from engine.pipeline import graphs
@@ -24,6 +23,7 @@ from engine.pipeline.tensors import frame_copy
 from engine.pipeline.vqgan_clip import VqganClipParams, _Optimisation, nightmare_frames, prepare_image
 from spooky.config import ModelsConfig, PipelineConfig, load_settings
 from spooky.errors import ConfigError
+from tests.engine.op_log import OpLog
 
 PROMPT = "a drowned ghost"
 
@@ -100,20 +100,6 @@ def test_precision_and_checkpointing_apply_inside_the_static_step(
     torch.testing.assert_close(torch.tensor(static_losses), torch.tensor(loop_losses), atol=1e-6, rtol=1e-6)
 
 
-class _OpLog(TorchDispatchMode):
-    """Every aten op run, with the shapes of its tensor outputs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[tuple[str, tuple[tuple[int, ...], ...]]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        flat = out if isinstance(out, tuple | list) else (out,)
-        self.ops.append((str(func), tuple(tuple(t.shape) for t in flat if isinstance(t, torch.Tensor))))
-        return out
-
-
 def test_static_step_runs_the_same_ops_on_the_same_buffers_every_step(
     models: Models, face: torch.Tensor
 ) -> None:
@@ -129,7 +115,7 @@ def test_static_step_runs_the_same_ops_on_the_same_buffers_every_step(
         for _ in range(4):
             step.load_crops()
             boxes.append(step.boxes.clone())
-            with _OpLog() as log:
+            with OpLog() as log:
                 step.update()
             logs.append(log.ops)
             codes.append(run.codes.clone())
