@@ -56,17 +56,10 @@ class StaticStep:
 
     def update(self) -> None:
         """Forward, backward, Adam, clamp and nearest codes, all in place on the run's tensors."""
-        run = self.run
-        run.optimiser.zero_grad(set_to_none=True)
-        decoded, loss = run._forward(self.boxes)
+        decoded, loss = self.run._forward(self.boxes)
         self.decoded.copy_(decoded)
         self.loss.copy_(loss.detach())
-        loss.backward()
-        run.optimiser.step()
-        with torch.no_grad():
-            run.z.copy_(run.vqgan.clamp(run.z))
-            # In place: the codes tensor is the one the captured forward reads.
-            run.codes.copy_(run.vqgan.nearest_codes(run.z))
+        self.run.update(loss)
 
 
 class GraphedStep:

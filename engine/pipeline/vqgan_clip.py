@@ -265,17 +265,22 @@ class _Optimisation:
         for i in range(self.params.steps):
             decoded, loss = self._forward()
             frame = frame_copy(decoded) if frames else None
-            self.optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimiser.step()
-            with torch.no_grad():
-                self.z.copy_(self.vqgan.clamp(self.z))
-                # Quantised once per update, not again in the forward: the codes a step decodes
-                # are those of the z it starts from (for step 1, the input's own codes).
-                self.codes = self.vqgan.nearest_codes(self.z)
+            self.update(loss)
             self.losses.add(loss)
             del loss  # hold no graph across the yield
             yield i + 1, decoded, frame
+
+    def update(self, loss: Tensor) -> None:
+        """Adam on z from `loss`, then clamp z and re-pick its codes, all in place."""
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+        with torch.no_grad():
+            self.z.copy_(self.vqgan.clamp(self.z))
+            # Quantised once per update, not again in the forward: the codes a step decodes are
+            # those of the z it starts from (for step 1, the input's own codes). In place: a
+            # captured CUDA graph (engine.pipeline.graphs) reads this very tensor.
+            self.codes.copy_(self.vqgan.nearest_codes(self.z))
 
     @torch.no_grad()
     def decode_latent(self) -> Tensor:
