@@ -186,6 +186,7 @@ class EngineService:
                 "spooky_jobs": on_loop(self._wake_worker),
                 "spooky_cancel": on_loop(cancel_asked),
             },
+            self.store.availability,
         )
         self._listener.start()
 

@@ -138,6 +138,8 @@ class EngineCore:
         self.worker = worker
         self.check = check
         self.metrics = Metrics()
+        if store.availability is not None:
+            self.metrics.watch_database(store.availability)
         self.status = HealthStatus.LOADING
         self.detail: str | None = None
         self.preset: str | None = settings.models.preset

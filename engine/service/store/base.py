@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.service.scheduler import FairState
+from engine.service.store.availability import Availability
 from spooky.contract import (
     Event,
     EventType,
@@ -233,6 +234,7 @@ class JobStore(Protocol):
     """What the service needs from a store. Each method is one transaction."""
 
     health: StoreHealth  # set while writes fail for lack of space
+    availability: Availability | None  # a database server's reachability (None: an embedded file)
 
     def submit(self, new: NewJob, decide: Decide, describe: Describe) -> Submitted: ...
     def submit_many(self, batch: list[tuple[NewJob, Decide]], describe: Describe) -> list[Submitted]: ...

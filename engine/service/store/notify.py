@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 import psycopg
 
-from spooky.config import mask_url
+from engine.service.store.availability import Availability
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,13 @@ class Listener:
     event loop with `call_soon_threadsafe`).
     """
 
-    def __init__(self, url: str, handlers: Mapping[str, Callable[[str], None]]) -> None:
+    def __init__(
+        self, url: str, handlers: Mapping[str, Callable[[str], None]], availability: Availability
+    ) -> None:
         self.url = url
         self.handlers = dict(handlers)
+        #: The store's: a lost connection is reported once per outage, whichever noticed it.
+        self.availability = availability
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spooky-listen", daemon=True)
         self.connected = threading.Event()
@@ -55,6 +59,7 @@ class Listener:
                     for channel in CHANNELS:
                         con.execute(f"LISTEN {channel}")
                     self.connected.set()
+                    self.availability.answered()
                     if not first:
                         # What was committed while we were away: every waiter reads the store again.
                         row = con.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
@@ -69,7 +74,8 @@ class Listener:
                 self.connected.clear()
                 if self._stop.is_set():
                     return
-                log.warning("LISTEN on %s lost (%s); reconnecting", mask_url(self.url), e)
+                self.availability.failed(e)
+                log.debug("LISTEN connection lost (%s); reconnecting in %g s", e, RECONNECT_S)
                 self._stop.wait(RECONNECT_S)
 
     def _call(self, channel: str, payload: str) -> None:

@@ -22,6 +22,7 @@ the event lock. Nothing waits for a lock it could be holding up.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from engine.service.store.availability import Availability
 from engine.service.store.base import DatabaseUnavailableError
 from engine.service.store.sql import Connection, Cursor, SqlStore, lease_columns
 from spooky.config import mask_url
@@ -150,6 +152,11 @@ FOR UPDATE OF j SKIP LOCKED
 """
 
 
+#: After a failed connect, calls fail at once for this long instead of each trying again: a render
+#: thread reporting progress, or a burst of API requests, never waits on a server that is down.
+RECONNECT_PAUSE_S = 0.5
+
+
 @functools.lru_cache(maxsize=512)
 def _pg_sql(sql: str) -> str:
     # The shared SQL has no literal '?' or '%': each '?' is a parameter.
@@ -190,6 +197,9 @@ class PostgresStore(SqlStore):
         super().__init__(default_limits=default_limits, on_events=on_events)
         self.url = url
         self._connect_timeout = max(1, round(connect_timeout_s))
+        #: Shared with the node's listener (store/notify.py): one view of the database per node.
+        self.availability = Availability(f"PostgreSQL at {mask_url(url)}")
+        self._retry_at = 0.0
         self._connect()
         try:
             self._migrate()
@@ -198,33 +208,51 @@ class PostgresStore(SqlStore):
             raise
 
     def _connect(self) -> None:
+        epoch = self.availability.epoch
         try:
             con = psycopg.connect(
                 self.url, autocommit=True, row_factory=dict_row, connect_timeout=self._connect_timeout
             )
         except psycopg.OperationalError as e:
+            self._retry_at = time.monotonic() + RECONNECT_PAUSE_S
+            self.availability.failed(e)
             raise DatabaseUnavailableError(
                 f"cannot connect to PostgreSQL at {mask_url(self.url)}: {e}",
                 hint="check [engine] database_url (or SPOOKY_DATABASE_URL) and that the server is up",
             ) from e
         self._raw = con
         self._db = _PgConnection(con)
+        self._epoch = epoch
+
+    def _reconnect(self) -> None:
+        self._raw.close()
+        if time.monotonic() < self._retry_at:
+            error = DatabaseUnavailableError(
+                f"PostgreSQL at {mask_url(self.url)} refused the last connection moments ago",
+                hint="retry shortly; the store reconnects on a later call",
+            )
+            self.availability.failed(error)
+            raise error
+        self._connect()
 
     @contextmanager
     def _session(self) -> Iterator[None]:
-        """Hold the connection; reopen it first when the last one broke (server restart, cut)."""
+        """Hold the connection; reopen it first when it broke, or when it may have: another of this
+        node's connections found the server gone since this one was opened (a restart ends every
+        connection, and psycopg only notices on the next statement)."""
         with self._lock:
-            if self._raw.closed or self._raw.broken:
-                self._raw.close()
-                self._connect()
+            if self._raw.closed or self._raw.broken or self._epoch != self.availability.epoch:
+                self._reconnect()
             try:
                 yield
             except psycopg.OperationalError as e:
+                self.availability.failed(e)
                 # The next call reconnects; this one's outcome is for the caller to decide.
                 raise DatabaseUnavailableError(
                     f"PostgreSQL at {mask_url(self.url)} stopped answering: {e}",
                     hint="retry shortly; the store reconnects on the next call",
                 ) from e
+            self.availability.answered()
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from pydantic import TypeAdapter, ValidationError
 
 from engine.service.scheduler import FairState
+from engine.service.store.availability import Availability
 from engine.service.store.base import (
     ACTIVE,
     VACUUM_PAGES,
@@ -168,6 +169,8 @@ class SqlStore:
 
     #: version -> DDL statements that bring the schema from version - 1 to it; applied in order.
     MIGRATIONS: Mapping[int, Sequence[str]] = {}
+    #: Whether a database server answers (None: an embedded file, there is no server to lose).
+    availability: Availability | None = None
 
     def __init__(
         self,
