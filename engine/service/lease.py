@@ -17,48 +17,58 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from engine.service.store import MAX_ATTEMPTS, DatabaseUnavailableError, DiskFullError
+from engine.service.control import JobControl, StopKind
+from engine.service.store import MAX_ATTEMPTS, DatabaseUnavailableError, DiskFullError, Lease
 
 if TYPE_CHECKING:
     from engine.service.core import EngineCore
-    from engine.service.worker import JobControl, Worker
 
 log = logging.getLogger(__name__)
 
 #: Renewals per lease: two may fail (a database restart) before the lease lapses.
 RENEWALS_PER_LEASE = 3
+#: While renewals fail, one is tried this often: the lease is confirmed as soon as the database
+#: answers again (the render writes no files until it is).
+RETRY_S = 1.0
 
 
-async def keep_lease(worker: Worker, control: JobControl) -> None:
-    """Renew `control.job`'s lease until cancelled; stop the job when it is lost or cancelled."""
-    core, job = worker.core, control.job
-    every = worker.lease_s / RENEWALS_PER_LEASE
+async def keep_lease(control: JobControl, renew: Callable[[], Awaitable[Lease]], wake: asyncio.Event) -> None:
+    """Renew `control.job`'s lease with `renew` until cancelled, at once when `wake` is set (a
+    cancel was asked somewhere); stop the job when the lease is lost or a cancel is asked of it."""
+    job = control.job
+    every = control.lease_s / RENEWALS_PER_LEASE
+    wait = every
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(worker.renew_now.wait(), every)
-        worker.renew_now.clear()
+            await asyncio.wait_for(wake.wait(), wait)
+        wake.clear()
+        sent = time.monotonic()
         try:
-            lease = await core.db(core.store.renew_lease, job.id, job.attempts, worker.lease_s)
+            lease = await renew()
         except (DatabaseUnavailableError, DiskFullError) as e:
             # Keep rendering: if the database is back before the lease lapses nothing is lost;
-            # if not, the fenced writes refuse this attempt's results.
-            log.warning("job %s: renewing its lease failed (%s); retrying", job.id, e)
+            # if not, the fenced writes refuse this attempt's results. The store reported it.
+            log.debug("job %s: renewing its lease failed (%s); retrying in %g s", job.id, e, RETRY_S)
+            wait = min(every, RETRY_S)
             continue
+        wait = every
         if not lease.held:
             log.warning(
                 "job %s: attempt %d lost its lease (this worker was stopped or cut off for over %g s); "
                 "stopping it without writing more",
                 job.id,
                 job.attempts,
-                worker.lease_s,
+                control.lease_s,
             )
-            control.stop("lost")
+            control.stop(StopKind.LOST)
             return
+        control.renewed(sent)
         if lease.cancel_by:
-            control.stop("cancel", lease.cancel_by)
+            control.stop(StopKind.CANCEL, lease.cancel_by)
 
 
 async def reap_lapsed(core: EngineCore, wake: Callable[[], None] | None) -> int:
@@ -77,7 +87,7 @@ async def reap_loop(core: EngineCore, lease_s: float, wake: Callable[[], None] |
         try:
             await reap_lapsed(core, wake)
         except DatabaseUnavailableError as e:
-            log.warning("reaping lapsed leases failed: %s", e)
+            log.debug("reaping lapsed leases failed: %s", e)  # the store reported the outage
         except Exception:
             log.exception("reaping lapsed leases failed")
         await asyncio.sleep(lease_s / 2)

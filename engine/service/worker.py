@@ -13,29 +13,30 @@ import contextlib
 import functools
 import gc
 import logging
+import math
 import os
 import socket
-import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from PIL import Image
 
-from engine.pipeline.images import load_image, png_bytes, to_pil
+from engine.pipeline.images import load_image, to_pil
 from engine.pipeline.progress import Progress
 from engine.pipeline.render import Renderer
 from engine.pipeline.video import VideoDiskFullError, stop_children
+from engine.service.attempt import AttemptWriter
+from engine.service.control import JobControl, StopKind
 from engine.service.core import EngineCore
-from engine.service.errors import BadSpecError, DiskFullError
+from engine.service.errors import BadSpecError, DatabaseUnavailableError, DiskFullError
 from engine.service.lease import keep_lease
 from engine.service.link import SpecCheck
 from engine.service.prompt_check import parse_prompt_syntax
-from engine.service.store import ArtifactRow, JobRow, LeaseLostError, UnreadableSpec
+from engine.service.store import JobRow, LeaseLostError, UnreadableSpec
 from engine.service.testgate import step_gate
 from engine.service.threads import run_in_daemon_thread
 from spooky.contract import EventType, JobKind, JobSpec, JobState, SpookySpec
@@ -43,62 +44,18 @@ from spooky.errors import InputError, JobCancelled, SpookyError, VideoError
 
 log = logging.getLogger(__name__)
 
-#: lost: the job's lease lapsed (this worker was cut off) and the job may run elsewhere.
-StopKind = Literal["cancel", "timeout", "drain", "lost"]
-
 #: How often the event loop looks at a running job's deadline and stop request.
 WATCH_S = 0.5
 #: After a stop (cancel, time-out, drain) the render thread gets this long to reach its next step;
 #: past it, the ffmpeg it may be blocked on (one that never reads or never exits) is killed.
 STOP_GRACE_S = 2.0
 
-#: How often an outcome that met a full disk is written again.
+#: How often an outcome that met a full disk or an unavailable database is written again, and
+#: how long the loop waits before claiming again while the database does not answer.
 STORE_RETRY_S = 1.0
 
 #: The stages of each kind, in order: where an error between two progress reports happened.
 STAGES = {JobKind.SPOOKY: ("stylegan", "scare"), JobKind.NIGHTMARE: ("nightmare",)}
-
-
-@dataclass
-class JobControl:
-    """Shared between the event loop and the render thread for one running job."""
-
-    job: JobRow
-    deadline: float  # time.monotonic() after which the job times out
-    stop_kind: StopKind | None = None
-    stop_by: str | None = None
-    stop_at: float | None = None  # time.time() of the stop request
-    stage: str = ""
-    step: int = 0
-    total: int = 0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    _mark: float = field(default_factory=time.monotonic)
-    _flag: threading.Event = field(default_factory=threading.Event)
-
-    def stop(self, kind: StopKind, by: str | None = None) -> None:
-        if self.stop_kind is None:  # the first reason wins (a cancel during a drain stays a cancel)
-            self.stop_kind, self.stop_by, self.stop_at = kind, by, time.time()
-        self._flag.set()
-
-    def check(self) -> None:
-        """Raise JobCancelled when the job must stop (called from the render thread)."""
-        if not self._flag.is_set() and time.monotonic() > self.deadline:
-            self.stop("timeout")
-        if self._flag.is_set():
-            raise JobCancelled(f"stopped: {self.stop_kind}")
-
-    def note(self, p: Progress) -> None:
-        """Account the time since the last mark to the stage that just stepped."""
-        now = time.monotonic()
-        self.stage_seconds[p.stage] = self.stage_seconds.get(p.stage, 0.0) + (now - self._mark)
-        self._mark = now
-        self.stage, self.step, self.total = p.stage, p.step, p.total
-
-    def close_stage(self, name: str) -> None:
-        """Account the time since the last step (encoding, saving) to `name`."""
-        now = time.monotonic()
-        self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + (now - self._mark)
-        self._mark = now
 
 
 @dataclass
@@ -123,8 +80,12 @@ class Worker:
         self._drain_now = False  # the drain's wait is over: stop whatever runs
         self._task: asyncio.Task[None] | None = None
         #: Who holds a claim, in the jobs table: host, process, and a nonce for a reused pid.
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.nonce = uuid.uuid4().hex[:6]
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{self.nonce}"
         self.lease_s = core.settings.engine.lease_s
+        #: On a database other workers share, a job may move to another worker once its lease
+        #: lapses, so what this one writes outside the database waits for a confirmed lease.
+        self.shared = bool(core.settings.engine.database_url)
         #: Set to renew the running job's lease now (a cancel was asked of whichever worker holds it).
         self.renew_now = asyncio.Event()
 
@@ -144,7 +105,7 @@ class Worker:
         """Stop `job_id` at its next step; the future settles when the job has ended."""
         control = self.control
         if control is not None and control.job.id == job_id:
-            control.stop("cancel", by)
+            control.stop(StopKind.CANCEL, by)
             return self._current
         # Claimed but not started yet (or about to be claimed): honoured when it starts.
         self._pending_cancel[job_id] = by
@@ -164,7 +125,7 @@ class Worker:
             control = self.control
             if control is not None:
                 log.info("drain: job %s still running after %.0f s; stopping it", control.job.id, timeout)
-                control.stop("drain")
+                control.stop(StopKind.DRAIN)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
@@ -174,11 +135,15 @@ class Worker:
         core = self.core
         while not self._stopping:
             self._wake.clear()
+            claimed_at = time.monotonic()  # the lease runs from before the claim was sent
             try:
                 job = await core.db(core.store.claim_next, self.worker_id, self.lease_s)
+            except DatabaseUnavailableError:
+                await asyncio.sleep(STORE_RETRY_S)  # the store reported the outage
+                continue
             except Exception:
-                log.exception("claiming the next job failed; retrying in 1 s")
-                await asyncio.sleep(1)
+                log.exception("claiming the next job failed; retrying in %g s", STORE_RETRY_S)
+                await asyncio.sleep(STORE_RETRY_S)
                 continue
             if job is None:
                 with contextlib.suppress(TimeoutError):
@@ -186,10 +151,11 @@ class Worker:
                 continue
             self._current = asyncio.get_running_loop().create_future()
             try:
-                await self._execute(job)
+                await self._execute(job, claimed_at)
             except LeaseLostError as e:
                 # Another worker has (or will have) this job: what this attempt did is not written.
                 log.warning("job %s: lease lost; this worker wrote nothing more for it: %s", job.id, e)
+                core.metrics.jobs.labels(job.kind.value, "lease_lost").inc()
             except Exception:
                 # The outcome could not even be recorded (store broken?): log, keep serving.
                 log.exception("recording the outcome of job %s failed", job.id)
@@ -200,18 +166,26 @@ class Worker:
                 core.running_job = None
                 core.metrics.running.set(0)
 
-    async def _execute(self, job: JobRow) -> None:
+    async def _execute(self, job: JobRow, claimed_at: float) -> None:
         core = self.core
-        control = JobControl(job=job, deadline=time.monotonic() + core.settings.engine.job_timeout_s)
+        control = JobControl(
+            job=job,
+            deadline=time.monotonic() + core.settings.engine.job_timeout_s,
+            lease_s=self.lease_s,
+            lease_until=claimed_at + self.lease_s if self.shared else math.inf,
+        )
         self.control = control
         core.running_job = job.id
         core.metrics.running.set(1)
         if job.id in self._pending_cancel:
-            control.stop("cancel", self._pending_cancel.pop(job.id))
+            control.stop(StopKind.CANCEL, self._pending_cancel.pop(job.id))
         elif self._drain_now:
-            control.stop("drain")  # claimed just as the drain ran out of time
+            control.stop(StopKind.DRAIN)  # claimed just as the drain ran out of time
         started = time.monotonic()
-        renewer = asyncio.create_task(keep_lease(self, control), name=f"spooky-lease-{job.id}")
+        renew = functools.partial(core.db, core.store.renew_lease, job.id, job.attempts, self.lease_s)
+        renewer = asyncio.create_task(
+            keep_lease(control, renew, self.renew_now), name=f"spooky-lease-{job.id}"
+        )
         try:
             await self._run_and_record(job, control, started)
         finally:
@@ -240,20 +214,18 @@ class Worker:
             state, event = JobState.SUCCEEDED, EventType.FINISHED
             data = {"artifacts": outcome.artifacts, "result": outcome.result}
         except JobCancelled:
-            if control.stop_kind == "lost":
+            if control.stop_kind is StopKind.LOST:
                 raise LeaseLostError(f"its lease lapsed during attempt {attempt}") from None
-            if control.stop_kind == "drain":
-                await core.db(
-                    functools.partial(
-                        core.store.requeue,
-                        job.id,
-                        "the engine is shutting down; the job will run again",
-                        attempt=attempt,
-                    )
+            if control.stop_kind is StopKind.DRAIN:
+                await self._until_stored(
+                    lambda: core.store.requeue(
+                        job.id, "the engine is shutting down; the job will run again", attempt=attempt
+                    ),
+                    job,
                 )
                 self._log(job, control, started, "requeued")
                 return
-            if control.stop_kind == "timeout":
+            if control.stop_kind is StopKind.TIMEOUT:
                 limit = core.settings.engine.job_timeout_s
                 error, code = (
                     f"timed out after {limit:g} s (engine.job_timeout_s) at {self._where(control)}",
@@ -320,8 +292,10 @@ class Worker:
             await core.refresh_estimates()
 
     async def _until_stored(self, write: Callable[[], Any], job: JobRow) -> None:
-        """Store a job's outcome, waiting out a full disk: the job must not stay `running` in the
-        store after it ended. A drain stops the wait; the next start then requeues the job."""
+        """Store a job's outcome, waiting out a full disk or an unavailable database: the job must
+        not stay `running` in the store after it ended. A drain stops the wait (the next start, or
+        another node once the lease lapses, then requeues the job); the store fences the write, so
+        an attempt whose lease lapsed meanwhile gets LeaseLostError."""
         while True:
             try:
                 await self.core.db(write)
@@ -332,7 +306,11 @@ class Worker:
                 log.warning(
                     "job %s: its outcome waits for disk space; retrying in %g s", job.id, STORE_RETRY_S
                 )
-                await asyncio.sleep(STORE_RETRY_S)
+            except DatabaseUnavailableError:
+                if self._stopping:
+                    raise
+                log.debug("job %s: its outcome waits for the database", job.id)  # the store reported it
+            await asyncio.sleep(STORE_RETRY_S)
 
     @staticmethod
     async def _supervise(render: asyncio.Future[Outcome], control: JobControl) -> Outcome:
@@ -343,7 +321,7 @@ class Worker:
             if done:
                 return render.result()
             if control.stop_kind is None and time.monotonic() > control.deadline:
-                control.stop("timeout")
+                control.stop(StopKind.TIMEOUT)
             if control.stop_kind is not None and time.time() - (control.stop_at or 0) > STOP_GRACE_S:
                 killed = await asyncio.to_thread(stop_children)
                 if killed:
@@ -388,31 +366,14 @@ class Worker:
 
     # --- the render thread ------------------------------------------------------------------
 
-    def _save_png(
-        self, image: Image.Image, job: JobRow, role: str, meta: dict[str, Any] | None = None
-    ) -> ArtifactRow:
-        metadata = {"job_id": job.id, "role": role, "prompt": job.request.prompt}
-        metadata.update({k: str(v) for k, v in (meta or {}).items()})
-        row = self.core.files.write(
-            png_bytes(image, metadata), "image/png", job_id=job.id, width=image.width, height=image.height
-        )
-        self.core.store.add_artifact(row, attempt=job.attempts)
-        return row
-
-    def _callback(self, job: JobRow, control: JobControl) -> Callable[[Progress], None]:
-        store = self.core.store
-
+    def _callback(self, control: JobControl, writer: AttemptWriter) -> Callable[[Progress], None]:
         def on_step(p: Progress) -> None:
-            control.check()  # cancel / time-out / drain: stop before doing more work
-            control.note(p)
-            still = None
-            if p.image is not None:
-                still = self._save_png(to_pil(p.image, (0.0, 1.0)), job, f"still-{p.stage}-{p.step}").id
-            store.record_progress(
-                job.id, {"stage": p.stage, "step": p.step, "total": p.total}, still, attempt=job.attempts
-            )
+            control.check()  # cancel / time-out / drain / lost lease: stop before doing more work
+            control.note(p.stage, p.step, p.total)
+            still = to_pil(p.image, (0.0, 1.0)) if p.image is not None else None
+            writer.progress(p.stage, p.step, p.total, still)
             if self.gate is not None:
-                self.gate.wait(job.id, p.stage, p.step, control._flag)
+                self.gate.wait(control.job.id, p.stage, p.step, control.stopping)
 
         return on_step
 
@@ -420,37 +381,37 @@ class Worker:
         spec = job.spec
         if isinstance(spec, UnreadableSpec):
             raise BadSpecError(f"job {job.id} cannot run: {spec.reason}", hint="submit it again")
-        callback = self._callback(job, control)
+        writer = AttemptWriter(self.core.store, self.core.files, control, self.nonce)
+        callback = self._callback(control, writer)
         control.check()
         if isinstance(spec, SpookySpec):
             res = self.renderer.spooky(spec, callback)
             meta = {"seed": res.seed, "settings": res.settings}
-            stylegan = self._save_png(res.stylegan_image, job, "stylegan", meta)
-            spooky = self._save_png(res.spooky_image, job, "spooky", meta)
+            stylegan = writer.save_png(res.stylegan_image, "stylegan", meta)
+            spooky = writer.save_png(res.spooky_image, "spooky", meta)
             control.close_stage("save")
             return Outcome(
                 artifacts={"stylegan": stylegan.id, "spooky": spooky.id},
                 result={"seed": res.seed, "settings": res.settings},
                 last_image=spooky.id,
             )
-        source = self.core.store.get_artifact(job.source_artifact or "")
+        source = writer.read(lambda: self.core.store.get_artifact(job.source_artifact or ""))
         if source is None:
             raise InputError(
                 f"the image to animate ({job.source_artifact}) is gone from the engine",
                 hint="run /spooky again or attach the image",
             )
         image = load_image(self.core.files.path(source))
-        out = self.core.files.temp_path(f"{job.id}.mp4")
+        out = writer.scratch(".mp4")
         try:
             res = self.renderer.nightmare(spec, image, out, callback)
             control.close_stage("encode")
             w, h = res.settings.get("size", (None, None))
-            video = self.core.files.adopt(res.video_path, "video/mp4", job_id=job.id, width=w, height=h)
-            self.core.store.add_artifact(video, attempt=job.attempts)
+            video = writer.adopt(res.video_path, "video/mp4", width=w, height=h)
         finally:
             out.unlink(missing_ok=True)
         meta = {"seed": spec.seed, "settings": res.settings}
-        last = self._save_png(res.last_frame, job, "last_frame", meta)
+        last = writer.save_png(res.last_frame, "last_frame", meta)
         control.close_stage("save")
         return Outcome(
             artifacts={"video": video.id, "last_frame": last.id},
