@@ -23,6 +23,8 @@ MAX_COOLDOWN_S = 86400  # one day
 #: engine's default. The engine fits what it can (down to 64 px, a low bitrate) and, when even
 #: that is larger, fails the job with the real sizes.
 MIN_VIDEO_BYTES = 1024
+#: Job and artifact ids: what the engine hands out (16 URL-safe characters), with room to spare.
+ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
 #: Discord snowflakes: ASCII digits only, at most 20 of them (2**64 has 20 digits).
 SNOWFLAKE_PATTERN = r"^[0-9]{1,20}$"
 #: Event ids are SQLite integers: `after=` and Last-Event-ID beyond this cannot name an event.

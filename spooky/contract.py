@@ -20,8 +20,9 @@ HTTP API (JSON bodies; every route but /v1/health needs `Authorization: Bearer <
     GET    /v1/queue?guild_id=&user_id=            -> QueueView
     GET    /v1/events?job_id=|guild_id=&after=N    -> text/event-stream of Event
                                                       (`id:` = Event.id; `Last-Event-ID` or
-                                                      `after` resumes; a comment line every 15 s
-                                                      keeps idle streams open)
+                                                      `after` resumes; a comment line every
+                                                      SSE_KEEPALIVE_S keeps idle streams open; the
+                                                      engine ends a stream it can no longer feed)
     POST   /v1/uploads?user_id=&channel_id=  (raw image bytes)      -> Artifact
     GET    /v1/artifacts/{id}                      -> the bytes (image/png, video/mp4)
     POST   /v1/artifacts/{id}/fit?max_bytes=N      -> Artifact  (a re-encoded MP4 under N bytes,
@@ -49,6 +50,7 @@ from spooky.bounds import (
     CLIENT_KEY_CHARS,
     CLIENT_MAX_ENTRIES,
     CLIENT_VALUE_CHARS,
+    ID_PATTERN,
     MAX_COOLDOWN_S,
     MAX_FRAMES,
     MAX_JOBS_PER_USER,
@@ -62,10 +64,13 @@ from spooky.bounds import (
 
 API_PREFIX = "/v1"
 AUTH_HEADER = "Authorization"
+#: An event stream carries at least a comment line this often, so a client tells a stream that is
+#: merely quiet from a dead one within seconds.
+SSE_KEEPALIVE_S = 5.0
 
 #: Discord snowflakes travel as strings (they overflow JavaScript numbers).
 Snowflake = Annotated[str, StringConstraints(pattern=SNOWFLAKE_PATTERN)]
-ArtifactId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+ArtifactId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 #: The bot's bookkeeping on a job; every key and value is bounded, on submit and on PATCH alike.
 ClientMap = Annotated[
     dict[
@@ -165,7 +170,7 @@ class JobRequest(_Model):
     init_artifact: ArtifactId | None = None
     requester: Requester
     # Idempotent submit: the same key returns the same job (the bot uses the interaction id).
-    idempotency_key: str | None = Field(None, min_length=1, max_length=100)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
     # Opaque bookkeeping of the bot (interaction token, message ids), returned with the job.
     client: ClientMap = Field(default_factory=dict)
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from spooky.contract import (
     API_PREFIX,
     AUTH_HEADER,
+    SSE_KEEPALIVE_S,
     Artifact,
     CancelRequest,
     ClientState,
@@ -46,10 +47,11 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 _LIMITS_LOG = TypeAdapter(list[LimitsChange])
-#: Reconnect back-off of the event stream: first wait, growth factor, cap (seconds).
-_BACKOFF = (0.5, 2.0, 15.0)
-#: The engine writes a keep-alive comment every 15 s; silence for this long means a dead link.
-_STREAM_READ_TIMEOUT_S = 45.0
+#: Reconnect back-off of the event stream: first wait, growth factor, cap (seconds). The cap is
+#: low: the stream is how results reach members, and a reconnect costs the engine one query.
+_BACKOFF = (0.5, 2.0, 5.0)
+#: Silence for this long (over two missed keep-alives) means a dead link: reconnect.
+_STREAM_READ_TIMEOUT_S = 2.5 * SSE_KEEPALIVE_S
 
 
 class EngineUnavailable(SpookyError):

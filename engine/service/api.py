@@ -22,6 +22,7 @@ and error answers never repeat the input whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import re
@@ -36,10 +37,11 @@ from engine.service.bodies import read_body
 from engine.service.core import EngineCore, artifact_view, validation_details
 from engine.service.errors import ApiError, DatabaseUnavailableError, DiskFullError, Refused
 from engine.service.metrics import CONTENT_TYPE
-from spooky.bounds import MAX_EVENT_ID, MAX_JSON_BODY_BYTES, MIN_VIDEO_BYTES, SNOWFLAKE_PATTERN
+from spooky.bounds import ID_PATTERN, MAX_EVENT_ID, MAX_JSON_BODY_BYTES, MIN_VIDEO_BYTES, SNOWFLAKE_PATTERN
 from spooky.contract import (
     API_PREFIX,
     AUTH_HEADER,
+    SSE_KEEPALIVE_S,
     ArtifactId,
     CancelRequest,
     ClientState,
@@ -76,11 +78,10 @@ REFUSAL_STATUS: dict[RefusalCode, int] = {
     RefusalCode.BAD_IMAGE: 422,
 }
 
-#: A comment line this often keeps idle event streams open through proxies.
-SSE_KEEPALIVE_S = 15.0
 _TERMINAL_EVENTS = {EventType.FINISHED.value, EventType.FAILED.value, EventType.CANCELLED.value}
 CORE = web.AppKey("core", EngineCore)
 _SNOWFLAKE = re.compile(SNOWFLAKE_PATTERN, re.ASCII)
+_ID = re.compile(ID_PATTERN, re.ASCII)
 _EVENT_ID = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 
@@ -188,6 +189,17 @@ def _core(request: web.Request) -> EngineCore:
     return request.app[CORE]
 
 
+def _path_id(request: web.Request, name: str) -> str:
+    """A job or artifact id from the path; one the engine could never have handed out (a NUL, a
+    slash, 8 KB of text) names nothing: 404 at once, on every store alike."""
+    value = request.match_info[name]
+    if not _ID.fullmatch(value):
+        what = "job with id" if name == "job_id" else "artifact"
+        shown = repr(value[:30]) + ("…" if len(value) > 30 else "")
+        raise ApiError(404, "not_found", f"no {what} {shown}: ids are 8–64 letters, digits, '-' or '_'")
+    return value
+
+
 # --- middlewares ----------------------------------------------------------------------------
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -276,24 +288,24 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 @routes.get(API_PREFIX + "/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
-    return model_response(await _core(request).job(request.match_info["job_id"]))
+    return model_response(await _core(request).job(_path_id(request, "job_id")))
 
 
 @routes.post(API_PREFIX + "/jobs/{job_id}/cancel")
 async def cancel(request: web.Request) -> web.Response:
     body = await _body(request, CancelRequest)
-    return model_response(await _core(request).cancel(request.match_info["job_id"], body))
+    return model_response(await _core(request).cancel(_path_id(request, "job_id"), body))
 
 
 @routes.patch(API_PREFIX + "/jobs/{job_id}/client")
 async def set_client(request: web.Request) -> web.Response:
     body = await _body(request, ClientState)
-    return model_response(await _core(request).set_client(request.match_info["job_id"], body.client))
+    return model_response(await _core(request).set_client(_path_id(request, "job_id"), body.client))
 
 
 @routes.post(API_PREFIX + "/jobs/{job_id}/delivered")
 async def delivered(request: web.Request) -> web.Response:
-    return model_response(await _core(request).mark_delivered(request.match_info["job_id"]))
+    return model_response(await _core(request).mark_delivered(_path_id(request, "job_id")))
 
 
 @routes.get(f"{API_PREFIX}/queue")
@@ -352,6 +364,10 @@ async def events(request: web.Request) -> web.StreamResponse:
             if time.monotonic() - wrote >= SSE_KEEPALIVE_S and not core.closing.is_set():
                 await resp.write(b": keep-alive\n\n")
                 wrote = time.monotonic()
+    except (DatabaseUnavailableError, DiskFullError) as e:
+        # The headers (200) are long gone: the only honest answer is to end the stream. The
+        # client reconnects with Last-Event-ID and gets 503 until the database answers again.
+        log.info("event stream after event %d ended: %s", last, e)
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client left, or the engine is stopping
     return resp
@@ -366,7 +382,7 @@ async def upload(request: web.Request) -> web.Response:
 
 @routes.get(API_PREFIX + "/artifacts/{artifact_id}")
 async def artifact(request: web.Request) -> web.Response:
-    row, data = await _core(request).artifact(request.match_info["artifact_id"])
+    row, data = await _core(request).artifact(_path_id(request, "artifact_id"))
     return web.Response(
         body=data,
         content_type=row.media_type,
@@ -380,7 +396,7 @@ async def artifact(request: web.Request) -> web.Response:
 @routes.post(API_PREFIX + "/artifacts/{artifact_id}/fit")
 async def fit(request: web.Request) -> web.Response:
     q = _query(request, FitQuery)
-    return model_response(await _core(request).fit_video(request.match_info["artifact_id"], q.max_bytes))
+    return model_response(await _core(request).fit_video(_path_id(request, "artifact_id"), q.max_bytes))
 
 
 @routes.get(f"{API_PREFIX}/last-image")
@@ -419,7 +435,9 @@ async def get_limits_log(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     core = _core(request)
-    core.metrics.queue_length.set(await core.db(core.store.queue_length))
+    # Served during a database outage too (that is when it is read): the gauge keeps its last value.
+    with contextlib.suppress(DatabaseUnavailableError):
+        core.metrics.queue_length.set(await core.db(core.store.queue_length))
     core.metrics.update_gpu()
     return web.Response(body=core.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 

@@ -1,10 +1,12 @@
 """Fuzz every route of the engine's API with malformed requests (hypothesis, derandomised, a few
-seconds): no answer is a 5xx, every refusal is the contract's short JSON without the secret, and a
-refused request leaves the SQLite file as it was. Run with -s to see how many requests it sent."""
+seconds), on a single engine (SQLite) and on an API node on PostgreSQL: no answer is a 5xx, every
+refusal is the contract's short JSON without the secret, and a refused request leaves the database
+as it was. Run with -s to see how many requests it sent."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import json
 import threading
@@ -20,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from raw_http import request_bytes, send
-from service_helpers import SECRET, db_dump, make_settings, request
+from service_helpers import SECRET, db_dump, make_settings
+from service_helpers import request as job_request
 
 from engine.service.app import DB_NAME
 from spooky.engine_client import EngineClient
@@ -53,7 +56,7 @@ ROUTES = [
 
 def _valid_bodies() -> dict[str, Any]:
     return {
-        "job": json.loads(request().model_dump_json()),
+        "job": json.loads(job_request().model_dump_json()),
         "cancel": {"actor_id": "2", "is_moderator": False},
         "client": {"client": {"token": "t"}},
         "limits": {"actor_id": "2", "changes": {"max_steps": 30}},
@@ -187,8 +190,23 @@ def malformed_requests(draw: st.DrawFn, ids: dict[str, str]) -> tuple[str, bytes
 # --- the engine, on its own thread so hypothesis can drive it synchronously --------------------
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[tuple[Any, dict[str, str]]]:
+def pg_dump(url: str) -> list[str]:
+    """Every row of every table of the PostgreSQL database at `url`, in a stable order."""
+    import psycopg
+
+    rows: list[str] = []
+    with psycopg.connect(url, autocommit=True) as con:
+        tables = con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
+        ).fetchall()
+        for (table,) in tables:
+            for row in con.execute(f'SELECT * FROM "{table}"').fetchall():
+                rows.append(f"{table} {row!r}")
+    return sorted(rows)
+
+
+@pytest.fixture(params=["sqlite", "postgres-api-node"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, dict[str, str]]]:
     from engine.service.app import EngineService
 
     loop = asyncio.new_event_loop()
@@ -198,12 +216,20 @@ def engine(tmp_path: Path) -> Iterator[tuple[Any, dict[str, str]]]:
     def run(coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
 
-    service = EngineService(make_settings(tmp_path), port=0, autoload=False)
+    if request.param == "sqlite":
+        settings = make_settings(tmp_path)
+        dump = functools.partial(db_dump, tmp_path / DB_NAME)
+    else:
+        url = request.getfixturevalue("pg_url")
+        settings = make_settings(tmp_path, engine={"database_url": url, "role": "api"})
+        dump = functools.partial(pg_dump, url)
+    service = EngineService(settings, port=0, autoload=False)
+    service.dump = dump  # what a refused request must leave as it was
     run(service.start())
 
     async def seed() -> dict[str, str]:
         async with EngineClient(service.url, SECRET, timeout=120) as client:  # the first submit imports torch
-            job = (await client.submit(request())).job.id
+            job = (await client.submit(job_request())).job.id
             await client.update_limits("100", "2", {"max_steps": 40})
         return {"job": job, "artifact": "AAAAAAAAAAAA", "guild": "100"}
 
@@ -216,11 +242,8 @@ def engine(tmp_path: Path) -> Iterator[tuple[Any, dict[str, str]]]:
         loop.close()
 
 
-def test_no_malformed_request_is_a_5xx_or_changes_anything(
-    engine: tuple[Any, dict[str, str]], tmp_path: Path
-):
+def test_no_malformed_request_is_a_5xx_or_changes_anything(engine: tuple[Any, dict[str, str]]):
     service, ids = engine
-    db = tmp_path / DB_NAME
     seen: Counter[str] = Counter()
 
     @settings(
@@ -237,7 +260,7 @@ def test_no_malformed_request_is_a_5xx_or_changes_anything(
     @given(case=malformed_requests(ids))
     def one(case: tuple[str, bytes]) -> None:
         route, data = case
-        before = db_dump(db)
+        before = service.dump()
         answer = send(service.port, data)
         seen["sent"] += 1
         assert answer.status < 500, (route, data[:300], answer.body[:300])
@@ -249,7 +272,7 @@ def test_no_malformed_request_is_a_5xx_or_changes_anything(
         assert set(answer.json()) <= {"error", "refusal"}, answer.body[:300]
         assert len(answer.body) <= MAX_ANSWER_BYTES, (route, len(answer.body))
         assert SECRET.encode() not in answer.body
-        assert db_dump(db) == before, (route, data[:300])
+        assert service.dump() == before, (route, data[:300])
 
     started = time.monotonic()
     one()
@@ -259,3 +282,27 @@ def test_no_malformed_request_is_a_5xx_or_changes_anything(
         f"{seen['accepted']} accepted, 0 answered 5xx"
     )
     assert seen["sent"] >= EXAMPLES and seen["refused"] > seen["accepted"]
+
+
+#: Ids no engine hands out: a NUL (PostgreSQL's text refuses it), an encoded slash, odd scripts,
+#: a path segment far longer than any id.
+ODD_IDS = ["a\x00b", "\x00", "a/b", "..", "١٢٣٤٥٦٧٨", "\ud800abcdefgh", "A" * 8000, "abc def ghij"]
+
+
+@pytest.mark.parametrize("odd", ODD_IDS, ids=lambda v: repr(v[:12]))
+def test_an_id_no_engine_hands_out_is_404_on_every_store(engine: tuple[Any, dict[str, str]], odd: str):
+    service, ids = engine
+    quoted = quote(odd.encode("utf-8", "surrogatepass"), safe="")
+    auth = [(b"Authorization", b"Bearer " + SECRET.encode()), (b"Content-Type", b"application/json")]
+    bodies = {"cancel": b'{"actor_id": "2"}', "client": b'{"client": {"a": "b"}}'}
+    before = service.dump()
+    for method, template, _, kind in ROUTES:
+        if "{job}" not in template and "{artifact}" not in template:
+            continue
+        target = template.format(job=quoted, artifact=quoted)
+        if "fit" in template:
+            target += "?max_bytes=100000"
+        answer = send(service.port, request_bytes(method, target, auth, bodies.get(kind or "", b"")))
+        assert answer.status == 404, (method, target[:80], answer.status, answer.body[:200])
+        assert answer.json()["error"]["code"] == "not_found"
+    assert service.dump() == before
