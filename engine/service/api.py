@@ -222,7 +222,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(507, e.code, str(e))
     except DatabaseUnavailableError as e:
         # The shared database is down or restarting: nothing was accepted; the client retries.
-        resp = error_response(503, e.code, f"{e}; {e.hint}" if e.hint else str(e))
+        resp = error_response(503, e.code, str(e))
         resp.headers["Retry-After"] = "5"
         return resp
     except web.HTTPException as e:

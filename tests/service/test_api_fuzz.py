@@ -291,7 +291,7 @@ ODD_IDS = ["a\x00b", "\x00", "a/b", "..", "١٢٣٤٥٦٧٨", "\ud800abcdefgh", 
 
 @pytest.mark.parametrize("odd", ODD_IDS, ids=lambda v: repr(v[:12]))
 def test_an_id_no_engine_hands_out_is_404_on_every_store(engine: tuple[Any, dict[str, str]], odd: str):
-    service, ids = engine
+    service, _ = engine
     quoted = quote(odd.encode("utf-8", "surrogatepass"), safe="")
     auth = [(b"Authorization", b"Bearer " + SECRET.encode()), (b"Content-Type", b"application/json")]
     bodies = {"cancel": b'{"actor_id": "2"}', "client": b'{"client": {"a": "b"}}'}

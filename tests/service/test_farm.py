@@ -1,8 +1,8 @@
 """A small render farm of real `spooky engine` processes on a real PostgreSQL server.
 
 One API node (role api: no torch) and tiny-preset workers (role worker), each with its own step
-gate. Leases are short (LEASE_S) so a lapse is seen in seconds; every wait on a job is on the
-gate or on the store's state, never on a step being slow.
+gate (farm_helpers.py). Leases are short (3 s) so a lapse is seen in seconds; every wait on a job
+is on the gate or on the store's state, never on a step being slow.
 """
 
 from __future__ import annotations
@@ -12,123 +12,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from service_helpers import SECRET, request
-from support import free_port
+from farm_helpers import ROOT, Node, held_at, idle, streamed, terminal, until, write_config
+from service_helpers import request
 
 from engine.service.testgate import StepGate
 from spooky.contract import Event, EventType, JobState
-from spooky.engine_client import EngineClient, EngineRefused, EngineUnavailable
+from spooky.engine_client import EngineRefused, EngineUnavailable
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
-LEASE_S = 3
-
-
-def write_config(tmp_path: Path) -> Path:
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(
-        f"""
-[engine]
-secret = "{SECRET}"
-data_dir = "{tmp_path / "data"}"
-artifacts_dir = "{tmp_path / "shared-artifacts"}"
-lease_s = {LEASE_S}
-drain_timeout_s = 2
-
-[models]
-preset = "tiny"
-
-[pipeline]
-cutouts = 1
-still_every = 4
-stylegan_steps = 2
-scare_steps = 1
-
-[limits]
-cooldown_s = 0
-max_steps = 1000
-max_jobs_per_user = 10
-""",
-        encoding="utf-8",
-    )
-    return cfg
-
-
-class Node:
-    """`spooky engine --role ROLE` as a child process on its own port, its output in a log file."""
-
-    def __init__(self, tmp_path: Path, role: str, db_url: str, name: str, env: dict[str, str] | None = None):
-        self.role = role
-        self.port = free_port()
-        self.log = tmp_path / f"{name}.log"
-        base = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
-        extra = {"SPOOKY_DATABASE_URL": db_url, "SPOOKY_ENGINE__PORT": str(self.port), **(env or {})}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "spooky.cli",
-                    "engine",
-                    "--config",
-                    str(write_config(tmp_path)),
-                    "--role",
-                    role,
-                ],
-                cwd=ROOT,
-                env={**base, **extra},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.client = EngineClient(f"http://127.0.0.1:{self.port}", SECRET)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    async def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"{self.role} exited:\n{self.output()}"
-            try:
-                if (await self.client.health()).status == "ready":
-                    return
-            except EngineUnavailable:
-                pass
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"{self.role} not ready after {timeout} s:\n{self.output()}")
-
-    def signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    async def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-        await asyncio.to_thread(self.proc.wait, 30)
-        await self.client.close()
-
-
-async def until(what: str, check: Any, timeout: float = 120) -> Any:
-    """Poll the async `check` until it returns neither None nor False; what it returned."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = await check()
-        if got is not None and got is not False:
-            return got
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
-def started(events: list[Event], job_id: str) -> int:
-    return sum(1 for e in events if e.job_id == job_id and e.type is EventType.STARTED)
 
 
 async def test_api_role_refuses_sqlite_and_imports_no_torch(tmp_path: Path, pg_url: str):
@@ -211,7 +107,7 @@ async def test_workers_drain_fairly_a_killed_one_is_replaced_and_a_stopped_one_w
         await until("the first queue drains", all_done)
         views = [await api.client.job(j) for j in ids]
         assert all(v.state is JobState.SUCCEEDED and v.attempts == 1 for v in views), [v.error for v in views]
-        await until("every FINISHED event streamed", lambda: _finished(events, ids))
+        await until("every FINISHED event streamed", lambda: streamed(events, ids))
         claims = [e.job_id for e in events if e.type is EventType.STARTED and e.job_id in ids]
         fair = [ids[i] for i in (0, 3, 5, 6, 1, 4, 2)]  # users 1 2 3 4, then 1 2, then 1
         assert claims == fair  # each job started once, in fair order
@@ -222,17 +118,17 @@ async def test_workers_drain_fairly_a_killed_one_is_replaced_and_a_stopped_one_w
         for gate in gates:
             gate.hold()
         killed_job = (await api.client.submit(request(user="5", steps=3, scare_steps=0))).job.id
-        holder = await until("a worker holds the job", lambda: _holder(gates, killed_job))
+        holder = await until("a worker holds the job", lambda: held_at(gates, killed_job))
         workers[holder].proc.kill()
         gates[holder].release()
         others = [g for i, g in enumerate(gates) if i != holder]
-        second = await until("another worker holds the job", lambda: _holder(others, killed_job))
+        second = await until("another worker holds the job", lambda: held_at(others, killed_job))
         second_gate = others[second]
         second_gate.release()
-        await until("the killed worker's job finishes", lambda: _terminal(api.client, killed_job))
+        await until("the killed worker's job finishes", lambda: terminal(api.client, killed_job))
         view = await api.client.job(killed_job)
         assert view.state is JobState.SUCCEEDED and view.attempts == 2, view.error
-        await until("its FINISHED event streamed", lambda: _finished(events, [killed_job]))
+        await until("its FINISHED event streamed", lambda: streamed(events, [killed_job]))
         mine = [e.type for e in events if e.job_id == killed_job]
         assert mine.count(EventType.FINISHED) == 1 and mine.count(EventType.STARTED) == 2
         assert mine[mine.index(EventType.INTERRUPTED) + 1] is EventType.STARTED
@@ -244,26 +140,26 @@ async def test_workers_drain_fairly_a_killed_one_is_replaced_and_a_stopped_one_w
             gates[i].hold()
         stopped_job = (await api.client.submit(request(user="6", steps=3, scare_steps=0))).job.id
         first = alive[
-            await until("a worker holds it", lambda: _holder([gates[i] for i in alive], stopped_job))
+            await until("a worker holds it", lambda: held_at([gates[i] for i in alive], stopped_job))
         ]
         workers[first].signal(signal.SIGSTOP)
         replacement = next(i for i in alive if i != first)
         await until(
             "the lease lapses and the other worker holds it",
-            lambda: _holder([gates[replacement]], stopped_job),
+            lambda: held_at([gates[replacement]], stopped_job),
         )
         gates[replacement].release()
-        await until("the other worker finishes it", lambda: _terminal(api.client, stopped_job))
+        await until("the other worker finishes it", lambda: terminal(api.client, stopped_job))
         done = await api.client.job(stopped_job)
         assert done.state is JobState.SUCCEEDED and done.attempts == 2
         gates[first].release()  # it may step on: every write it tries is fenced
         workers[first].signal(signal.SIGCONT)
-        await until("the resumed worker lets go of the job", lambda: _idle(workers[first]), 60)
+        await until("the resumed worker lets go of the job", lambda: idle(workers[first]), 60)
         # It is healthy again and takes new work; the finished job is as the other worker left it.
         follow = (await api.client.submit(request(user="7"))).job.id
-        await until("a later job finishes", lambda: _terminal(api.client, follow))
+        await until("a later job finishes", lambda: terminal(api.client, follow))
         # Anything the resumed worker wrote was written before it let go, so before this event.
-        await until("the later job's FINISHED streamed", lambda: _finished(events, [follow]))
+        await until("the later job's FINISHED streamed", lambda: streamed(events, [follow]))
         after = await api.client.job(stopped_job)
         assert after.model_dump(exclude={"position", "eta_s"}) == done.model_dump(
             exclude={"position", "eta_s"}
@@ -276,19 +172,19 @@ async def test_workers_drain_fairly_a_killed_one_is_replaced_and_a_stopped_one_w
         ]
         assert late == []
         assert Counter(e.type for e in events if e.job_id == stopped_job)[EventType.FINISHED] == 1
-        assert "lost its lease" in workers[first].output()
+        assert await workers[first].metric('spooky_jobs_total{kind="spooky",outcome="lease_lost"}') == 1
 
         # 4. A cancel sent to the API node stops the job on whichever worker holds it.
         for i in alive:
             gates[i].hold()
         cancelled = (await api.client.submit(request(user="8", steps=3, scare_steps=0))).job.id
-        await until("a worker holds it", lambda: _holder([gates[i] for i in alive], cancelled))
+        await until("a worker holds it", lambda: held_at([gates[i] for i in alive], cancelled))
         view = await api.client.cancel(cancelled, "8")
         assert view.state is JobState.CANCELLED, view
 
         # 5. The stream the API node served, across all of this, missed nothing and repeated
         # nothing: a fresh reader from the start sees the same events.
-        await until("the cancel streamed", lambda: _finished(events, [cancelled], EventType.CANCELLED))
+        await until("the cancel streamed", lambda: streamed(events, [cancelled], EventType.CANCELLED))
         collector.cancel()
         replay: list[Event] = []
         async for event in api.client.events():
@@ -300,26 +196,6 @@ async def test_workers_drain_fairly_a_killed_one_is_replaced_and_a_stopped_one_w
     finally:
         for node in [*workers, api]:
             await node.close()
-
-
-async def _holder(gates: list[StepGate], job_id: str) -> int | None:
-    for i, gate in enumerate(gates):
-        state = gate.state
-        if state.waiting and state.job_id == job_id:
-            return i
-    return None
-
-
-async def _terminal(client: EngineClient, job_id: str) -> bool:
-    return (await client.job(job_id)).state.terminal
-
-
-async def _finished(events: list[Event], ids: list[str], type_: EventType = EventType.FINISHED) -> bool:
-    return {e.job_id for e in events if e.type is type_} >= set(ids)
-
-
-async def _idle(node: Node) -> bool:
-    return (await node.client.health()).running_job is None
 
 
 async def test_limits_stay_exact_with_200_concurrent_submits_across_two_api_nodes(
