@@ -17,11 +17,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from service_helpers import SECRET, make_settings, request, running_engine
 from support import free_port
 from test_process import ROOT, Engine, write_config
 
-from spooky.contract import JobState, JobView
+from spooky.contract import Event, EventType, JobState, JobView
 from spooky.engine_client import EngineClient
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -396,3 +397,45 @@ async def test_kill_9_at_chosen_points_loses_nothing_and_every_engine_starts_aga
     assert figures["failed_starts"] == 0 and figures["lost"] == 0, figures
     assert figures["finished_twice"] == 0 and figures["event_ids_repeated"] == 0, figures
     assert figures["event_id_gaps"] == 0, figures
+
+
+async def test_the_client_leaves_a_silent_stream_and_resumes_after_its_last_event(monkeypatch):
+    """A stream that goes quiet without closing (a half-open connection, a proxy that swallowed the
+    close): the client gives up on it after a few missed keep-alives and resumes with Last-Event-ID."""
+    import spooky.engine_client as client_module
+
+    monkeypatch.setattr(client_module, "_STREAM_READ_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(client_module, "_BACKOFF", (0.05, 2.0, 0.1))
+    resumed: list[str | None] = []
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        last = request.headers.get("Last-Event-ID")
+        resumed.append(last)
+        if last is None:
+            event = Event(id=1, job_id="j" * 16, type=EventType.QUEUED)
+            await resp.write(f"id: 1\nevent: queued\ndata: {event.model_dump_json()}\n\n".encode())
+            await asyncio.sleep(3600)  # silent from here on, the connection left open
+        event = Event(id=2, job_id="j" * 16, type=EventType.STARTED)
+        await resp.write(f"id: 2\nevent: started\ndata: {event.model_dump_json()}\n\n".encode())
+        await resp.write(b"event: end\ndata: {}\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/events", stream)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with EngineClient(f"http://127.0.0.1:{port}", SECRET) as client:
+            started = time.monotonic()
+            got = [e.id async for e in client.events()]
+            took = time.monotonic() - started
+    finally:
+        await runner.cleanup()
+    assert got == [1, 2]
+    assert resumed == [None, "1"]
+    assert took < 5, took
