@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 __all__ = ["ArtifactFiles", "DiskFullError", "DiskState", "new_id", "write_file"]
 
 MEDIA_SUFFIX = {"image/png": ".png", "video/mp4": ".mp4"}
+#: What health writes (and removes) to learn whether the disk takes writes again after it was full.
+PROBE_BYTES = 16 * 1024
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -81,6 +83,27 @@ class ArtifactFiles:
         if self.disk.full_since is not None:
             log.info("artifact writes succeed again; the disk-full condition is over")
         self.disk = DiskState()
+
+    def mark_full(self, detail: str) -> None:
+        """A write this class did not make (ffmpeg's MP4) met a full disk: health says so until a
+        later write, or `probe`, succeeds."""
+        self.disk.full_since = self.disk.full_since or time.time()
+        self.disk.detail = detail
+
+    def probe(self) -> bool:
+        """Write and remove PROBE_BYTES in the scratch folder; True (and the condition cleared)
+        when that fits again."""
+        path = self.tmp / f".probe-{new_id()}"
+        try:
+            write_file(path, b"\0" * PROBE_BYTES)
+        except OSError as e:
+            if e.errno not in _DISK_FULL:
+                raise
+            return False
+        finally:
+            path.unlink(missing_ok=True)
+        self._ok()
+        return True
 
     def write(
         self,

@@ -243,6 +243,8 @@ class EngineCore:
         if self.store.health.full_since is not None:
             # Nothing else may write while the disk is full: a probe notices the space coming back.
             await self.db(self.store.probe_write)
+        if self.files.disk.full_since is not None:
+            await asyncio.to_thread(self.files.probe)
         full = self.store.health.detail or self.files.disk.detail
         try:
             queue_length = await self.db(self.store.queue_length)

@@ -251,6 +251,8 @@ class Worker:
             raise
         except (DiskFullError, VideoDiskFullError) as e:
             error, code = str(e), "disk_full"
+            if isinstance(e, VideoDiskFullError):  # ffmpeg's write, not ours: health must show it too
+                core.files.mark_full(error)
         except InputError as e:
             error, code = str(e), e.code
         except Exception as e:

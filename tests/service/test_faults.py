@@ -348,8 +348,12 @@ async def test_a_full_disk_during_the_mp4_write_is_disk_full_not_video(tmp_path:
                     f.flush()
             job = (await client.submit(request("nightmare", "n", user="1", frames=10))).job.id
             view = await wait_done(client, job, 120)
-        assert view.state is JobState.FAILED and view.error_code == "disk_full", view.error
-        assert "disk full" in view.error and str(svc.files.tmp) in view.error
+            assert view.state is JobState.FAILED and view.error_code == "disk_full", view.error
+            assert "disk full" in view.error and str(svc.files.tmp) in view.error
+            # Health says so (503, degraded) until a write fits again.
+            assert await _degraded(client)
+            (svc.files.tmp / "filler").unlink()
+            assert (await client.health()).status == "ready"
 
 
 @needs_root
