@@ -11,8 +11,12 @@
     python benchmarks/bench_service.py --concurrency 100 --rounds 3 --jobs 6 --json bench_service.json
     python benchmarks/bench_service.py --history 100000   # the same with 100,000 finished jobs stored
 
-  --history N seeds the store with N finished jobs (with their events) before the engine starts,
-  and also times `recent_durations` (read after every finished job) on that file.
+  --history N seeds the store with N finished jobs (with their events, four artifact rows each and
+  a last image per user) before the engine starts, and also times `recent_durations` (read after
+  every finished job) and the bot's undelivered-jobs query on that file. With --history-age-h over
+  24 the engine's first retention sweep prunes them all: `sweep` times it and the submits sent
+  while it runs, in an engine without models in this process (the artifact rows have no files:
+  this is the store's share of a backlog).
 
 Not a test: it prints figures. Run it on an idle machine for numbers worth comparing.
 """
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -158,26 +163,29 @@ async def bench_jobs(client: EngineClient, args: argparse.Namespace) -> tuple[di
     started: dict[str, float] = {}
     ids: set[str] = set()
     since = time.time()
-    stream_ready = asyncio.Event()
+    live = asyncio.Event()
 
     async def read() -> None:
-        stream = client.events()
-        stream_ready.set()
-        async for event in stream:
+        async for event in client.events():
             if event.at < since:
                 continue  # history from the submit rounds, replayed from the store: not live delivery
+            live.set()
             delays.append(time.time() - event.at)
             if event.job_id in ids:
+                # The engine's own timestamps: the span does not depend on when the reader saw them.
                 if event.type is EventType.STARTED:
-                    started[event.job_id] = time.monotonic()
+                    started[event.job_id] = event.at
                 if event.type in (EventType.FINISHED, EventType.FAILED):
-                    finished[event.job_id] = time.monotonic()
+                    finished[event.job_id] = event.at
                     if len(finished) == len(ids) == args.jobs:
                         return
 
     reader = asyncio.create_task(read())
-    await stream_ready.wait()
-    await asyncio.sleep(1.0)  # let the reader replay the history before live events are timed
+    # A marker job: once its QUEUED event arrives, the reader has replayed the history.
+    marker = (await client.submit(job("999999", args, key=f"marker-{since}"))).job.id
+    await client.cancel(marker, actor_id="1", is_moderator=True)
+    await asyncio.wait_for(live.wait(), args.timeout)
+    delays.clear()
     for i in range(args.jobs):
         ids.add((await client.submit(job(str(i), args))).job.id)
     await asyncio.wait_for(reader, args.timeout)
@@ -232,22 +240,108 @@ def seed_history(db: Path, n: int, age_h: float) -> dict[str, Any]:
                 for t in ("queued", "started", "finished")
             ),
         )
+        con.executemany(
+            "INSERT INTO artifacts (id, media_type, bytes, path, job_id, width, height, created_at)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (
+                (f"hist-{i}-{k}", "image/png", 1000, f"hi/hist-{i}-{k}.png", f"hist-{i}", 64, 64, now - n + i)
+                for i in range(n)
+                for k in range(4)
+            ),
+        )
+        con.executemany(
+            "INSERT INTO last_images (user_id, channel_id, artifact_id, job_id, at) VALUES (?,?,?,?,?)"
+            " ON CONFLICT (user_id, channel_id) DO UPDATE SET artifact_id = excluded.artifact_id,"
+            " job_id = excluded.job_id",
+            (
+                (str(i % 5000), "200", f"hist-{i}-1", f"hist-{i}", now - n + i)
+                for i in range(max(0, n - 5000), n)
+            ),
+        )
+        con.execute("UPDATE jobs SET delivered = 1")
     con.close()
     store = SQLiteStore(db)
     try:
-        times = []
-        for _ in range(20):
-            t1 = time.perf_counter()
-            store.recent_durations(JobKind.SPOOKY)
-            times.append(time.perf_counter() - t1)
+
+        def median_ms(call: Any) -> float:
+            times = []
+            for _ in range(20):
+                t1 = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - t1)
+            return statistics.median(times) * 1000
+
+        durations = median_ms(lambda: store.recent_durations(JobKind.SPOOKY))
+        undelivered = median_ms(lambda: store.list_jobs(undelivered=True, limit=100))
     finally:
         store.close()
     return {
         "jobs": n,
         "seed_seconds": time.perf_counter() - t0,
-        "recent_durations_ms": statistics.median(times) * 1000,
+        "recent_durations_ms": durations,
+        "undelivered_ms": undelivered,
         "db_bytes": db.stat().st_size,
     }
+
+
+async def bench_sweep(db: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The first retention sweep over the seeded backlog, in an engine without models (in this
+    process, so no model load competes for the CPUs), with submits 10 at a time while it runs."""
+    from engine.service.app import EngineService
+    from spooky.config import Settings
+
+    data = db.parent.parent / "sweep-data"
+    data.mkdir()
+    shutil.copy(db, data / db.name)
+    settings = Settings.model_validate(
+        {
+            "engine": {"secret": SECRET, "data_dir": str(data), "artifact_retention_hours": 24},
+            "models": {"preset": "tiny"},
+            "limits": {"cooldown_s": 0, "max_jobs_per_user": 100, "max_queue_per_server": 1000},
+        }
+    )
+    service = EngineService(settings, port=0, autoload=False)
+    done = asyncio.Event()
+    sweep = service.core.sweep
+    took: list[float] = []
+
+    async def timed_sweep() -> int:
+        t0 = time.perf_counter()
+        try:
+            return await sweep()
+        finally:
+            took.append(time.perf_counter() - t0)
+            done.set()
+
+    service.core.sweep = timed_sweep  # type: ignore[method-assign]
+    during: list[float] = []
+    after: list[float] = []
+    async with service, EngineClient(service.url, SECRET, timeout=60) as client:
+        n = 0
+
+        async def one(i: int) -> float:
+            t0 = time.perf_counter()
+            answer = await client.submit(job(str(5000 + i % 20), args, key=f"sweep-{i}"))
+            elapsed = time.perf_counter() - t0
+            await client.cancel(answer.job.id, actor_id="1", is_moderator=True)
+            return elapsed
+
+        while not done.is_set():
+            during += await asyncio.gather(*(one(n + i) for i in range(10)))
+            n += 10
+        while len(after) < min(len(during), 2000):  # the same load once the sweep is over
+            after += await asyncio.gather(*(one(n + i) for i in range(10)))
+            n += 10
+
+    def figures(latencies: list[float]) -> dict[str, float]:
+        return {
+            "submits": len(latencies),
+            "p50_ms": percentile(latencies, 0.5) * 1000,
+            "p99_ms": percentile(latencies, 0.99) * 1000,
+            "max_ms": max(latencies, default=float("nan")) * 1000,
+        }
+
+    return {"sweep_s": took[0], "during": figures(during), "after": figures(after)}
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -257,6 +351,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         cfg = write_config(folder, port, args)
         db = folder / "data" / "engine.sqlite3"
         history = seed_history(db, args.history, args.history_age_h) if args.history else None
+        sweep = await bench_sweep(db, args) if args.history and args.history_age_h > 24 else None
         started = time.monotonic()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
         if args.threads:
@@ -282,6 +377,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "history": history,
         "first_health_s": first_health,
+        "sweep": sweep,
         "submit": submit,
         "events": events,
         "throughput": throughput,
@@ -321,8 +417,15 @@ if __name__ == "__main__":
     if h := figures["history"]:
         print(
             f"history         {h['jobs']} finished jobs stored ({h['db_bytes'] / 2**20:.0f} MiB): "
-            f"recent_durations {h['recent_durations_ms']:.2f} ms (median of 20)"
+            f"recent_durations {h['recent_durations_ms']:.2f} ms, undelivered jobs "
+            f"{h['undelivered_ms']:.2f} ms (medians of 20)"
         )
+    if w := figures["sweep"]:
+        for when, f in (("meanwhile", w["during"]), ("after it", w["after"])):
+            print(
+                f"first sweep     {w['sweep_s']:.1f} s; {f['submits']} submits {when}, 10 at a time: "
+                f"p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms, max {f['max_ms']:.1f} ms"
+            )
     print(f"first health    {figures['first_health_s']:.2f} s after the engine started")
     print(
         f"submit -> 202   ({s['submits']} submits, {s['concurrency']} at a time): "

@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 #: Rows each retention step deletes in one transaction (small: the store thread stays responsive).
-SWEEP_BATCH = 500
+SWEEP_BATCH = 200
 #: A file without a row is a leftover once it is this old (a row follows its file within seconds).
 STRAY_AGE_S = 3600.0
 #: How long a cancel of a running job waits for the stage to stop before answering.
@@ -477,37 +477,49 @@ class EngineCore:
         """Delete artifacts, events and finished jobs past the retention limit, and files that
         have no row; the number of artifacts deleted. Last images and inputs of waiting jobs stay.
 
-        Every store call handles one small batch, so a backlog never holds the store thread for
-        long: health and submits get their turn between batches.
+        Every store call handles one small batch and is followed by a rest as long as it took, so
+        a backlog never holds the store thread for long: health and submits get their turn between
+        batches, and the sweep takes at most half of the store's time.
         """
         hours = self.settings.engine.artifact_retention_hours
         cutoff = time.time() - hours * 3600
+        started = time.monotonic()
         deleted = 0
-        while expired := await self.db(self.store.expired_artifacts, cutoff, SWEEP_BATCH):
+        step = self._sweep_step
+        while expired := await step(self.store.expired_artifacts, cutoff, SWEEP_BATCH):
             # Index first: a row without its file would be served as a broken artifact.
-            await self.db(self.store.delete_artifacts, [r.id for r in expired])
+            await step(self.store.delete_artifacts, [r.id for r in expired])
             await asyncio.to_thread(self.files.delete, expired)
             deleted += len(expired)
-        while await self.db(self.store.prune_events, cutoff, SWEEP_BATCH * 10) > 0:
+        while await step(self.store.prune_events, cutoff, SWEEP_BATCH * 10) > 0:
             pass
         pruned = 0
-        while n := await self.db(self.store.prune_jobs, cutoff, SWEEP_BATCH):
+        while n := await step(self.store.prune_jobs, cutoff, SWEEP_BATCH):
             pruned += n
         # A kill between a file's move into place and its row leaves a file nobody indexes.
         stray = await asyncio.to_thread(self.files.stray_files, self._known_artifacts, STRAY_AGE_S)
         for path in stray:
             path.unlink(missing_ok=True)
-        while await self.db(self.store.vacuum_step) > 0:
+        while await step(self.store.vacuum_step) > 0:
             pass
         if deleted or pruned or stray:
             log.info(
-                "retention: deleted %d artifact(s) and %d job(s) older than %g h, %d file(s) without a row",
+                "retention: deleted %d artifact(s) and %d job(s) older than %g h, %d file(s) without a row,"
+                " in %.1f s",
                 deleted,
                 pruned,
                 hours,
                 len(stray),
+                time.monotonic() - started,
             )
         return deleted
+
+    async def _sweep_step(self, call: Callable[..., R], *args: Any) -> R:
+        """One batch of the sweep on the store thread, then a rest as long as it took."""
+        started = time.perf_counter()
+        result = await self.db(call, *args)
+        await asyncio.sleep(time.perf_counter() - started)
+        return result
 
     def _known_artifacts(self, ids: list[str]) -> set[str]:
         """For the file sweep (on its own thread): which ids have a row, asked on the store thread."""

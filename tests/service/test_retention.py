@@ -84,3 +84,54 @@ def test_recent_durations_reads_an_index_not_the_whole_history(tmp_path: Path):
         assert store._read("PRAGMA auto_vacuum")[0][0] == 2  # incremental: freed pages go back
     finally:
         store.close()
+
+
+def test_a_vacuum_step_hands_back_the_pages_it_was_asked_for(tmp_path: Path):
+    """Not one page per call: a backlog's freed pages go back in a few steps, not tens of
+    thousands of write transactions."""
+    from engine.service.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "engine.sqlite3")
+    try:
+        with store._write() as con:
+            con.executemany(
+                "INSERT INTO events (job_id, type, at, data) VALUES (?, 'queued', 0, ?)",
+                [(f"j{i}", "x" * 2000) for i in range(3000)],
+            )
+        with store._write() as con:
+            con.execute("DELETE FROM events")
+        free = store._read("PRAGMA freelist_count")[0][0]
+        assert free > 1000
+        left = store.vacuum_step(pages=400)
+        assert left == free - 400
+        calls = 1
+        while left:
+            left = store.vacuum_step(pages=400)
+            calls += 1
+        assert calls == -(-free // 400)
+    finally:
+        store.close()
+
+
+def test_the_bots_undelivered_jobs_query_reads_an_index(backend: str, open_at, monkeypatch):
+    """`list_jobs(undelivered=True)`, asked by every bot shard every minute, walks the partial
+    index of undelivered jobs: a long delivered history costs it nothing."""
+    store = open_at()
+    seen: list[tuple[str, tuple]] = []
+    real = type(store)._read
+
+    def recording(self, sql, args=()):
+        seen.append((sql, tuple(args)))
+        return real(self, sql, args)
+
+    monkeypatch.setattr(type(store), "_read", recording)
+    store.list_jobs(undelivered=True, limit=100)
+    ((sql, args),) = seen
+    monkeypatch.undo()
+    if backend.startswith("postgresql://"):
+        plan = store._read("EXPLAIN " + sql, args)
+        text = " ".join(next(iter(r.values())) for r in plan)
+    else:
+        plan = store._read("EXPLAIN QUERY PLAN " + sql, args)
+        text = " ".join(r["detail"] for r in plan)
+    assert "jobs_undelivered" in text, text

@@ -75,7 +75,7 @@ class Lease:
 
 ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
 #: Free pages given back to the file system after each retention batch (4 KiB each; SQLite).
-VACUUM_PAGES = 2000
+VACUUM_PAGES = 200
 
 
 class DiskFullError(SpookyError):

@@ -32,7 +32,7 @@ from psycopg.rows import dict_row
 
 from engine.service.store.availability import Availability
 from engine.service.store.base import DatabaseUnavailableError
-from engine.service.store.sql import Connection, Cursor, SqlStore, lease_columns
+from engine.service.store.sql import UNDELIVERED_INDEX, Connection, Cursor, SqlStore, lease_columns
 from spooky.config import mask_url
 from spooky.contract import GuildLimits, JobState
 
@@ -121,7 +121,12 @@ _SCHEMA_2 = (
     "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at DOUBLE PRECISION NOT NULL)",
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_1, 2: _SCHEMA_2, 3: lease_columns("DOUBLE PRECISION")}
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: _SCHEMA_1,
+    2: _SCHEMA_2,
+    3: lease_columns("DOUBLE PRECISION"),
+    4: UNDELIVERED_INDEX,
+}
 
 #: `scheduler.fair_slots` in SQL. `cur` is the current round; a user's k-th waiting job is in
 #: round max(their last claimed round + 1, current) + k; within the current round a server's

@@ -155,6 +155,11 @@ def lease_columns(real: str) -> tuple[str, ...]:
     )
 
 
+#: Schema version 4, the same on both stores: the bot's sweep asks for the newest undelivered jobs
+#: every minute, and with months of delivered history behind them that was a scan of the table.
+UNDELIVERED_INDEX = ("CREATE INDEX IF NOT EXISTS jobs_undelivered ON jobs(seq) WHERE delivered = 0",)
+
+
 def split_script(script: str) -> list[str]:
     """A DDL script as single statements (no `;` inside one), for drivers that run one at a time."""
     return [s.strip() for s in script.split(";") if s.strip()]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.service.scheduler import fair_slots
 from engine.service.store.base import VACUUM_PAGES, DiskFullError, StoreHealth
-from engine.service.store.sql import Connection, SqlStore, lease_columns, split_script
+from engine.service.store.sql import UNDELIVERED_INDEX, Connection, SqlStore, lease_columns, split_script
 from spooky.contract import GuildLimits
 from spooky.errors import ConfigError
 
@@ -118,6 +118,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: tuple(split_script(_SCHEMA)),
     2: tuple(split_script(_SCHEMA_2)),
     3: lease_columns("REAL"),
+    4: UNDELIVERED_INDEX,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 #: SQLite's answers to a write the file system will not take (a read-only folder or file).
@@ -228,7 +229,9 @@ class SQLiteStore(SqlStore):
         with self._lock:
             if self._con.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2 = INCREMENTAL
                 return 0
-            self._con.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+            # Each step of the pragma frees one page, and execute() takes one step: executescript
+            # runs the statement to its end.
+            self._con.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
             return int(self._con.execute("PRAGMA freelist_count").fetchone()[0])
 
     def close(self) -> None:
