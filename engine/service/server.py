@@ -30,6 +30,12 @@ class _JsonErrorHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         what = type(exc).__name__ if exc is not None else "error"
+        if isinstance(exc, ConnectionResetError):
+            # The client went away mid-request (mid-body, say): an ordinary event, nothing was done.
+            log.info("a client at %s left before its request was read; nothing was done", request.remote)
+            resp = error_response(400, "client_left", "the connection was lost before the request was read")
+            resp.force_close()
+            return resp
         if status >= 500:
             self.log_exception("error handling a request from %s", request.remote, exc_info=exc)
         else:

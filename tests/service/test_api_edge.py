@@ -279,3 +279,24 @@ async def test_prompts_clip_cannot_take_are_refused_while_the_models_load(
             assert await c.jobs() == []
     assert refusals[0] == refusals[1] and refusals[0][0] is RefusalCode.BAD_PROMPT
     assert why in refusals[0][1]
+
+
+async def test_a_client_that_leaves_mid_body_is_one_info_line_and_changes_nothing(tmp_path: Path, caplog):
+    import socket
+
+    async with running_engine(make_settings(tmp_path), autoload=False) as (svc, _):
+        before = db_dump(tmp_path / DB_NAME)
+        caplog.clear()
+        headers = [AUTH, (b"Content-Type", b"application/json")]
+        with caplog.at_level(logging.INFO):
+            for target in ("/v1/jobs", "/v1/uploads?user_id=1&channel_id=2"):
+                head = request_bytes("POST", target, headers, b"x" * 1000)
+                with socket.create_connection(("127.0.0.1", svc.port)) as sock:
+                    sock.sendall(head[: len(head) - 990])  # the headers and 10 bytes of a 1000-byte body
+                    await asyncio.sleep(0.2)
+            async with asyncio.timeout(10):
+                while sum("left before its request was read" in r.getMessage() for r in caplog.records) < 2:
+                    await asyncio.sleep(0.05)
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert all(r.exc_info is None for r in caplog.records)
+        assert db_dump(tmp_path / DB_NAME) == before
