@@ -237,9 +237,10 @@ def bench_scare(
     checkpointing: Any,
     fast: dict[str, Any],
 ) -> dict[str, float]:
+    from engine.pipeline.optimisation import VqganClipParams
     from engine.pipeline.prompts import parse_prompts
     from engine.pipeline.render import Renderer
-    from engine.pipeline.vqgan_clip import VqganClipParams, scare
+    from engine.pipeline.vqgan_clip import scare
     from spooky.config import PipelineConfig
 
     face = _face(models)
@@ -320,9 +321,10 @@ def bench_quality(models: Any, steps: int, cutouts: int, size: tuple[int, int]) 
     At the nightmare's lr 0.01, where stages 2/3 spend their time: at stage 2's lr 0.1 the two runs
     flip different codes within a few steps and then differ as two seeds would (test_precision).
     """
+    from engine.pipeline.optimisation import VqganClipParams
     from engine.pipeline.progress import Progress
     from engine.pipeline.prompts import parse_prompts
-    from engine.pipeline.vqgan_clip import VqganClipParams, scare
+    from engine.pipeline.vqgan_clip import scare
 
     face = _face(models)
     runs: dict[str, Any] = {}

@@ -32,9 +32,10 @@ def nightmare(
     models: Any, args: argparse.Namespace, graphed: bool
 ) -> tuple[list[torch.Tensor], dict[str, Any]]:
     """One short nightmare: its frames and its timings."""
+    from engine.pipeline.optimisation import VqganClipParams
     from engine.pipeline.precision import device_precision
     from engine.pipeline.prompts import parse_prompts
-    from engine.pipeline.vqgan_clip import VqganClipParams, nightmare_frames
+    from engine.pipeline.vqgan_clip import nightmare_frames
     from spooky.config import PipelineConfig
 
     device = models.device

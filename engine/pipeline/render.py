@@ -21,12 +21,13 @@ from engine.models.factory import Models
 from engine.pipeline.images import from_pil, to_pil
 from engine.pipeline.layout import apply_layout, use_channels_last
 from engine.pipeline.memory import StepMemory, free_bytes, measure_step_memory, use_checkpointing
+from engine.pipeline.optimisation import VqganClipParams
 from engine.pipeline.precision import Precision, device_precision
 from engine.pipeline.progress import ProgressCallback, no_progress
 from engine.pipeline.prompts import WeightedPrompt, parse_prompts
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
 from engine.pipeline.video import DEFAULT_CRF, BackgroundWriter, VideoWriter, fit_to_budget
-from engine.pipeline.vqgan_clip import VqganClipParams, check_size, nightmare_frames, scare, snap_size
+from engine.pipeline.vqgan_clip import check_size, nightmare_frames, scare, snap_size
 from spooky.bounds import MAX_CANVAS_SIDE, MAX_FRAMES, MAX_SEED, MAX_STEPS, MIN_VIDEO_BYTES
 from spooky.config import PipelineConfig
 from spooky.contract import JobSpec, NightmareSpec, SpookySpec

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from engine.models.factory import Models, load_models
+from engine.pipeline.optimisation import VqganClipParams
 from engine.pipeline.precision import networks, resolve_precision, tf32_allowed
 from engine.pipeline.progress import Progress
 from engine.pipeline.prompts import parse_prompts
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
-from engine.pipeline.vqgan_clip import VqganClipParams, nightmare_frames, scare
+from engine.pipeline.vqgan_clip import nightmare_frames, scare
 from spooky.config import ModelsConfig
 
 PROMPT = "a scary clown"
