@@ -26,7 +26,8 @@ from engine.pipeline.precision import Precision, device_precision
 from engine.pipeline.progress import ProgressCallback, no_progress
 from engine.pipeline.prompts import WeightedPrompt, parse_prompts
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
-from engine.pipeline.video import DEFAULT_CRF, BackgroundWriter, VideoWriter, fit_to_budget
+from engine.pipeline.video import DEFAULT_CRF, BackgroundWriter, VideoWriter
+from engine.pipeline.video_budget import fit_to_budget
 from engine.pipeline.vqgan_clip import check_size, nightmare_frames, scare, snap_size
 from spooky.bounds import MAX_CANVAS_SIDE, MAX_FRAMES, MAX_SEED, MAX_STEPS, MIN_VIDEO_BYTES
 from spooky.config import PipelineConfig

@@ -26,10 +26,10 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
+from engine.pipeline.ffmpeg import VideoDiskFullError, stop_children
 from engine.pipeline.images import load_image, png_bytes, to_pil
 from engine.pipeline.progress import Progress
 from engine.pipeline.render import Renderer
-from engine.pipeline.video import VideoDiskFullError, stop_children
 from engine.service.core import EngineCore
 from engine.service.errors import BadSpecError, DiskFullError
 from engine.service.lease import keep_lease

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.pipeline.video import ffmpeg_exe
+from engine.pipeline.ffmpeg import ffmpeg_exe
 
 
 def noise_frames(n: int, w: int, h: int, seed: int = 0) -> list[np.ndarray]:

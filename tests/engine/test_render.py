@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from engine.models.factory import Models, load_models
+from engine.pipeline.ffmpeg import ENV_FFMPEG
 from engine.pipeline.progress import Progress
 from engine.pipeline.render import Renderer
-from engine.pipeline.video import ENV_FFMPEG, probe
+from engine.pipeline.video_probe import probe
 from engine.service.spec import nightmare_spec, spooky_spec
 from spooky.config import ModelsConfig, PipelineConfig
 from spooky.contract import NightmareSpec, SpookySpec
