@@ -322,14 +322,14 @@ def bench_quality(models: Any, steps: int, cutouts: int, size: tuple[int, int]) 
     flip different codes within a few steps and then differ as two seeds would (test_precision).
     """
     from engine.pipeline.optimisation import VqganClipParams
-    from engine.pipeline.progress import Progress
+    from engine.pipeline.progress import StepReport
     from engine.pipeline.prompts import parse_prompts
     from engine.pipeline.vqgan_clip import scare
 
     face = _face(models)
     runs: dict[str, Any] = {}
     for precision in ("fp32", "bf16"):
-        events: list[Progress] = []
+        events: list[StepReport] = []
         params = VqganClipParams(
             steps=steps, lr=0.01, cutouts=cutouts, still_every=1, seed=0, size=size,
             precision=precision, checkpoint=False,  # type: ignore[arg-type]

@@ -121,8 +121,9 @@ class Renderer:
         if job.size is not None:
             self._check_size(job.size)
 
-    def _check_prompts(self, spec: str) -> list[WeightedPrompt]:
-        prompts = parse_prompts(spec)
+    def _check_prompts(self, prompt: str) -> list[WeightedPrompt]:
+        """The weighted prompts of `prompt` ("a ghost|a smile:-0.5"), each within CLIP's token limit."""
+        prompts = parse_prompts(prompt)
         for p in prompts:
             self.models.clip.check_prompt(p.text)
         return prompts
@@ -146,7 +147,7 @@ class Renderer:
         size = tuple(job.size) if job.size is not None else self.default_size
         self._check_size(size)  # a config-set canvas must be valid too
         still_every = job.still_every
-        scare_spec = job.scare_prompt
+        scare_prompt = job.scare_prompt
         face = StyleClipParams(
             steps=job.steps,
             lr=p.stylegan_lr,
@@ -169,11 +170,11 @@ class Renderer:
         stage1 = optimise_latent(self.models.stylegan, self.models.clip, job.prompt.strip(), face, callback)
         # Stage 2 stretches the square face to the canvas, as the original did.
         m = self.models
-        scared = scare(m.vqgan, m.clip, stage1.image, parse_prompts(scare_spec), scare_params, callback)
+        scared = scare(m.vqgan, m.clip, stage1.image, parse_prompts(scare_prompt), scare_params, callback)
         settings = {
             "kind": "spooky",
             "prompt": job.prompt.strip(),
-            "scare_prompt": scare_spec.strip(),
+            "scare_prompt": scare_prompt.strip(),
             "seed": seed,
             "steps": face.steps,
             "lr": face.lr,

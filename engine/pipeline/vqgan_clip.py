@@ -18,7 +18,7 @@ from engine.models.clip import ClipModel
 from engine.models.vqgan import VQGAN
 from engine.pipeline import graphs
 from engine.pipeline.optimisation import StepOutput, VqganClipOptimisation, VqganClipParams
-from engine.pipeline.progress import Progress, ProgressCallback, no_progress
+from engine.pipeline.progress import ProgressCallback, StepReport, no_progress
 from engine.pipeline.prompts import WeightedPrompt
 from engine.pipeline.tensors import to_still
 from spooky.errors import EmptyPromptError, InputError, InvalidImageError, InvalidSizeError
@@ -111,7 +111,7 @@ def scare(
                 decoded = run.decode_latent()
             if _wants_still(step, params):
                 still, loss = to_still(decoded), run.losses.latest()
-            callback(Progress(SCARE, step, params.steps, loss, still))
+            callback(StepReport(SCARE, step, params.steps, loss, still))
     return decoded
 
 
@@ -153,7 +153,7 @@ def _frames(
             still = loss = None
             if _wants_still(step, params):
                 still, loss = to_still(decoded), run.losses.latest()
-            callback(Progress(NIGHTMARE, step, params.steps, loss, still))
+            callback(StepReport(NIGHTMARE, step, params.steps, loss, still))
             assert frame is not None
             yield frame.result()
 

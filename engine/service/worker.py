@@ -28,7 +28,7 @@ from PIL import Image
 
 from engine.pipeline.ffmpeg import VideoDiskFullError, stop_children
 from engine.pipeline.images import load_image, png_bytes, to_pil
-from engine.pipeline.progress import Progress
+from engine.pipeline.progress import StepReport
 from engine.pipeline.render import Renderer
 from engine.service.core import EngineCore
 from engine.service.errors import BadSpecError, DiskFullError
@@ -87,7 +87,7 @@ class JobControl:
         if self._flag.is_set():
             raise JobCancelled(f"stopped: {self.stop_kind}")
 
-    def note(self, p: Progress) -> None:
+    def note(self, p: StepReport) -> None:
         """Account the time since the last mark to the stage that just stepped."""
         now = time.monotonic()
         self.stage_seconds[p.stage] = self.stage_seconds.get(p.stage, 0.0) + (now - self._mark)
@@ -399,10 +399,10 @@ class Worker:
         self.core.store.add_artifact(row, attempt=job.attempts)
         return row
 
-    def _callback(self, job: JobRow, control: JobControl) -> Callable[[Progress], None]:
+    def _callback(self, job: JobRow, control: JobControl) -> Callable[[StepReport], None]:
         store = self.core.store
 
-        def on_step(p: Progress) -> None:
+        def on_step(p: StepReport) -> None:
             control.check()  # cancel / time-out / drain: stop before doing more work
             control.note(p)
             still = None

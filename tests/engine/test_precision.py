@@ -16,7 +16,7 @@ import torch
 from engine.models.factory import Models, load_models
 from engine.pipeline.optimisation import VqganClipParams
 from engine.pipeline.precision import networks, resolve_precision, tf32_allowed
-from engine.pipeline.progress import Progress
+from engine.pipeline.progress import StepReport
 from engine.pipeline.prompts import parse_prompts
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
 from engine.pipeline.vqgan_clip import nightmare_frames, scare
@@ -130,7 +130,7 @@ def test_scare_first_step_bf16_close_to_fp32(models: Models, face: torch.Tensor)
     """Step 1 works on the same z in both: its image (the still) and its loss must agree."""
     out = {}
     for p in ("fp32", "bf16"):
-        events: list[Progress] = []
+        events: list[StepReport] = []
         params = VqganClipParams(steps=2, cutouts=8, seed=0, size=(64, 64), still_every=1, precision=p)  # type: ignore[arg-type]
         scare(models.vqgan, models.clip, face, parse_prompts(PROMPT), params, events.append)
         out[p] = events[0]

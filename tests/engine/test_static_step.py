@@ -16,7 +16,7 @@ import torch
 from engine.models.factory import Models, load_models
 from engine.pipeline import graphs
 from engine.pipeline.optimisation import VqganClipOptimisation, VqganClipParams
-from engine.pipeline.progress import Progress
+from engine.pipeline.progress import StepReport
 from engine.pipeline.prompts import parse_prompts
 from engine.pipeline.render import Renderer
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
@@ -43,7 +43,7 @@ def _nightmare(models: Models, face: torch.Tensor, static: bool) -> tuple[list[t
     """Six fp32 frames at a learning rate that moves them within six steps, and their losses."""
     losses: list[float] = []
 
-    def progress(p: Progress) -> None:
+    def progress(p: StepReport) -> None:
         assert p.loss is not None  # still_every=1: every step reads its loss
         losses.append(p.loss)
 
