@@ -10,14 +10,13 @@ published f16 16384; best of 3 after a warm-up, with user and kernel time and pa
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from pipeline_helpers import decoder_probe, time_decoder
+from pipeline_helpers import decoder_probe, device_of, parser, time_decoder
 
 
 def decoder_check(device: torch.device, size: tuple[int, int], repeats: int = 3) -> list[dict[str, Any]]:
@@ -50,17 +49,11 @@ def decoder_check(device: torch.device, size: tuple[int, int], repeats: int = 3)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
-    )
-    ap.add_argument("--size", nargs=2, type=int, default=[608, 752], metavar=("W", "H"))
+    ap = parser(__doc__)
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per variant (the best counts)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device = device_of(args)
     rows = decoder_check(device, (args.size[0], args.size[1]), args.repeats)
     if args.json:
         args.json.write_text(json.dumps({"info": {"device": str(device)}, "decoder": rows}, indent=2))

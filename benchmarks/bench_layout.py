@@ -9,11 +9,10 @@ channels_last` (docs/operators.md).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
-from pipeline_helpers import decoder_probe, time_decoder
+from pipeline_helpers import decoder_probe, device_of, parser, time_decoder
 
 
 def layout_check(device: torch.device, size: tuple[int, int], repeats: int = 3) -> None:
@@ -32,16 +31,10 @@ def layout_check(device: torch.device, size: tuple[int, int], repeats: int = 3) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
-    )
-    ap.add_argument("--size", nargs=2, type=int, default=[608, 752], metavar=("W", "H"))
+    ap = parser(__doc__)
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per layout (the best counts)")
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device = device_of(args)
     layout_check(device, (args.size[0], args.size[1]), args.repeats)
     return 0
 

@@ -10,7 +10,6 @@ each step's frame PSNR and loss delta, the result's PSNR and its CLIP score in b
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pipeline_helpers import PROMPT, build_models, face_image
+from pipeline_helpers import PROMPT, build_models, device_of, face_image, parser
 
 #: What bf16 is held to against fp32. The score and loss deltas are the tiny preset test's
 #: (tests/engine/test_precision.py); its 40 dB frame bound is lowered to 38 dB at the real size,
@@ -107,21 +106,15 @@ def print_quality(q: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
-    )
+    ap = parser(__doc__)
     ap.add_argument("--steps", type=int, default=3, help="steps of each run")
     ap.add_argument("--cutouts", nargs="+", type=int, default=[32], help="the first is used")
-    ap.add_argument("--size", nargs=2, type=int, default=[608, 752], metavar=("W", "H"))
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument(
         "--preset", choices=["full", "tiny"], default="full", help="tiny: toy models, quick check"
     )
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device = device_of(args)
     models = build_models(device, {"scare"}, tuple(args.size), args.preset)  # type: ignore[arg-type]
     size = models.default_size if args.preset == "tiny" else tuple(args.size)
     quality = bench_quality(models, args.steps, args.cutouts[0], size)  # type: ignore[arg-type]

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pipeline_helpers import GB, PROMPT, build_models, face_image, measure
+from pipeline_helpers import GB, PROMPT, build_models, device_of, face_image, measure, parser
 from reference_loops import bench_ref_styleclip, bench_ref_vqgan_clip
 
 STAGES = ("stylegan", "scare", "nightmare")
@@ -270,14 +270,10 @@ def _auto_or_bool(text: str) -> bool | str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
-    )
+    ap = parser(__doc__)
     ap.add_argument("--steps", type=int, default=3, help="steps (frames for nightmare) per stage")
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     ap.add_argument("--cutouts", nargs="+", type=int, default=[32, 64])
-    ap.add_argument("--size", nargs=2, type=int, default=[608, 752], metavar=("W", "H"))
     ap.add_argument("--no-isolate", action="store_true", help="on CPU, run all stages in this process")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument(
@@ -294,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                     "read from an eager row: the counter does not see inside compiled kernels")  # fmt: skip
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device = device_of(args)
 
     if args.child:  # one stage in a child process: report its own peak RSS
         rows = run_items(args, device, [(args.child, args.cutouts[0])])

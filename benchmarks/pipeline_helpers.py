@@ -9,6 +9,7 @@ for them, so `engine` imports without PYTHONPATH.
 
 from __future__ import annotations
 
+import argparse
 import math
 import resource
 import sys
@@ -49,6 +50,24 @@ VQGAN_F16_16384: dict[str, Any] = {
         },
     }
 }
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the two options every model benchmark takes: --device and --size."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
+    ap.add_argument("--size", nargs=2, type=int, default=[608, 752], metavar=("W", "H"))
+    return ap
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    """`--device`, with cuDNN's autotuner on for CUDA (every benchmark runs fixed shapes)."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
 
 # --- models at the real sizes, random weights -------------------------------------------------
 
