@@ -55,9 +55,9 @@ run() {  # run NAME LIMIT_S SCRIPT ARGS...: one benchmarks/SCRIPT invocation on 
     run_script "$name" "$name" "$limit" "benchmarks/$script" --device cuda "$@"
 }
 
-# 0. [pipeline] cuda_graphs (off by default until this has passed on a GPU): its tests (the CUDA one captures a graph on
-#    the tiny preset), then a 40-frame nightmare eager, graphed, eager again at the real size: both
-#    frame rates, and the graphed frames against the eager ones.
+# 0. [pipeline] cuda_graphs (off by default until this has passed on a GPU): its tests (the CUDA
+#    one captures a graph on the tiny preset), then a 40-frame nightmare eager, graphed, eager again
+#    at the real size: both frame rates, and the graphed frames against the eager ones.
 run_script graphs graphs-tests 45 -m pytest tests/engine/test_static_step.py -q -rs -p no:cacheprovider
 run_script graphs graphs 60 benchmarks/graph_check.py --frames 40 --cutouts 32 --json "$OUT/graphs.json"
 

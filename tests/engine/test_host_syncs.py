@@ -137,7 +137,7 @@ def test_stage3_static_step_has_no_host_sync(models: Models, face: torch.Tensor,
 
 
 def test_the_counter_sees_a_read_back(models: Models, syncs: SyncCounter) -> None:
-    """The patching works: a loss read every step (what the stages used to do) is counted."""
+    """The patching works: a loss read every step (the host wait the stages avoid) is counted."""
 
     def run(steps: int) -> None:
         x = torch.zeros(3)

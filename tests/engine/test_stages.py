@@ -218,7 +218,7 @@ def test_prepare_image_sizes() -> None:
 
 def test_stage2_moves_toward_the_prompt(models: Models, face: torch.Tensor) -> None:
     vqgan, clip = models.vqgan, models.clip
-    # 16 steps: the toy CLIP's pull is weak and seed-dependent (+0.036 to +0.061 over seeds 0-5).
+    # 16 steps: the toy CLIP's pull is weak and depends on the seed.
     params = VqganClipParams(steps=16, cutouts=8, seed=0, size=_canvas(models), augment=False)
     start = _vqgan_start(models, face)
     result = scare(vqgan, clip, face, parse_prompts(PROMPT), params)
