@@ -4,9 +4,9 @@
 # Needs: this repository, a venv with the engine's packages (torch with CUDA, open_clip, taming)
 # and ffmpeg for the nightmare rows. No model weights: every network is a random-weight copy of
 # the real architecture. Writes JSON and logs to $OUT (default ./gpu-check), one file per run;
-# each run has its own time limit, so a hang costs one row, not the lease. About 7-9 minutes on
-# an H100/H200 in total, but the limits add up to about 11.5, more than one 10-minute device
-# command: give it as two by naming the parts (no names: all of them, in this order):
+# each run has its own time limit, so a hang costs one row, not the lease. The limits add up to
+# about 11.5 minutes, more than one 10-minute device command: give it as two by naming the parts
+# (no names: all of them, in this order):
 #
 #     PYTHON=.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_check.sh graphs bench quality
 #     PYTHON=.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_check.sh checkpointed layout nchw compiled
@@ -14,6 +14,7 @@
 # Parts and limits: graphs 105 s, bench 240 s, quality 60 s, checkpointed 60 s, layout 30 s,
 # nchw 45 s, compiled 150 s.
 #
+# The scripts are benchmarks/bench_stages.py, bench_quality.py, bench_layout.py and graph_check.py.
 # Then fill docs/operators.md's GPU table from gpu-check/bench.json (stage rows and projections).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -48,31 +49,31 @@ run_script() {  # run_script PART NAME LIMIT_S ARGS...: "$PY ARGS" if PART was a
     echo "$name rc=$rc" >> "$OUT/status.txt"
     [ "$rc" -eq 0 ] || { failed=1; tail -5 "$OUT/$name.log" >&2; }
 }
-run() {  # run NAME LIMIT_S ARGS...: one bench_pipeline invocation on CUDA
-    local name=$1 limit=$2
-    shift 2
-    run_script "$name" "$name" "$limit" benchmarks/bench_pipeline.py --device cuda "$@"
+run() {  # run NAME LIMIT_S SCRIPT ARGS...: one benchmarks/SCRIPT invocation on CUDA
+    local name=$1 limit=$2 script=$3
+    shift 3
+    run_script "$name" "$name" "$limit" "benchmarks/$script" --device cuda "$@"
 }
 
-# 0. [pipeline] cuda_graphs (never yet run on a GPU): its tests (the CUDA one captures a graph on
-#    the tiny preset), then a 40-frame nightmare eager, graphed, eager again at the real size: both
-#    frame rates, and the graphed frames against the eager ones.
+# 0. [pipeline] cuda_graphs (off by default until this has passed on a GPU): its tests (the CUDA
+#    one captures a graph on the tiny preset), then a 40-frame nightmare eager, graphed, eager again
+#    at the real size: both frame rates, and the graphed frames against the eager ones.
 run_script graphs graphs-tests 45 -m pytest tests/engine/test_static_step.py -q -rs -p no:cacheprovider
 run_script graphs graphs 60 benchmarks/graph_check.py --frames 40 --cutouts 32 --json "$OUT/graphs.json"
 
 # 1. All stages, every precision, defaults otherwise (auto checkpointing, channels_last on CUDA).
-run bench 240 --steps 8 --precision fp32 tf32 bf16 --cutouts 32 64 --json "$OUT/bench.json"
+run bench 240 bench_stages.py --steps 8 --precision fp32 tf32 bf16 --cutouts 32 64 --json "$OUT/bench.json"
 # 2. bf16 quality against fp32 at the real size on the GPU (the CPU check's figures, on cuDNN).
-run quality 60 --quality --steps 8 --cutouts 32 --json "$OUT/quality.json"
+run quality 60 bench_quality.py --steps 8 --cutouts 32 --json "$OUT/quality.json"
 # 3. The 8 GB path: checkpointing forced on, bf16 and fp32.
-run checkpointed 60 --steps 8 --stages scare --precision bf16 fp32 --cutouts 32 --checkpointing true \
+run checkpointed 60 bench_stages.py --steps 8 --stages scare --precision bf16 fp32 --cutouts 32 --checkpointing true \
     --json "$OUT/checkpointed.json"
 # 4. Layout A/B: NCHW against the channels_last default, decoder alone and a whole stage-2 step.
-run layout 30 --layout-check --size 608 752
-run nchw 45 --steps 8 --stages scare --precision bf16 --cutouts 32 --channels-last false \
+run layout 30 bench_layout.py --size 608 752
+run nchw 45 bench_stages.py --steps 8 --stages scare --precision bf16 --cutouts 32 --channels-last false \
     --json "$OUT/nchw.json"
 # 5. Opt-in torch.compile (first step = compile time; FLOPs read from the eager rows).
-run compiled 150 --steps 12 --stages scare nightmare --precision bf16 --cutouts 32 --compile \
+run compiled 150 bench_stages.py --steps 12 --stages scare nightmare --precision bf16 --cutouts 32 --compile \
     --json "$OUT/compiled.json"
 
 echo "results in $OUT: $(ls "$OUT" | tr '\n' ' ')" >&2

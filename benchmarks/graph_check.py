@@ -1,9 +1,9 @@
 """A short nightmare with `[pipeline] cuda_graphs` off and on: both frame rates, and whether the frames agree.
 
 For a machine with a CUDA GPU (benchmarks/gpu_check.sh runs it). Random weights of the real sizes
-(bench_pipeline's VQGAN f16 16384 and CLIP ViT-B/32), the nightmare's own learning rate, one seed,
-the device's default precision; frames are read as the renderer reads them (copied to host memory,
-in order). Three runs: eager, graphed, eager again. The second eager run measures how far the
+(pipeline_helpers.py's VQGAN f16 16384 and CLIP ViT-B/32), the nightmare's own learning rate, one
+seed, the device's default precision; frames are read as the renderer reads them (copied to host
+memory, in order). Three runs: eager, graphed, eager again. The second eager run measures how far the
 eager path drifts from itself (cuDNN/atomic-add reductions are not bit-reproducible on a GPU),
 so a graph difference within that noise is not blamed on the graph.
 
@@ -25,16 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_pipeline import GB, PROMPT, build_models
+from pipeline_helpers import GB, PROMPT, build_models
 
 
 def nightmare(
     models: Any, args: argparse.Namespace, graphed: bool
 ) -> tuple[list[torch.Tensor], dict[str, Any]]:
     """One short nightmare: its frames and its timings."""
+    from engine.pipeline.optimisation import VqganClipParams
     from engine.pipeline.precision import device_precision
     from engine.pipeline.prompts import parse_prompts
-    from engine.pipeline.vqgan_clip import VqganClipParams, nightmare_frames
+    from engine.pipeline.vqgan_clip import nightmare_frames
     from spooky.config import PipelineConfig
 
     device = models.device

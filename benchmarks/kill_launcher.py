@@ -76,10 +76,10 @@ def install() -> None:
 
         video.VideoWriter.close = lambda self: die()  # type: ignore[assignment,method-assign]
     elif POINT == "fit":
-        from engine.pipeline import render, video
+        from engine.pipeline import render, video_budget
 
-        real_fit = video.fit_to_budget
-        video._reencode = lambda *a, **k: die()  # type: ignore[assignment]
+        real_fit = video_budget.fit_to_budget
+        video_budget._reencode = lambda *a, **k: die()  # type: ignore[assignment]
         render.fit_to_budget = lambda path, max_bytes: real_fit(path, min(max_bytes, 1024))  # type: ignore[assignment]
     elif POINT:
         raise SystemExit(f"unknown kill point {POINT!r}")

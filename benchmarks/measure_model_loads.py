@@ -17,7 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from bench_pipeline import VQGAN_F16_16384
+from pipeline_helpers import VQGAN_F16_16384
 
 #: WikiArt's model.yaml as published: the f16 16384 architecture, with its training entries.
 WIKIART_YAML = copy.deepcopy(VQGAN_F16_16384)

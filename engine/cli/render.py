@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from spooky.errors import InputError, InvalidSizeError
 
 if TYPE_CHECKING:
-    from engine.pipeline.progress import Progress
+    from engine.pipeline.progress import StepReport
 
 TINY_BANNER = (
     "*" * 78 + "\n"
@@ -77,7 +77,7 @@ class _Bars:
         self.stage: str | None = None
         self.stills: list[Path] = []
 
-    def __call__(self, p: Progress) -> None:
+    def __call__(self, p: StepReport) -> None:
         from tqdm import tqdm
 
         if p.stage != self.stage:

@@ -34,9 +34,9 @@ class MakeCutouts(nn.Module):
     shapes in between depend on the draws. With `static_shapes` (or `boxes` passed to `forward`)
     the draws become a small device tensor (side, x0, y0 per cutout) and every crop + resize is
     `A_y @ image @ A_x^T` with resampling matrices built on the device, so no shape depends on a
-    draw: what a CUDA graph needs. The products cost 25.5 GFLOP per forward at 608x752 with 32
-    cutouts, as much again in the backward pass: 1.2 % of a 4.2 TFLOP step, but slower than the
-    loop on a CPU (benchmarks/bench_cutouts.py), where the loop stays the default.
+    draw: what a CUDA graph needs. The products add a little arithmetic to a step
+    (docs/operators.md) and are slower than the loop on a CPU (benchmarks/bench_cutouts.py), where
+    the loop stays the default.
     """
 
     def __init__(

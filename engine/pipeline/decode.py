@@ -1,19 +1,17 @@
 """VQGAN decoding for the optimisation loop: taming's decoder, block by block, with two exact rewrites.
 
-Stages 2/3 spend nearly all their time in the f16 decoder's forward and backward (3.6 of a
-step's 4.2 TFLOP at 608x752), so it is walked here block by block instead of through
-`Decoder.forward`, which allows:
+Stages 2/3 spend nearly all their time in the f16 decoder's forward and backward, so it is walked
+here block by block instead of through `Decoder.forward`, which allows:
 
 - **Sub-pixel upsampling.** taming upsamples with nearest-neighbour x2 and then a 3x3
   convolution. Every output pixel of that convolution sees only a 2x2 patch of the
   low-resolution input (three taps land on two source pixels), so the pair is one 2x2
   convolution per output phase at the low resolution, with the 3x3 weights summed into 2x2:
-  the same result (up to the order of float sums) for 4/9 of the multiply-adds. The four
-  upsampling convolutions are about a fifth of the decoder's arithmetic.
+  the same result (up to the order of float sums) for 4/9 of the multiply-adds.
 - **One-pass swish.** taming's `x * sigmoid(x)` is two element-wise passes forward and three
   backward, saving two tensors; `F.silu` is the same function in one pass each way, saving one.
-- **Checkpointing** (optional). At 608x752 the plain backward keeps about 7.3 GiB of activations
-  (fp32, on a GPU), more than an 8 GB GPU holds next to the models; checkpointing each block
+- **Checkpointing** (optional). At the default canvas the plain backward keeps more activations
+  than an 8 GB GPU holds next to the models (docs/operators.md); checkpointing each block
   keeps only the block boundaries and recomputes one block at a time during the backward pass:
   the same arithmetic, so the same result, for about one more decoder forward.
 

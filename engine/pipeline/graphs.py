@@ -10,25 +10,21 @@ state: Adam's moments, cuBLAS workspaces, cached constants), captures the next o
 of thousands, and the host never waits. The warm-up frames are real frames, and a capture runs
 nothing, so the frames are the eager loop's whatever the frame count.
 
-Only the crop boxes change from the host between replays: drawn from the run's `random.Random`
-as ever and copied in without blocking. The cutouts' augmentations draw from the run's device
+Only the crop boxes change from the host between replays: drawn from the run's crop stream as
+ever and copied in without blocking. The cutouts' augmentations draw from the run's device
 generator, registered with the graph so that each replay advances it as the eager step would.
-This path has never run on a GPU (none was available while it was written): `[pipeline]
-cuda_graphs` is off by default, and benchmarks/graph_check.py is the check to run on one.
+`[pipeline] cuda_graphs` is off by default; benchmarks/graph_check.py is the check to run on a GPU
+before turning it on (docs/operators.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
 
-from engine.pipeline.tensors import HostCopy, frame_copy
-
-if TYPE_CHECKING:
-    from engine.pipeline.vqgan_clip import _Optimisation
+from engine.pipeline.optimisation import StepOutput, VqganClipOptimisation
+from engine.pipeline.tensors import frame_copy
 
 #: Eager steps before the capture (PyTorch's CUDA-graph examples warm up with 3).
 WARMUP_STEPS = 3
@@ -37,26 +33,20 @@ WARMUP_STEPS = 3
 class StaticStep:
     """One whole update of `run` that touches only fixed buffers; `update()` runs it once."""
 
-    def __init__(self, run: _Optimisation) -> None:
+    def __init__(self, run: VqganClipOptimisation) -> None:
         self.run = run
         device = run.z.device
-        if device.type == "cuda":
-            # Adam's step counts on the device (not host ints) and no host reads: graph-safe.
-            # Set before its first step, so its state is created that way.
-            for group in run.optimiser.param_groups:
-                group["capturable"] = True
-        self.shape = (int(run.x.shape[-2]), int(run.x.shape[-1]))
-        self.boxes = torch.zeros((run.cutouts.cutn, 3), dtype=torch.int64, device=device)
-        self.decoded = torch.zeros(run.x.shape, dtype=torch.float32, device=device)
+        self.boxes = torch.zeros((run.params.cutouts, 3), dtype=torch.int64, device=device)
+        self.decoded = torch.zeros((1, 3, *run.canvas), dtype=torch.float32, device=device)
         self.loss = torch.zeros((), dtype=torch.float32, device=device)
 
     def load_crops(self) -> None:
         """Draw the next step's crops on the host into `boxes` (without blocking, on CUDA)."""
-        self.run.cutouts.boxes(self.run.crops, self.shape, self.boxes.device, out=self.boxes)
+        self.run.draw_boxes(self.boxes)
 
     def update(self) -> None:
         """Forward, backward, Adam, clamp and nearest codes, all in place on the run's tensors."""
-        decoded, loss = self.run._forward(self.boxes)
+        decoded, loss = self.run.forward(self.boxes)
         self.decoded.copy_(decoded)
         self.loss.copy_(loss.detach())
         self.run.update(loss)
@@ -98,8 +88,8 @@ class GraphedStep:
         graph.replay()  # the capture recorded this step without running it
 
 
-def static_steps(run: _Optimisation, *, frames: bool) -> Iterator[tuple[int, Tensor, HostCopy | None]]:
-    """`_Optimisation.steps` through a `StaticStep`: a CUDA graph on CUDA, eager elsewhere."""
+def static_steps(run: VqganClipOptimisation, *, frames: bool) -> Iterator[StepOutput]:
+    """`run.steps` through a `StaticStep`: a CUDA graph on CUDA, eager elsewhere."""
     step = StaticStep(run)
     update: Callable[[], None] = GraphedStep(step) if step.boxes.device.type == "cuda" else step.update
     for i in range(run.params.steps):

@@ -2,9 +2,9 @@
 
 glibc's malloc serves every block above its mmap threshold (32 MiB at most) with a fresh `mmap`
 and gives it back with `munmap` on free. A stage-2 step on the CPU allocates and frees its
-activations (gigabytes, in blocks of up to 234 MiB at 608x752) every step, so each step paid the
-kernel to map and zero them again: at 304x376, 1.1 million page faults and 1.9 s of kernel time
-per decoder forward + backward, a fifth of the step's CPU time (measured with getrusage).
+activations (gigabytes, in blocks of hundreds of MiB) every step, so without this each step pays
+the kernel to map and zero them again: millions of page faults and seconds of kernel time per
+decoder forward + backward (docs/operators.md has the figures).
 
 `reuse_freed_memory()` makes malloc take big blocks from its heap (`M_MMAP_MAX` 0) and keep what
 is freed (`M_TRIM_THRESHOLD` -1: never trim) while a render runs, so from the second step on

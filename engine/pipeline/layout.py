@@ -1,12 +1,11 @@
 """Memory layout of the VQGAN: channels_last (NHWC), where it is faster, by default everywhere.
 
 cuDNN's tensor-core convolutions work in NHWC, so NCHW on a GPU costs a layout transpose around
-every convolution in bf16/TF32. On this project's CPU (oneDNN, AVX-512 without AMX) the decoder's
-forward + backward at 608x752 takes 0.92x the NCHW time in NHWC (20.3 s against 22.0 s,
-`python benchmarks/bench_pipeline.py --device cpu --layout-check`). An earlier 256x256 measurement
-said otherwise, but both of its arms ran NHWC activations (the codebook lookup yields NHWC
-strides and every layer kept them); the decoder now runs in its weights' layout
-(engine.pipeline.decode). The layout changes no value beyond the order of float sums.
+every convolution in bf16/TF32. On the project's CPU (oneDNN) the decoder is a little faster in
+NHWC too (`python benchmarks/bench_layout.py --device cpu`; docs/operators.md). The decoder runs
+in its weights' layout (engine.pipeline.decode): the codebook lookup yields NHWC strides, which
+would otherwise be carried through every layer whatever the weights are. The layout changes no
+value beyond the order of float sums.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Whether stages 2/3 need decoder checkpointing: the plain backward's memory against what is free.
 
-The plain backward keeps every decoder activation it needs (at 608x752 in fp32 about 7.3 GiB, half
-that in bf16); checkpointing keeps a third of that for about a fifth more arithmetic. `auto`
+The plain backward keeps every decoder activation it needs (gigabytes at the default canvas, half as
+much in bf16: docs/operators.md); checkpointing keeps a fraction of that for more arithmetic. `auto`
 measures what one step keeps on a small probe canvas, scales it to the job's canvas and cutouts,
 and turns checkpointing on only when that would not fit in the memory that was free after the
 models loaded.
@@ -73,7 +73,7 @@ def measure_step_memory(vqgan: VQGAN, clip: ClipModel, precision: Precision) -> 
     """Measure what a plain step saves for backward on probe canvases (8x8 and 12x12 latents, 2 cutouts).
 
     The decoder's cost per pixel is the difference between the two probes: what does not grow
-    with the canvas (the upsampling's folded kernels, about 30 MiB at f16) is left to RESERVE_BYTES.
+    with the canvas (the upsampling's folded kernels) is left to RESERVE_BYTES.
     """
     device = next(vqgan.parameters()).device
     # Weights are saved for the input gradient too, but they are resident anyway: not per step.

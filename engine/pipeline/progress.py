@@ -9,8 +9,10 @@ import torch
 
 
 @dataclass(frozen=True)
-class Progress:
-    """One optimisation step of one stage.
+class StepReport:
+    """One optimisation step of one stage, as the stage hands it to its callback.
+
+    Not a job's progress in the API (`spooky.contract.Progress`): the service turns these into that.
 
     `image` is set only on steps that emit a still (every `still_every` steps and the last one):
     a detached CPU tensor [3, H, W] in [0, 1], cheap to turn into a PNG.
@@ -27,10 +29,10 @@ class Progress:
 
 #: A stage calls this after every step. Raising `spooky.errors.JobCancelled` from it stops the
 #: stage at once (cancel within one step); any other exception propagates as a job failure.
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[[StepReport], None]
 
 
-def no_progress(_: Progress) -> None:
+def no_progress(_: StepReport) -> None:
     """Default callback: ignore progress."""
 
 

@@ -31,18 +31,18 @@ class WeightedPrompt:
         return self.text if self.weight == 1.0 else f"{self.text}:{self.weight:g}"
 
 
-def parse_prompts(spec: str) -> list[WeightedPrompt]:
+def parse_prompts(prompt: str) -> list[WeightedPrompt]:
     """Split `"a:1|b:-0.5"` into weighted prompts (a missing weight is 1).
 
     Raises EmptyPromptError for an empty part and InputError for a weight that is not finite or
     when every weight is zero (nothing would steer the image).
     """
-    parts = spec.split(SEPARATOR)
+    parts = prompt.split(SEPARATOR)
     prompts: list[WeightedPrompt] = []
     for index, part in enumerate(parts, start=1):
         text, weight = _split_weight(part)
         if not text:
-            where = "the prompt" if len(parts) == 1 else f"part {index} of {len(parts)} in {spec!r}"
+            where = "the prompt" if len(parts) == 1 else f"part {index} of {len(parts)} in {prompt!r}"
             raise EmptyPromptError(
                 f"{where} is empty",
                 hint="write some text; separate several prompts with '|', e.g. 'a ghost:1|a smile:-0.5'",
@@ -55,7 +55,7 @@ def parse_prompts(spec: str) -> list[WeightedPrompt]:
         prompts.append(WeightedPrompt(text, weight))
     if all(p.weight == 0 for p in prompts):
         raise InputError(
-            f"every prompt in {spec!r} has weight 0, so nothing would steer the image",
+            f"every prompt in {prompt!r} has weight 0, so nothing would steer the image",
             hint="give at least one prompt a non-zero weight (no weight means 1)",
         )
     return prompts

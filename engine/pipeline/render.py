@@ -21,12 +21,14 @@ from engine.models.factory import Models
 from engine.pipeline.images import from_pil, to_pil
 from engine.pipeline.layout import apply_layout, use_channels_last
 from engine.pipeline.memory import StepMemory, free_bytes, measure_step_memory, use_checkpointing
+from engine.pipeline.optimisation import VqganClipParams
 from engine.pipeline.precision import Precision, device_precision
 from engine.pipeline.progress import ProgressCallback, no_progress
 from engine.pipeline.prompts import WeightedPrompt, parse_prompts
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
-from engine.pipeline.video import DEFAULT_CRF, BackgroundWriter, VideoWriter, fit_to_budget
-from engine.pipeline.vqgan_clip import VqganClipParams, check_size, nightmare_frames, scare, snap_size
+from engine.pipeline.video import DEFAULT_CRF, BackgroundWriter, VideoWriter
+from engine.pipeline.video_budget import fit_to_budget
+from engine.pipeline.vqgan_clip import check_size, nightmare_frames, scare, snap_size
 from spooky.bounds import MAX_CANVAS_SIDE, MAX_FRAMES, MAX_SEED, MAX_STEPS, MIN_VIDEO_BYTES
 from spooky.config import PipelineConfig
 from spooky.contract import JobSpec, NightmareSpec, SpookySpec
@@ -119,8 +121,9 @@ class Renderer:
         if job.size is not None:
             self._check_size(job.size)
 
-    def _check_prompts(self, spec: str) -> list[WeightedPrompt]:
-        prompts = parse_prompts(spec)
+    def _check_prompts(self, prompt: str) -> list[WeightedPrompt]:
+        """The weighted prompts of `prompt` ("a ghost|a smile:-0.5"), each within CLIP's token limit."""
+        prompts = parse_prompts(prompt)
         for p in prompts:
             self.models.clip.check_prompt(p.text)
         return prompts
@@ -144,7 +147,7 @@ class Renderer:
         size = tuple(job.size) if job.size is not None else self.default_size
         self._check_size(size)  # a config-set canvas must be valid too
         still_every = job.still_every
-        scare_spec = job.scare_prompt
+        scare_prompt = job.scare_prompt
         face = StyleClipParams(
             steps=job.steps,
             lr=p.stylegan_lr,
@@ -167,11 +170,11 @@ class Renderer:
         stage1 = optimise_latent(self.models.stylegan, self.models.clip, job.prompt.strip(), face, callback)
         # Stage 2 stretches the square face to the canvas, as the original did.
         m = self.models
-        scared = scare(m.vqgan, m.clip, stage1.image, parse_prompts(scare_spec), scare_params, callback)
+        scared = scare(m.vqgan, m.clip, stage1.image, parse_prompts(scare_prompt), scare_params, callback)
         settings = {
             "kind": "spooky",
             "prompt": job.prompt.strip(),
-            "scare_prompt": scare_spec.strip(),
+            "scare_prompt": scare_prompt.strip(),
             "seed": seed,
             "steps": face.steps,
             "lr": face.lr,

@@ -12,7 +12,7 @@ from engine.models.stylegan2 import StyleGAN2Generator
 from engine.pipeline.host_memory import reuse_freed_memory
 from engine.pipeline.losses import clip_similarity, styleclip_loss
 from engine.pipeline.precision import Precision, networks, tf32_allowed
-from engine.pipeline.progress import LossLog, Progress, ProgressCallback, no_progress
+from engine.pipeline.progress import LossLog, ProgressCallback, StepReport, no_progress
 from engine.pipeline.schedule import styleclip_lr
 from engine.pipeline.tensors import clamp_with_grad, frozen, resize_square, to_still
 from spooky.errors import InputError
@@ -95,7 +95,7 @@ def optimise_latent(
             elif params.still_every and step % params.still_every == 0:
                 still, value = to_still(image), losses.latest()
             del image
-            callback(Progress(STAGE, step, params.steps, value, still))
+            callback(StepReport(STAGE, step, params.steps, value, still))
     assert final is not None  # steps >= 1 is checked above
     return StyleClipResult(final, latent.detach(), start, losses.values())
 

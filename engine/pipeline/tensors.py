@@ -69,8 +69,8 @@ class _StraightThrough(torch.autograd.Function):
 def straight_through(source: Tensor, target: Tensor) -> Tensor:
     """`target` in the forward pass, bit for bit; its gradient goes to `source` as if it were `source`.
 
-    The usual `source + (target - source).detach()` rounds twice, so the codes VQGAN+CLIP decodes
-    were a hair off the codebook rows (and frame 1 was not the input's codes).
+    The usual `source + (target - source).detach()` rounds twice, so the codes it decodes are a
+    hair off the codebook rows (and frame 1 is not the input's codes).
     """
     return _StraightThrough.apply(source, target.detach())
 

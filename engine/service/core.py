@@ -438,7 +438,8 @@ class EngineCore:
 
     async def fit_video(self, artifact_id: str, max_bytes: int) -> Artifact:
         """A copy of an MP4 re-encoded under `max_bytes` (the artifact itself when it already fits)."""
-        from engine.pipeline.video import fit_to_budget, probe
+        from engine.pipeline.video_budget import fit_to_budget
+        from engine.pipeline.video_probe import probe
 
         row, data = await self.artifact(artifact_id)
         if row.media_type != "video/mp4":

@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
+from engine.pipeline.ffmpeg import VideoDiskFullError, stop_children
 from engine.pipeline.images import load_image, to_pil
-from engine.pipeline.progress import Progress
+from engine.pipeline.progress import StepReport
 from engine.pipeline.render import Renderer
-from engine.pipeline.video import VideoDiskFullError, stop_children
 from engine.service.attempt import AttemptWriter
 from engine.service.control import JobControl, StopKind
 from engine.service.core import EngineCore
@@ -368,8 +368,8 @@ class Worker:
 
     # --- the render thread ------------------------------------------------------------------
 
-    def _callback(self, control: JobControl, writer: AttemptWriter) -> Callable[[Progress], None]:
-        def on_step(p: Progress) -> None:
+    def _callback(self, control: JobControl, writer: AttemptWriter) -> Callable[[StepReport], None]:
+        def on_step(p: StepReport) -> None:
             control.check()  # cancel / time-out / drain / lost lease: stop before doing more work
             control.note(p.stage, p.step, p.total)
             still = to_pil(p.image, (0.0, 1.0)) if p.image is not None else None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.pipeline.video import ffmpeg_exe
+from engine.pipeline.ffmpeg import ffmpeg_exe
 
 
 def noise_frames(n: int, w: int, h: int, seed: int = 0) -> list[np.ndarray]:
@@ -26,6 +26,18 @@ def gated_ffmpeg(tmp_path: Path, gate: Path) -> str:
     """The real ffmpeg, started only once `gate` exists: until then nothing reads the pipe."""
     real = ffmpeg_exe()
     return fake_ffmpeg(tmp_path, f'while [ ! -e "{gate}" ]; do sleep 0.01; done\nexec {real} "$@"')
+
+
+def sizing_ffmpeg(tmp_path: Path, log: Path) -> str:
+    """The real ffmpeg, appending the size in bytes of every file a second x264 pass writes to `log`
+    (one line per re-encode, in order): what each of `fit_to_budget`'s tries came to."""
+    real = ffmpeg_exe()
+    return fake_ffmpeg(
+        tmp_path,
+        f'"{real}" "$@"; rc=$?\n'
+        f'case " $* " in *" -pass 2 "*) [ $rc -eq 0 ] && wc -c < "${{@: -1}}" >> "{log}";; esac\n'
+        "exit $rc",
+    )
 
 
 def writer_threads() -> list[threading.Thread]:

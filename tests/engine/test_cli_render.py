@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from engine.pipeline.images import png_metadata
-from engine.pipeline.video import probe
+from engine.pipeline.video_probe import probe
 from spooky.cli import main
 
 

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from engine.models.factory import Models, load_models
+from engine.pipeline.optimisation import VqganClipParams
 from engine.pipeline.prompts import parse_prompts
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
-from engine.pipeline.vqgan_clip import VqganClipParams, nightmare_frames, scare
+from engine.pipeline.vqgan_clip import nightmare_frames, scare
 from spooky.config import ModelsConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +137,7 @@ def test_stage3_static_step_has_no_host_sync(models: Models, face: torch.Tensor,
 
 
 def test_the_counter_sees_a_read_back(models: Models, syncs: SyncCounter) -> None:
-    """The patching works: a loss read every step (what the stages used to do) is counted."""
+    """The patching works: a loss read every step (the host wait the stages avoid) is counted."""
 
     def run(steps: int) -> None:
         x = torch.zeros(3)

@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from engine.models.factory import Models, load_models
-from engine.pipeline.progress import Progress
+from engine.pipeline.ffmpeg import ENV_FFMPEG
+from engine.pipeline.progress import StepReport
 from engine.pipeline.render import Renderer
-from engine.pipeline.video import ENV_FFMPEG, probe
+from engine.pipeline.video_probe import probe
 from engine.service.spec import nightmare_spec, spooky_spec
 from spooky.config import ModelsConfig, PipelineConfig
 from spooky.contract import NightmareSpec, SpookySpec
@@ -54,7 +55,7 @@ def small(prompt: str = "a pale vampire", **kw: object) -> SpookySpec:
 
 
 def test_spooky_gives_both_images_seed_and_settings(renderer: Renderer) -> None:
-    events: list[Progress] = []
+    events: list[StepReport] = []
     result = renderer.spooky(small(), events.append)
     assert result.stylegan_image.size == (32, 32)  # the tiny generator's resolution
     assert result.spooky_image.size == (64, 64)  # the tiny preset's canvas
@@ -110,9 +111,9 @@ def test_job_size_and_config_size_set_the_canvas(models: Models) -> None:
 
 
 def test_cancel_from_the_callback_stops_the_job(renderer: Renderer) -> None:
-    seen: list[Progress] = []
+    seen: list[StepReport] = []
 
-    def cancel_at_step_two(p: Progress) -> None:
+    def cancel_at_step_two(p: StepReport) -> None:
         seen.append(p)
         if p.step == 2:
             raise JobCancelled()
@@ -145,7 +146,7 @@ def test_bad_jobs_are_refused_before_running(renderer: Renderer) -> None:
 
 def test_nightmare_writes_exactly_the_frames(renderer: Renderer, tmp_path: Path) -> None:
     face = renderer.spooky(small(seed=5)).spooky_image
-    events: list[Progress] = []
+    events: list[StepReport] = []
     out = tmp_path / "night.mp4"
     job = night_job(frames=12, seed=5, max_bytes=64 * 1024)
     result = renderer.nightmare(job, face, out, events.append)
@@ -172,7 +173,7 @@ def test_nightmare_keeps_an_uploads_aspect_ratio(renderer: Renderer, tmp_path: P
 
 
 def test_cancelled_nightmare_leaves_no_file(renderer: Renderer, tmp_path: Path) -> None:
-    def cancel_at_three(p: Progress) -> None:
+    def cancel_at_three(p: StepReport) -> None:
         if p.step == 3:
             raise JobCancelled()
 
@@ -191,7 +192,7 @@ def test_nightmare_computes_while_the_encoder_is_stuck(
     monkeypatch.setenv(ENV_FFMPEG, gated_ffmpeg(tmp_path, gate))
     steps: list[int] = []
 
-    def open_at_three(p: Progress) -> None:
+    def open_at_three(p: StepReport) -> None:
         steps.append(p.step)
         if p.step == 3:
             gate.touch()
@@ -214,7 +215,7 @@ def test_nightmare_raises_the_encoders_failure(
 
 
 def test_cancelled_nightmare_stops_the_writer_thread(renderer: Renderer, tmp_path: Path) -> None:
-    def cancel_at_three(p: Progress) -> None:
+    def cancel_at_three(p: StepReport) -> None:
         if p.step == 3:
             raise JobCancelled()
 

@@ -11,7 +11,7 @@ from PIL import Image
 from engine.models.factory import Models, load_models
 from engine.models.vqgan import build_vqgan
 from engine.pipeline.decode import decode, upsample_conv
-from engine.pipeline.progress import Progress
+from engine.pipeline.progress import StepReport
 from engine.pipeline.prompts import WeightedPrompt, parse_prompts
 from engine.pipeline.styleclip import StyleClipParams, clip_score, optimise_latent, start_latent
 from engine.pipeline.tensors import straight_through, to_frame, to_still
@@ -43,10 +43,10 @@ class Recorder:
     """A progress callback that keeps every event and can cancel at a given step."""
 
     def __init__(self, cancel_at: int | None = None) -> None:
-        self.events: list[Progress] = []
+        self.events: list[StepReport] = []
         self.cancel_at = cancel_at
 
-    def __call__(self, progress: Progress) -> None:
+    def __call__(self, progress: StepReport) -> None:
         self.events.append(progress)
         if progress.step == self.cancel_at:
             raise JobCancelled()
@@ -218,7 +218,7 @@ def test_prepare_image_sizes() -> None:
 
 def test_stage2_moves_toward_the_prompt(models: Models, face: torch.Tensor) -> None:
     vqgan, clip = models.vqgan, models.clip
-    # 16 steps: the toy CLIP's pull is weak and seed-dependent (+0.036 to +0.061 over seeds 0-5).
+    # 16 steps: the toy CLIP's pull is weak and depends on the seed.
     params = VqganClipParams(steps=16, cutouts=8, seed=0, size=_canvas(models), augment=False)
     start = _vqgan_start(models, face)
     result = scare(vqgan, clip, face, parse_prompts(PROMPT), params)

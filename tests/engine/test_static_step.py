@@ -15,12 +15,13 @@ import torch
 
 from engine.models.factory import Models, load_models
 from engine.pipeline import graphs
-from engine.pipeline.progress import Progress
+from engine.pipeline.optimisation import VqganClipOptimisation, VqganClipParams
+from engine.pipeline.progress import StepReport
 from engine.pipeline.prompts import parse_prompts
 from engine.pipeline.render import Renderer
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
 from engine.pipeline.tensors import frame_copy
-from engine.pipeline.vqgan_clip import VqganClipParams, _Optimisation, nightmare_frames, prepare_image
+from engine.pipeline.vqgan_clip import nightmare_frames, prepare_image, run_steps
 from spooky.config import ModelsConfig, PipelineConfig, load_settings
 from spooky.errors import ConfigError
 from tests.engine.op_log import OpLog
@@ -42,7 +43,7 @@ def _nightmare(models: Models, face: torch.Tensor, static: bool) -> tuple[list[t
     """Six fp32 frames at a learning rate that moves them within six steps, and their losses."""
     losses: list[float] = []
 
-    def progress(p: Progress) -> None:
+    def progress(p: StepReport) -> None:
         assert p.loss is not None  # still_every=1: every step reads its loss
         losses.append(p.loss)
 
@@ -88,9 +89,9 @@ def test_precision_and_checkpointing_apply_inside_the_static_step(
         calls.clear()
         hook = block.register_forward_pre_hook(lambda *_: calls.append(1))
         try:
-            with _Optimisation(models.vqgan, models.clip, x, parse_prompts(PROMPT), params) as run:
+            with VqganClipOptimisation(models.vqgan, models.clip, x, parse_prompts(PROMPT), params) as run:
                 run.cutouts.static_shapes = True  # the loop cuts the same way
-                frames = [frame.result() for _, _, frame in run.steps(frames=True) if frame is not None]
+                frames = [frame.result() for _, _, frame in run_steps(run, frames=True) if frame is not None]
                 runs.append((frames, run.losses.values()))
         finally:
             hook.remove()
@@ -107,7 +108,7 @@ def test_static_step_runs_the_same_ops_on_the_same_buffers_every_step(
     tensors it reads and writes stay where they are."""
     params = VqganClipParams(steps=4, cutouts=6, seed=2, size=models.default_size, cuda_graphs=True)
     x = torch.rand(1, 3, *reversed(models.default_size)) * 2 - 1
-    with _Optimisation(models.vqgan, models.clip, x, parse_prompts(PROMPT), params) as run:
+    with VqganClipOptimisation(models.vqgan, models.clip, x, parse_prompts(PROMPT), params) as run:
         step = graphs.StaticStep(run)
         buffers = [run.z, run.codes, step.boxes, step.decoded, step.loss]
         where = [t.data_ptr() for t in buffers]
@@ -131,9 +132,9 @@ def test_static_step_draws_the_loops_crops(models: Models) -> None:
     """The boxes come from the run's crop stream in the loop's order: the loop's own draws."""
     params = VqganClipParams(steps=2, cutouts=6, seed=9, size=models.default_size, cuda_graphs=True)
     x = torch.zeros(1, 3, *reversed(models.default_size))
-    with _Optimisation(models.vqgan, models.clip, x, parse_prompts(PROMPT), params) as run:
+    with VqganClipOptimisation(models.vqgan, models.clip, x, parse_prompts(PROMPT), params) as run:
         step = graphs.StaticStep(run)
-        expected = run.cutouts.draw(random.Random(9), step.shape)
+        expected = run.cutouts.draw(random.Random(9), run.canvas)
         step.load_crops()
         assert [tuple(b) for b in step.boxes.tolist()] == expected
 
@@ -161,7 +162,7 @@ def test_cuda_graph_replays_give_the_eager_frames() -> None:
     runs = []
     for static in (False, True):
         params = VqganClipParams(steps=8, lr=0.05, cutouts=6, seed=5, cuda_graphs=static)
-        with _Optimisation(cuda.vqgan, cuda.clip, x, parse_prompts(PROMPT), params) as run:
+        with VqganClipOptimisation(cuda.vqgan, cuda.clip, x, parse_prompts(PROMPT), params) as run:
             if static:
                 step = graphs.StaticStep(run)
                 graphed = graphs.GraphedStep(step)

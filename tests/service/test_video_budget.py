@@ -9,7 +9,7 @@ from pathlib import Path
 
 from service_helpers import make_settings, request, running_engine
 
-from engine.pipeline.video import probe
+from engine.pipeline.video_probe import probe
 from spooky.contract import JobState, JobView
 from spooky.engine_client import EngineClient
 
