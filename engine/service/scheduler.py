@@ -10,8 +10,9 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
+from engine.service.spec import StoredSpec
 from spooky.contract import (
     GuildLimits,
     JobKind,
@@ -22,9 +23,6 @@ from spooky.contract import (
     RefusalCode,
     SpookySpec,
 )
-
-if TYPE_CHECKING:  # the store's row types import this module
-    from engine.service.store.base import StoredSpec
 
 
 class Queued(Protocol):

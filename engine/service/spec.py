@@ -8,10 +8,24 @@ renderer then runs exactly what the spec says, so a retry after a crash renders 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 
 from spooky.bounds import MAX_SEED
 from spooky.config import PipelineConfig
 from spooky.contract import JobKind, JobRequest, JobSpec, LimitValues, NightmareSpec, SpookySpec
+
+
+@dataclass(frozen=True)
+class UnreadableSpec:
+    """A stored spec that does not validate as a `JobSpec` (written by another version, or edited
+    by hand): the scheduler counts it as no work and the worker fails the job with `reason`."""
+
+    kind: JobKind
+    reason: str
+
+
+#: A job's settings as read back from the store (`store.sql.read_spec`).
+StoredSpec = JobSpec | UnreadableSpec
 
 
 def draw_seed() -> int:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.service.scheduler import FairState
+from engine.service.spec import StoredSpec
 from engine.service.store.availability import Availability
 from spooky.contract import (
     Event,
@@ -97,17 +98,6 @@ class StoreHealth:
 MAX_ATTEMPTS = 2
 
 
-@dataclass(frozen=True)
-class UnreadableSpec:
-    """A stored spec that does not validate as a `JobSpec` (written by another version, or edited
-    by hand): the scheduler counts it as no work and the worker fails the job with `reason`."""
-
-    kind: JobKind
-    reason: str
-
-
-#: A job's settings as read back from the store (`sql.read_spec`).
-StoredSpec = JobSpec | UnreadableSpec
 
 
 @dataclass
