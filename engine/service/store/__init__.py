@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.service.spec import StoredSpec, UnreadableSpec
 from engine.service.store.base import (
     ACTIVE,
     MAX_ATTEMPTS,
@@ -22,10 +23,8 @@ from engine.service.store.base import (
     QueueEntry,
     QueueSnapshot,
     SchemaTooNewError,
-    StoredSpec,
     StoreHealth,
     Submitted,
-    UnreadableSpec,
 )
 from engine.service.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from spooky.contract import GuildLimits

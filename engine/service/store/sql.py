@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from pydantic import TypeAdapter, ValidationError
 
 from engine.service.scheduler import FairState
+from engine.service.spec import StoredSpec, UnreadableSpec
 from engine.service.store.availability import Availability
 from engine.service.store.base import (
     ACTIVE,
@@ -35,10 +36,8 @@ from engine.service.store.base import (
     QueueEntry,
     QueueSnapshot,
     SchemaTooNewError,
-    StoredSpec,
     StoreHealth,
     Submitted,
-    UnreadableSpec,
 )
 from spooky.bounds import CLIENT_MAX_ENTRIES, MAX_ERROR_CHARS
 from spooky.contract import (
