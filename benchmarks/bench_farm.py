@@ -186,7 +186,7 @@ async def bench_submits(nodes: list[ApiNode], n: int = 100) -> tuple[float, floa
 def bench_throughput(
     open_: Any, workers: int, jobs: int, submit_store: JobStore
 ) -> tuple[float, float, float]:
-    from engine.service.spec import resolve_spec
+    from engine.service.spec import resolve
     from engine.service.store import NewJob
     from spooky.config import PipelineConfig
     from spooky.contract import GuildLimits
@@ -200,7 +200,7 @@ def bench_throughput(
             NewJob(
                 id=f"tp-{workers}-{i}",
                 request=req,
-                spec=resolve_spec(req, PipelineConfig(), GuildLimits()),
+                spec=resolve(req, PipelineConfig(), GuildLimits()),
                 source_artifact=None,
                 created_at=time.time(),
             ),

@@ -39,18 +39,23 @@ limit, `RefusalBody` (`{"refusal": Refusal}`), so the bot can show the reason as
 
 from __future__ import annotations
 
+import secrets
 import time
 import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from spooky.bounds import (
     CLIENT_KEY_CHARS,
     CLIENT_MAX_ENTRIES,
     CLIENT_VALUE_CHARS,
     ID_PATTERN,
+    MAX_CANVAS_SIDE,
     MAX_COOLDOWN_S,
     MAX_FRAMES,
     MAX_JOBS_PER_USER,
@@ -61,6 +66,8 @@ from spooky.bounds import (
     MIN_VIDEO_BYTES,
     SNOWFLAKE_PATTERN,
 )
+
+R = TypeVar("R")
 
 API_PREFIX = "/v1"
 AUTH_HEADER = "Authorization"
@@ -141,6 +148,149 @@ class RefusalCode(StrEnum):
     NOT_READY = "not_ready"  # models still loading, or draining for shutdown
 
 
+# --- a job's fields -----------------------------------------------------------------------------
+#
+# Each field a job carries is declared once, on its spec (`SpookySpec`, `NightmareSpec`), with its
+# bounds (the field's own constraints, so the API schema shows them) and its role:
+#
+# - `Prompt`: a prompt text; banned words and CLIP's token limit apply to it (engine.service.admission);
+# - `Default`: where its value comes from when a request leaves it unset (`resolve_spec`), and the
+#   server limit that caps it (checked at submit);
+#
+# The request (`JobRequest`) offers the same fields, optional, with the same types. A new option is a
+# field here (request and spec), the command that offers it, and the stage that uses it.
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Marks a prompt text of a job: banned words and CLIP's 77-token limit apply to it."""
+
+    weighted: bool  # "a:1|b:-0.5" parts, each read by CLIP on its own; False: read whole
+
+
+@dataclass(frozen=True)
+class Default:
+    """Where a spec field's value comes from when the request leaves it unset; exactly one of
+    `setting`, `same_as`, `drawn`."""
+
+    setting: str | None = None  # this `[pipeline]` setting (spooky.config.PipelineConfig)
+    #: The server limit (`LimitValues`) that caps the default and that a request's value is checked
+    #: against; the field's lower bound is the range's lower end.
+    limit: str | None = None
+    same_as: str | None = None  # the value of this earlier field of the spec
+    drawn: bool = False  # a fresh random seed, drawn once when the job is accepted
+
+
+PromptText = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS, description="steps")]
+ScareSteps = Annotated[int, Field(ge=0, le=MAX_STEPS, description="scare steps")]
+Frames = Annotated[int, Field(ge=1, le=MAX_FRAMES, description="frames")]
+VideoBytes = Annotated[int, Field(ge=MIN_VIDEO_BYTES)]
+StillEvery = Annotated[int, Field(ge=0, le=MAX_STEPS)]
+#: A stage-2/3 canvas (width, height); the sides must also be multiples of the VQGAN's
+#: downsampling factor, which only the engine's models know (engine.service.admission).
+Canvas = tuple[
+    Annotated[int, Field(ge=1, le=MAX_CANVAS_SIDE)], Annotated[int, Field(ge=1, le=MAX_CANVAS_SIDE)]
+]
+
+
+class SpookySpec(_Model):
+    """What a spooky job runs with: its request resolved against the config and the server's
+    limits once, when the job is accepted (`resolve_spec`). Stored with the job and read back as
+    is by the scheduler, the worker and the renderer, which add no defaults of their own.
+    """
+
+    kind: Literal[JobKind.SPOOKY] = JobKind.SPOOKY
+    prompt: Annotated[PromptText, Prompt(weighted=False)]  # stage 1 (StyleGAN2+CLIP), read whole
+    # Stage 2 (VQGAN+CLIP), "a:1|b:-0.5" weights allowed; the request's, or the prompt.
+    scare_prompt: Annotated[PromptText, Prompt(weighted=True), Default(same_as="prompt")]
+    # Drawn at accept when the request has none, so a retry renders the same picture.
+    seed: Annotated[Seed, Default(drawn=True)]
+    steps: Annotated[Steps, Default(setting="stylegan_steps", limit="max_steps")]  # stage 1
+    scare_steps: Annotated[ScareSteps, Default(setting="scare_steps", limit="max_scare_steps")]
+    size: Canvas | None = None  # stage-2 canvas (w, h); None: the loaded models' own canvas
+    # A progress still every this many steps (0: only the final image).
+    still_every: Annotated[StillEvery, Default(setting="still_every")]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_before_scare_prompt(cls, data: Any) -> Any:
+        # Specs stored by the release before typed specs keep None for "the stage-1 prompt".
+        if isinstance(data, dict) and data.get("scare_prompt", "") is None:
+            return {**data, "scare_prompt": data.get("prompt")}
+        return data
+
+
+class NightmareSpec(_Model):
+    """What a nightmare job runs with (see `SpookySpec`); its source image is the job's artifact."""
+
+    kind: Literal[JobKind.NIGHTMARE] = JobKind.NIGHTMARE
+    prompt: Annotated[PromptText, Prompt(weighted=True)]  # what the animation drifts toward
+    seed: Annotated[Seed, Default(drawn=True)]
+    # One VQGAN+CLIP step per frame, at the pipeline's fps.
+    frames: Annotated[Frames, Default(setting="nightmare_frames", limit="max_frames")]
+    # Video canvas (w, h); None: the source image's own size when it is a valid canvas, else the
+    # loaded models' canvas area at the image's aspect ratio.
+    size: Canvas | None = None
+    # The MP4 is fitted under this: the destination's upload limit.
+    max_bytes: Annotated[VideoBytes, Default(setting="video_max_bytes")]
+    still_every: Annotated[StillEvery, Default(setting="still_every")]  # a still every N frames
+
+
+#: A job's resolved settings, either kind (`kind` tells which).
+JobSpec = Annotated[SpookySpec | NightmareSpec, Field(discriminator="kind")]
+SPEC_OF: dict[JobKind, type[SpookySpec] | type[NightmareSpec]] = {
+    JobKind.SPOOKY: SpookySpec,
+    JobKind.NIGHTMARE: NightmareSpec,
+}
+
+
+def role_of(info: FieldInfo, role: type[R]) -> R | None:
+    """The `Prompt` or `Default` marker a spec field carries, if any."""
+    return next((m for m in info.metadata if isinstance(m, role)), None)
+
+
+def prompt_texts(spec: SpookySpec | NightmareSpec) -> list[tuple[str, str, Prompt]]:
+    """(field name, text, marker) of every prompt text of `spec`, in field order."""
+    out = []
+    for name, info in type(spec).model_fields.items():
+        marker = role_of(info, Prompt)
+        if marker is not None:
+            out.append((name, getattr(spec, name), marker))
+    return out
+
+
+def resolve_spec(
+    kind: JobKind, given: Mapping[str, Any], defaults: Mapping[str, Any], limits: LimitValues | None
+) -> SpookySpec | NightmareSpec:
+    """The settings a job of `kind` runs with: each spec field the `given` values set (a request's),
+    else its `Default`: a `[pipeline]` setting from `defaults` (capped by the server's `limits`;
+    None, as the CLI passes, leaves it uncapped), an earlier field, or a drawn seed. ValidationError
+    when a value is out of its bounds."""
+    cls = SPEC_OF[JobKind(kind)]
+    values: dict[str, Any] = {"kind": cls.model_fields["kind"].default}
+    for name, info in cls.model_fields.items():
+        if name == "kind":
+            continue
+        if given.get(name) is not None:
+            values[name] = given[name]
+            continue
+        default = role_of(info, Default)
+        if default is None:
+            continue  # the field's own default
+        if default.drawn:
+            values[name] = secrets.randbelow(MAX_SEED + 1)
+        elif default.same_as is not None:
+            values[name] = values[default.same_as]
+        else:
+            value = defaults[default.setting]  # type: ignore[index]
+            if default.limit is not None and limits is not None:
+                value = min(value, getattr(limits, default.limit))
+            values[name] = value
+    return cls.model_validate(values)
+
+
 # --- requests ------------------------------------------------------------------------------
 
 
@@ -155,17 +305,19 @@ class Requester(_Model):
 
 
 class JobRequest(_Model):
+    """What a client asks for. The job's own fields are those of its kind's spec, optional (unset:
+    the spec's `Default`); the rest say who asked and how the client finds the job again."""
+
     kind: JobKind
-    prompt: str = Field(..., max_length=MAX_PROMPT_CHARS)
-    # Stage-2 prompt for `spooky` ("a:1|b:-0.5" weights allowed); defaults to `prompt`.
-    scare_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    steps: int | None = Field(None, ge=1)  # stage-1 steps
-    scare_steps: int | None = Field(None, ge=0)
-    frames: int | None = Field(None, ge=1)  # nightmare frames (= steps) at 30 fps
-    # Upload limit of the destination (Discord server); the engine fits the MP4 under it.
-    max_bytes: int | None = Field(None, ge=MIN_VIDEO_BYTES)
-    size: tuple[int, int] | None = None  # (width, height) of the stage-2/3 canvas
+    prompt: PromptText
+    scare_prompt: PromptText | None = None  # spooky: the scare pass's prompt (default: `prompt`)
+    seed: Seed | None = None
+    steps: Steps | None = None  # spooky: stage-1 steps
+    scare_steps: ScareSteps | None = None  # spooky: stage-2 steps
+    frames: Frames | None = None  # nightmare: frames (= steps) at 30 fps
+    # Nightmare: the destination's upload limit (a Discord server's); the MP4 is fitted under it.
+    max_bytes: VideoBytes | None = None
+    size: Canvas | None = None  # (width, height) of the stage-2/3 canvas
     # Nightmare source: an uploaded or earlier artifact; None = the user's last image in the channel.
     init_artifact: ArtifactId | None = None
     requester: Requester
@@ -188,68 +340,29 @@ class JobRequest(_Model):
             return None
         return v.strip() if v else v
 
-    @field_validator("size")
-    @classmethod
-    def _size_positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
-        if v is not None and (v[0] <= 0 or v[1] <= 0):
-            raise ValueError("size must be two positive integers (width, height)")
-        return v
-
     @model_validator(mode="after")
     def _kind_fields(self) -> JobRequest:
-        if self.kind is JobKind.SPOOKY and (self.frames is not None or self.init_artifact is not None):
-            raise ValueError("frames and init_artifact belong to nightmare jobs")
-        if self.kind is JobKind.NIGHTMARE and (self.steps is not None or self.scare_steps is not None):
-            raise ValueError("steps and scare_steps belong to spooky jobs; a nightmare has frames")
+        # A job field another kind's spec has, set on a request of this kind, is a mistake.
+        mine = SPEC_OF[self.kind].model_fields
+        for name in _JOB_FIELDS:
+            if name not in mine and getattr(self, name) is not None:
+                owner = next(k for k, c in SPEC_OF.items() if name in c.model_fields)
+                raise ValueError(f"{name} belongs to {owner.value} jobs, not {self.kind.value} jobs")
+        if self.kind is not JobKind.NIGHTMARE and self.init_artifact is not None:
+            raise ValueError("init_artifact belongs to nightmare jobs")
         return self
 
-
-# --- the resolved job -------------------------------------------------------------------------
-
-
-class SpookySpec(_Model):
-    """What a spooky job runs with: its request resolved against the config and the server's
-    limits once, when the job is accepted (`engine.service.spec`). Stored with the job and read
-    back as is by the scheduler, the worker and the renderer, which add no defaults of their own.
-
-    Only the types are checked here: the ranges are the renderer's (`Renderer.validate`) and the
-    server's (`scheduler.check_limits`), both run before the job is accepted.
-    """
-
-    kind: Literal[JobKind.SPOOKY] = JobKind.SPOOKY
-    prompt: str  # stage 1 (StyleGAN2+CLIP), read whole
-    scare_prompt: str  # stage 2 (VQGAN+CLIP), "a:1|b:-0.5" weights allowed; the request's or `prompt`
-    seed: int  # drawn at accept when the request has none, so a retry renders the same picture
-    steps: int  # stage-1 optimisation steps
-    scare_steps: int  # stage-2 steps
-    size: tuple[int, int] | None  # stage-2 canvas (w, h); None: the loaded models' own canvas
-    still_every: int  # a progress still every this many steps (0: only the final image)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _stored_before_scare_prompt(cls, data: Any) -> Any:
-        # Specs stored by the release before typed specs keep None for "the stage-1 prompt".
-        if isinstance(data, dict) and data.get("scare_prompt", "") is None:
-            return {**data, "scare_prompt": data.get("prompt")}
-        return data
+    def given(self) -> dict[str, Any]:
+        """The job fields this request sets: what `resolve_spec` takes before any default."""
+        return {name: getattr(self, name) for name in _JOB_FIELDS if getattr(self, name) is not None}
 
 
-class NightmareSpec(_Model):
-    """What a nightmare job runs with (see `SpookySpec`); its source image is the job's artifact."""
-
-    kind: Literal[JobKind.NIGHTMARE] = JobKind.NIGHTMARE
-    prompt: str  # what the animation drifts toward, "a:1|b:-0.5" weights allowed
-    seed: int  # drawn at accept when the request has none
-    frames: int  # one VQGAN+CLIP step per frame, at the pipeline's fps
-    # Video canvas (w, h); None: the source image's own size when it is a valid canvas, else the
-    # loaded models' canvas area at the image's aspect ratio.
-    size: tuple[int, int] | None
-    max_bytes: int  # the MP4 is fitted under this (the destination's upload limit)
-    still_every: int  # a progress still every this many frames (0: only the last)
-
-
-#: A job's resolved settings, either kind (`kind` tells which).
-JobSpec = Annotated[SpookySpec | NightmareSpec, Field(discriminator="kind")]
+#: The request fields that are fields of a spec (the rest say who asked and where the result goes).
+_JOB_FIELDS = tuple(
+    name
+    for name in JobRequest.model_fields
+    if name != "kind" and any(name in cls.model_fields for cls in SPEC_OF.values())
+)
 
 
 class CancelRequest(_Model):

@@ -9,9 +9,11 @@ torch is imported only when the command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.models.factory import check_preset, load_models
     from engine.pipeline.images import load_image, save_png
     from engine.pipeline.render import Renderer
+    from engine.service.admission import JobRules, check_job
     from engine.service.spec import nightmare_spec, spooky_spec
     from spooky.config import load_settings
 
@@ -121,34 +124,37 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--frames applies to the nightmare video", hint="add --nightmare")
     upload = load_image(args.image) if args.image is not None else None  # bad files fail before loading
 
+    night_prompt = args.nightmare_prompt or settings.pipeline.nightmare_prompt
+    if upload is not None and args.prompt is not None:
+        night_prompt = args.prompt
+    # The engine's own checks, before any model loads: a bad option fails at once.
+    rules = JobRules.for_models(settings.models)
+    with _as_input_error():
+        # One seed for both stages: the video of a face continues from the face's own seed.
+        night = nightmare_spec(
+            settings.pipeline, prompt=night_prompt, seed=args.seed, frames=args.frames, size=size
+        )
+        face = None
+        if upload is None:
+            face = spooky_spec(
+                settings.pipeline,
+                prompt=args.prompt,
+                scare_prompt=args.scare_prompt,
+                seed=night.seed,
+                steps=args.steps,
+                scare_steps=args.scare_steps,
+                size=size,
+            )
+            check_job(face, rules)
+    if wants_video:
+        check_job(night, rules)  # a bad nightmare prompt fails before stage 1 runs
+
     if settings.models.preset == "tiny":
         print(TINY_BANNER, file=sys.stderr)
     models = load_models(settings.models)
     print(f"models: {models.description} on {models.device}", file=sys.stderr)
     renderer = Renderer(models, settings.pipeline)
     out: Path = args.out
-    night_prompt = args.nightmare_prompt or settings.pipeline.nightmare_prompt
-    if upload is not None and args.prompt is not None:
-        night_prompt = args.prompt
-    # One seed for both stages: the video of a face continues from the face's own seed.
-    night = nightmare_spec(
-        settings.pipeline, None, prompt=night_prompt, seed=args.seed, frames=args.frames, size=size
-    )
-    face = None
-    if upload is None:
-        face = spooky_spec(
-            settings.pipeline,
-            None,
-            prompt=args.prompt,
-            scare_prompt=args.scare_prompt,
-            seed=night.seed,
-            steps=args.steps,
-            scare_steps=args.scare_steps,
-            size=size,
-        )
-        renderer.validate(face)
-    if wants_video:
-        renderer.validate(night)  # a bad nightmare prompt fails before stage 1 runs
 
     out.mkdir(parents=True, exist_ok=True)
     bars = _Bars(out, enabled=not args.no_progress)
@@ -176,6 +182,19 @@ def run(args: argparse.Namespace) -> int:
     if models.preset == "tiny":
         print("(tiny preset: these images are noise from random toy models)", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _as_input_error() -> Iterator[None]:
+    """An option outside the contract's bounds (--steps 5000) as the InputError that names it."""
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        field = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"
+        raise InputError(f"{field}: {err['msg']}", hint=f"got {err.get('input')!r}") from None
 
 
 def _metadata(settings: dict[str, Any], preset: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ import torch
 
 from engine.models import tiny
 from engine.models.clip import ClipModel, find_cached_clip, load_clip
+from engine.models.families import TINY_SIZE
 from engine.models.stylegan2 import StyleGAN2Generator, load_stylegan2
 from engine.models.vqgan import VQGAN, load_vqgan
 from engine.models.weights import REGISTRY
@@ -136,7 +137,7 @@ def load_models(cfg: ModelsConfig, *, preset: str | None = None) -> Models:
             clip=tiny.tiny_clip(cfg.tiny_seed, device),
             preset="tiny",
             device=device,
-            default_size=tiny.TINY_SIZE,
+            default_size=TINY_SIZE,
             description=f"{tiny.DESCRIPTION}, seed {cfg.tiny_seed}",
         )
     else:

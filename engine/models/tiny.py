@@ -9,54 +9,15 @@ from __future__ import annotations
 import contextlib
 import zlib
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from engine.models.clip import ClipModel, build_clip_model
+from engine.models.families import TINY_CLIP_CONFIG, TINY_STYLEGAN, TINY_VQGAN_CONFIG
 from engine.models.stylegan2 import StyleGAN2Generator
 from engine.models.vqgan import VQGAN, build_vqgan
 
-#: StyleGAN2Generator arguments: 32 px, 6 W+ rows of 64.
-TINY_STYLEGAN: dict[str, int] = {
-    "size": 32,
-    "style_dim": 64,
-    "n_mlp": 2,
-    "channel_multiplier": 1,
-    "channel_max": 32,
-}
-#: A taming yaml (as parsed) for an f4 VQGAN with 64 codes of 16 dims.
-TINY_VQGAN_CONFIG: dict[str, Any] = {
-    "model": {
-        "target": "taming.models.vqgan.VQModel",
-        "params": {
-            "embed_dim": 16,
-            "n_embed": 64,
-            "ddconfig": {
-                "double_z": False,
-                "z_channels": 16,
-                "resolution": 64,
-                "in_channels": 3,
-                "out_ch": 3,
-                "ch": 32,
-                "ch_mult": [1, 2, 2],
-                "num_res_blocks": 1,
-                "attn_resolutions": [],
-                "dropout": 0.0,
-            },
-        },
-    }
-}
-#: open_clip CLIP arguments: 32 px images in 8 px patches, 2-layer towers, OpenAI's tokenizer.
-TINY_CLIP_CONFIG: dict[str, Any] = {
-    "embed_dim": 64,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-#: Stage 2/3 canvas (w, h) of the tiny preset.
-TINY_SIZE: tuple[int, int] = (64, 64)
 DESCRIPTION = "tiny preset: toy-size random models (for tests and smoke runs; images are noise)"
 
 

@@ -47,6 +47,9 @@ class WeightsEntry:
     kind: str  # "stylegan2" | "vqgan" | "clip"
     description: str
     files: tuple[WeightFile, ...]
+    #: A VQGAN's downsampling factor, as its model.yaml declares it (ch_mult): canvas sides are
+    #: multiples of it. Known here so that nodes without the files check sizes the same way.
+    canvas_factor: int | None = None
 
     def paths(self, cache_dir: Path) -> list[Path]:
         return [Path(cache_dir).expanduser() / f.filename for f in self.files]
@@ -92,6 +95,7 @@ REGISTRY: dict[str, WeightsEntry] = {
             name="vqgan_wikiart_16384",
             kind="vqgan",
             description="VQGAN f16, 16384 codes, trained on WikiArt (the original article's model)",
+            canvas_factor=16,
             files=(
                 WeightFile(
                     "vqgan_wikiart_16384/model.yaml",
@@ -126,6 +130,7 @@ REGISTRY: dict[str, WeightsEntry] = {
             name="vqgan_imagenet_16384",
             kind="vqgan",
             description="VQGAN f16, 16384 codes, trained on ImageNet (taming-transformers' release)",
+            canvas_factor=16,
             files=(
                 WeightFile(
                     "vqgan_imagenet_16384/model.yaml",

@@ -18,21 +18,22 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from engine.models.factory import Models
+from engine.pipeline.canvas import check_canvas, snap_size
 from engine.pipeline.images import from_pil, to_pil
 from engine.pipeline.layout import apply_layout, use_channels_last
 from engine.pipeline.memory import StepMemory, free_bytes, measure_step_memory, use_checkpointing
 from engine.pipeline.optimisation import VqganClipParams
 from engine.pipeline.precision import Precision, device_precision
 from engine.pipeline.progress import ProgressCallback, no_progress
-from engine.pipeline.prompts import WeightedPrompt, parse_prompts
+from engine.pipeline.prompts import parse_prompts
 from engine.pipeline.styleclip import StyleClipParams, optimise_latent
 from engine.pipeline.video import DEFAULT_CRF, BackgroundWriter, VideoWriter
 from engine.pipeline.video_budget import fit_to_budget
-from engine.pipeline.vqgan_clip import check_size, nightmare_frames, scare, snap_size
-from spooky.bounds import MAX_CANVAS_SIDE, MAX_FRAMES, MAX_SEED, MAX_STEPS, MIN_VIDEO_BYTES
+from engine.pipeline.vqgan_clip import nightmare_frames, scare
+from spooky.bounds import MAX_CANVAS_SIDE
 from spooky.config import PipelineConfig
 from spooky.contract import JobSpec, NightmareSpec, SpookySpec
-from spooky.errors import ConfigError, InputError, InvalidImageError, InvalidSizeError
+from spooky.errors import ConfigError, InvalidImageError, InvalidSizeError
 
 #: An uploaded image keeps its aspect ratio for the video, within these bounds (w / h).
 _ASPECT_RANGE = (0.5, 2.0)
@@ -75,6 +76,10 @@ class Renderer:
             # Read once, right after the models loaded: later readings would count a job's tensors.
             self._free_bytes = free_bytes(models.device)
             self._step_memory = measure_step_memory(models.vqgan, models.clip, self.precision)
+        try:
+            check_canvas(self.default_size, self.factor)
+        except InvalidSizeError as e:
+            raise ConfigError(f"[pipeline] size: {e}") from e
 
     def decoder_checkpointing(self, size: tuple[int, int]) -> bool:
         """Whether stages 2/3 on a `size` canvas checkpoint the decoder (the setting, or `auto`'s call)."""
@@ -98,54 +103,14 @@ class Renderer:
             return tuple(self.pipeline.size)  # type: ignore[return-value]
         return self.models.default_size
 
-    # --- checks --------------------------------------------------------------------------------
-
-    def validate(self, job: JobSpec) -> None:
-        """Cheap checks before a job is queued; raises the typed InputError that says what to fix."""
-        if isinstance(job, SpookySpec):
-            self.models.clip.check_prompt(job.prompt)
-            self._check_prompts(job.scare_prompt)
-            _check_range("steps", job.steps, 1, MAX_STEPS)
-            _check_range("scare_steps", job.scare_steps, 0, MAX_STEPS)
-            _check_range("still_every", job.still_every, 0, MAX_STEPS)
-        elif isinstance(job, NightmareSpec):
-            self._check_prompts(job.prompt)
-            _check_range("frames", job.frames, 1, MAX_FRAMES)
-            if job.max_bytes < MIN_VIDEO_BYTES:
-                raise InputError(
-                    f"max_bytes {job.max_bytes} is too small for a video; the minimum is {MIN_VIDEO_BYTES}"
-                )
-        else:
-            raise TypeError(f"not a job spec: {type(job).__name__}")
-        _check_range("seed", job.seed, 0, MAX_SEED)
-        if job.size is not None:
-            self._check_size(job.size)
-
-    def _check_prompts(self, prompt: str) -> list[WeightedPrompt]:
-        """The weighted prompts of `prompt` ("a ghost|a smile:-0.5"), each within CLIP's token limit."""
-        prompts = parse_prompts(prompt)
-        for p in prompts:
-            self.models.clip.check_prompt(p.text)
-        return prompts
-
-    def _check_size(self, size: tuple[int, int]) -> None:
-        w, h = size
-        check_size((w, h), self.factor)
-        if max(w, h) > MAX_CANVAS_SIDE:
-            raise InvalidSizeError(
-                f"canvas size {w}x{h} is too large: each side may be at most {MAX_CANVAS_SIDE}",
-                hint=f"the default is {self.default_size[0]}x{self.default_size[1]}",
-            )
-
     # --- stages 1 + 2 ---------------------------------------------------------------------------
 
     def spooky(self, job: SpookySpec, callback: ProgressCallback = no_progress) -> SpookyResult:
         """Stage 1 then stage 2; the callback sees "stylegan" progress, then "scare" progress."""
-        self.validate(job)
+        _trusted(job, self.factor)
         p = self.pipeline
         seed = job.seed
         size = tuple(job.size) if job.size is not None else self.default_size
-        self._check_size(size)  # a config-set canvas must be valid too
         still_every = job.still_every
         scare_prompt = job.scare_prompt
         face = StyleClipParams(
@@ -217,13 +182,12 @@ class Renderer:
         """Stage 3 on `image`: one VQGAN+CLIP step per frame, piped into ffmpeg, then fitted to the
         byte budget. JobCancelled from the callback stops ffmpeg and removes the partial file.
         """
-        self.validate(job)
+        _trusted(job, self.factor)
         if not isinstance(image, Image.Image):
             raise InvalidImageError("a nightmare needs an image to animate", hint="run /spooky first")
         p = self.pipeline
         seed = job.seed
         size = self.nightmare_size(image, job.size)
-        self._check_size(size)
         max_bytes = job.max_bytes
         params = VqganClipParams(
             steps=job.frames,
@@ -281,6 +245,7 @@ class Renderer:
         )
 
 
-def _check_range(name: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise InputError(f"{name} is {value}; allowed: {low} to {high}")
+def _trusted(job: JobSpec, factor: int) -> None:
+    """A spec reaches the renderer only after the submit's checks (engine.service.admission):
+    its bounds are the contract's, and its canvas suits this VQGAN."""
+    assert job.size is None or (job.size[0] % factor == 0 and job.size[1] % factor == 0), job.size

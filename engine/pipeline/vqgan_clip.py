@@ -17,11 +17,12 @@ from torch import Tensor
 from engine.models.clip import ClipModel
 from engine.models.vqgan import VQGAN
 from engine.pipeline import graphs
+from engine.pipeline.canvas import check_canvas, snap_size
 from engine.pipeline.optimisation import StepOutput, VqganClipOptimisation, VqganClipParams
 from engine.pipeline.progress import ProgressCallback, StepReport, no_progress
 from engine.pipeline.prompts import WeightedPrompt
 from engine.pipeline.tensors import to_still
-from spooky.errors import EmptyPromptError, InputError, InvalidImageError, InvalidSizeError
+from spooky.errors import EmptyPromptError, InputError, InvalidImageError
 
 SCARE = "scare"
 NIGHTMARE = "nightmare"
@@ -34,7 +35,7 @@ def prepare_image(image: Tensor | Image.Image, size: tuple[int, int], factor: in
     to the canvas, not cropped. InvalidSizeError when a side is not a positive multiple of
     `factor` (the message names the nearest valid sizes).
     """
-    check_size(size, factor)
+    check_canvas(size, factor)
     width, height = size
     if isinstance(image, Image.Image):
         pil = image.convert("RGB")
@@ -53,37 +54,6 @@ def prepare_image(image: Tensor | Image.Image, size: tuple[int, int], factor: in
     if x.shape[-2:] != (height, width):
         x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
     return x.clamp(-1, 1)
-
-
-def check_size(size: tuple[int, int], factor: int) -> None:
-    """InvalidSizeError unless both sides of (w, h) are positive multiples of `factor`."""
-    width, height = size
-    if width > 0 and height > 0 and width % factor == 0 and height % factor == 0:
-        return
-    near = ", ".join(f"{w}x{h}" for w, h in nearest_valid_sizes(size, factor))
-    raise InvalidSizeError(
-        f"canvas size {width}x{height} (w x h) is not allowed: both sides must be positive multiples "
-        f"of {factor}, the VQGAN's downsampling factor",
-        hint=f"the nearest valid sizes are {near}",
-    )
-
-
-def nearest_valid_sizes(size: tuple[int, int], factor: int) -> list[tuple[int, int]]:
-    """Sizes with both sides positive multiples of `factor` around (w, h), nearest first."""
-
-    def around(side: int) -> list[int]:
-        below = max(factor, side // factor * factor)
-        above = max(factor, -(-side // factor) * factor)
-        return sorted({below, above})
-
-    width, height = size
-    options = [(w, h) for w in around(width) for h in around(height)]
-    return sorted(options, key=lambda s: (abs(s[0] - width) + abs(s[1] - height), s))
-
-
-def snap_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
-    """The valid size nearest to (w, h)."""
-    return nearest_valid_sizes(size, factor)[0]
 
 
 def scare(

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.service.admission import JobRules
 from engine.service.api import build_app
 from engine.service.artifacts import ArtifactFiles
 from engine.service.core import EngineCore, default_limits
@@ -104,10 +105,9 @@ class EngineService:
             if settings.engine.artifacts_dir
             else data_dir / "artifacts"
         )
-        self.link = WorkerLink()  # the worker and the renderer's checks, once the models are loaded
-        self.core = EngineCore(
-            settings, self.store, self.files, self.hub, worker=self.link, check=self.link.check
-        )
+        self.link = WorkerLink()  # the worker, once the models are loaded
+        self.rules = JobRules.for_models(settings.models)
+        self.core = EngineCore(settings, self.store, self.files, self.hub, worker=self.link, rules=self.rules)
         self.worker: Any | None = None  # engine.service.worker.Worker once the models are loaded
         self.renderer: Any | None = None
         self._runner: web.AppRunner | None = None
@@ -203,14 +203,22 @@ class EngineService:
             from engine.models.factory import load_models
 
             models = load_models(self.settings.models)
-        return Renderer(models, self.settings.pipeline)
+        renderer = Renderer(models, self.settings.pipeline)
+        if renderer.factor != self.rules.canvas_factor:
+            # Submits are checked against the factor the config names, on every node.
+            raise ConfigError(
+                f"the VQGAN loaded from [models] downsamples by {renderer.factor}, but "
+                f"[models] vqgan = {self.settings.models.vqgan!r} is an f{self.rules.canvas_factor} VQGAN",
+                hint="point vqgan_config/vqgan_ckpt at files of the architecture models.vqgan names",
+            )
+        return renderer
 
     async def _load(self) -> None:
         core = self.core
         started = time.monotonic()
         try:
             renderer = await run_in_daemon_thread(self._build_renderer, "spooky-load")
-            from engine.service.worker import Worker, validator_for  # torch is imported by now
+            from engine.service.worker import Worker  # torch is imported by now
 
             models = renderer.models
         except Exception as e:
@@ -224,7 +232,7 @@ class EngineService:
         core.preset = models.preset
         await core.refresh_estimates()
         self.worker = Worker(core, renderer)
-        self.link.connect(self.worker, validator_for(renderer))
+        self.link.connect(self.worker)
         self.worker.start()
         core.status = HealthStatus.READY
         self.ready.set()

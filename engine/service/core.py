@@ -15,22 +15,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from engine.service.admission import JobRules, Snapshot, check_job, check_limits
 from engine.service.artifacts import ArtifactFiles, new_id
 from engine.service.errors import ApiError, Refused
 from engine.service.events import EventHub
-from engine.service.link import SpecCheck, WorkerControl
+from engine.service.link import WorkerControl
 from engine.service.metrics import Metrics
 from engine.service.scheduler import (
     Estimator,
     Placement,
-    Snapshot,
-    check_limits,
     plan,
     seconds_per_unit,
     step_cost,
     work_units,
 )
-from engine.service.spec import resolve_spec
+from engine.service.spec import resolve
 from engine.service.store import (
     ArtifactRow,
     Counts,
@@ -117,8 +116,8 @@ class GroupCommit:
 class EngineCore:
     """The engine's state and operations; `EngineService` wires it to HTTP, the worker and signals.
 
-    `worker` wakes and stops the worker; `check` runs a submit's renderer checks (both reach the
-    real worker and renderer once the models are loaded: `engine.service.link.WorkerLink`).
+    `worker` wakes and stops the worker (it reaches the real one once the models are loaded:
+    `engine.service.link.WorkerLink`); `rules` are what a job must suit (engine.service.admission).
     """
 
     def __init__(
@@ -129,14 +128,14 @@ class EngineCore:
         hub: EventHub,
         *,
         worker: WorkerControl,
-        check: SpecCheck,
+        rules: JobRules,
     ) -> None:
         self.settings = settings
         self.store = store
         self.files = files
         self.hub = hub
         self.worker = worker
-        self.check = check
+        self.rules = rules
         self.metrics = Metrics()
         if store.availability is not None:
             self.metrics.watch_database(store.availability)
@@ -293,9 +292,9 @@ class EngineCore:
             )
         who = req.requester
         limits = await self.db(self.store.guild_limits, who.guild_id)
-        spec = resolve_spec(req, self.settings.pipeline, limits)
+        spec = resolve(req, self.settings.pipeline, limits)
         try:
-            await asyncio.to_thread(self.check, spec)
+            await asyncio.to_thread(check_job, spec, self.rules)  # the first call reads CLIP's vocabulary
         except InputError as e:
             raise Refused.for_input(e) from e
         source = await self._nightmare_source(req) if JobKind(req.kind) is JobKind.NIGHTMARE else None

@@ -1,22 +1,14 @@
-"""The core's line to the worker and the renderer, which exist only once the models are loaded.
+"""The core's line to the worker, which exists only once the models are loaded.
 
-`EngineCore` is built with a `WorkerLink` (its `WorkerControl` and its submit check) before the
-load starts, because the API serves and accepts jobs while the models load. The service connects
-the worker and the renderer's check to the link when they exist; until then a wake has nobody to
-wake, no job is in a worker's hands here, and submits are checked with CLIP's tokenizer alone.
+`EngineCore` is built with a `WorkerLink` before the load starts, because the API serves and
+accepts jobs while the models load. The service connects the worker to the link when it exists;
+until then a wake has nobody to wake, and no job is in a worker's hands here.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Protocol
-
-from engine.service.prompt_check import check_prompts
-from spooky.contract import JobSpec
-
-#: A submit-time check of a resolved spec; raises the InputError that says what to fix.
-SpecCheck = Callable[[JobSpec], None]
 
 
 class WorkerControl(Protocol):
@@ -31,20 +23,14 @@ class WorkerControl(Protocol):
 
 
 class WorkerLink:
-    """A `WorkerControl` and a `SpecCheck` that reach the worker and renderer once connected."""
+    """A `WorkerControl` that reaches the worker once connected."""
 
     def __init__(self) -> None:
         self._worker: WorkerControl | None = None
-        # Before the models load: the prompt checks need only CLIP's tokenizer, so a prompt CLIP
-        # cannot take is refused at submit, not when its turn comes.
-        self._check: SpecCheck = check_prompts
 
-    def connect(self, worker: WorkerControl, check: SpecCheck) -> None:
-        """The models are loaded: the worker runs and the renderer checks every submit."""
-        self._worker, self._check = worker, check
-
-    def check(self, spec: JobSpec) -> None:
-        self._check(spec)
+    def connect(self, worker: WorkerControl) -> None:
+        """The models are loaded: the worker runs."""
+        self._worker = worker
 
     def wake(self) -> None:
         if self._worker is not None:

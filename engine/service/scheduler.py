@@ -1,4 +1,4 @@
-"""Fair queue order, ETAs and submit-time limits: pure functions over store rows (no I/O).
+"""Fair queue order and ETAs: pure functions over store rows (no I/O).
 
 The worker claims with `fair_order` and the API reports positions with the same function, so a
 position shown to a user is the order the jobs will really run in.
@@ -6,7 +6,6 @@ position shown to a user is the order the jobs will really run in.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,13 +13,8 @@ from typing import Protocol, TypeVar
 
 from engine.service.spec import StoredSpec
 from spooky.contract import (
-    GuildLimits,
     JobKind,
-    JobRequest,
-    JobSpec,
     NightmareSpec,
-    Refusal,
-    RefusalCode,
     SpookySpec,
 )
 
@@ -184,137 +178,3 @@ def plan(
         ahead += estimator.duration(job.spec)
         places[job.id] = Placement(position=i + 1, eta_s=round(ahead, 1))
     return order, places, round(ahead, 1)
-
-
-# --- limits ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The counts a submit is judged against, read inside the same write transaction."""
-
-    now: float
-    limits: GuildLimits
-    max_queue: int  # EngineConfig.max_queue: waiting or running jobs across all servers
-    global_active: int
-    guild_active: int  # waiting or running jobs of this server (DMs count as one server)
-    user_active: int  # waiting or running jobs of this user, on any server
-    user_last_submit: float | None  # when this user's last accepted job was submitted, any server
-
-
-def banned_word_in(text: str, banned: Sequence[str]) -> str | None:
-    """The first banned word or phrase that occurs in `text` as a whole word, case-insensitively.
-
-    Whole words, not substrings: banning "ass" must not refuse "glass"; a phrase such as "pale
-    fangs" matches with any run of spaces between its words.
-    """
-    lowered = text.lower()
-    for word in banned:
-        parts = [re.escape(p) for p in word.lower().split()]
-        if parts and re.search(r"(?<!\w)" + r"\s+".join(parts) + r"(?!\w)", lowered):
-            return word
-    return None
-
-
-def _range_refusal(name: str, value: int, low: int, high: int, what: str) -> Refusal | None:
-    if low <= value <= high:
-        return None
-    return Refusal(
-        code=RefusalCode.OUT_OF_RANGE,
-        message=f"{value} {what} is outside this server's range {low}–{high}; pick a value in it",
-        limit=name,
-        value=high,
-        allowed=f"{low}–{high}",
-    )
-
-
-def check_limits(req: JobRequest, spec: JobSpec, snap: Snapshot) -> Refusal | None:
-    """The first limit that refuses this request, or None when it may be queued.
-
-    Moderators skip the per-user limits (jobs per user, cooldown) but not the server's state
-    (paused, channels, banned words, ranges) nor the queue capacity.
-    """
-    lim = snap.limits
-    who = req.requester
-    if lim.paused:
-        return Refusal(
-            code=RefusalCode.PAUSED,
-            message=(
-                "rendering is paused on this server; a moderator can resume it with /limits set paused:false"
-            ),
-            limit="paused",
-            value="true",
-        )
-    if lim.allowed_channels and who.channel_id not in lim.allowed_channels:
-        shown = ", ".join(f"<#{c}>" for c in lim.allowed_channels[:10])
-        return Refusal(
-            code=RefusalCode.CHANNEL_NOT_ALLOWED,
-            message=f"this channel is not open for rendering; use {shown}",
-            limit="allowed_channels",
-            allowed=",".join(lim.allowed_channels),
-        )
-    word = banned_word_in(" ".join(p for p in (req.prompt, req.scare_prompt) if p), lim.banned_words)
-    if word is not None:
-        return Refusal(
-            code=RefusalCode.BANNED_WORD,
-            message=f'the prompt contains "{word}", which this server does not allow; rephrase it',
-            limit="banned_words",
-            value=word,
-        )
-    if isinstance(spec, SpookySpec):
-        refusal = _range_refusal("max_steps", spec.steps, 1, lim.max_steps, "steps") or _range_refusal(
-            "max_scare_steps", spec.scare_steps, 0, lim.max_scare_steps, "scare steps"
-        )
-    else:
-        refusal = _range_refusal("max_frames", spec.frames, 1, lim.max_frames, "frames")
-    if refusal is not None:
-        return refusal
-    if not who.is_moderator:
-        if snap.user_active >= lim.max_jobs_per_user:
-            return Refusal(
-                code=RefusalCode.USER_LIMIT,
-                message=(
-                    f"you already have {snap.user_active} job(s) waiting or running; this server allows "
-                    f"{lim.max_jobs_per_user} at a time. Wait for one to finish or /cancel one"
-                ),
-                limit="max_jobs_per_user",
-                value=lim.max_jobs_per_user,
-                allowed=f"0–{lim.max_jobs_per_user}",
-            )
-        if snap.user_last_submit is not None and lim.cooldown_s > 0:
-            left = snap.user_last_submit + lim.cooldown_s - snap.now
-            if left > 0:
-                return Refusal(
-                    code=RefusalCode.COOLDOWN,
-                    message=(
-                        f"slow down: this server allows one job every {lim.cooldown_s:g} s; "
-                        f"try again in {left:.0f} s"
-                    ),
-                    limit="cooldown_s",
-                    value=lim.cooldown_s,
-                    retry_after_s=round(left, 1),
-                )
-    if snap.guild_active >= lim.max_queue_per_server:
-        return Refusal(
-            code=RefusalCode.SERVER_QUEUE_FULL,
-            message=(
-                f"this server's queue is full ({snap.guild_active} of {lim.max_queue_per_server} jobs); "
-                "try again when one has finished"
-            ),
-            limit="max_queue_per_server",
-            value=lim.max_queue_per_server,
-            allowed=f"0–{lim.max_queue_per_server}",
-        )
-    if snap.global_active >= snap.max_queue:
-        return Refusal(
-            code=RefusalCode.QUEUE_FULL,
-            message=(
-                f"the render queue is full ({snap.global_active} of {snap.max_queue} jobs "
-                "across all servers); "
-                "try again in a few minutes"
-            ),
-            limit="max_queue",
-            value=snap.max_queue,
-            allowed=f"0–{snap.max_queue}",
-        )
-    return None

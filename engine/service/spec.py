@@ -1,18 +1,26 @@
-"""A job's settings resolved once: the request's values, else the config's, within the server's range.
+"""A job's settings resolved once, and as the store reads them back.
 
-The only place a job's defaults are applied and its seed is drawn. The engine resolves a request
-when it accepts the job and stores the result; the CLI resolves its arguments the same way. The
-renderer then runs exactly what the spec says, so a retry after a crash renders the same picture.
+The rules are the contract's (`spooky.contract.resolve_spec`: each spec field's `Default`); these
+helpers feed it the engine's `[pipeline]` settings. The engine resolves a request when it accepts
+the job and stores the result; the CLI resolves its arguments the same way. The renderer then runs
+exactly what the spec says, so a retry after a crash renders the same picture.
 """
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
+from typing import Any
 
-from spooky.bounds import MAX_SEED
 from spooky.config import PipelineConfig
-from spooky.contract import JobKind, JobRequest, JobSpec, LimitValues, NightmareSpec, SpookySpec
+from spooky.contract import (
+    JobKind,
+    JobRequest,
+    JobSpec,
+    LimitValues,
+    NightmareSpec,
+    SpookySpec,
+    resolve_spec,
+)
 
 
 @dataclass(frozen=True)
@@ -28,81 +36,19 @@ class UnreadableSpec:
 StoredSpec = JobSpec | UnreadableSpec
 
 
-def draw_seed() -> int:
-    """A fresh seed in the contract's range; the job's result reports it, so it can be reproduced."""
-    return secrets.randbelow(MAX_SEED + 1)
+def resolve(req: JobRequest, pipeline: PipelineConfig, limits: LimitValues) -> JobSpec:
+    """The settings an accepted request runs with (`spooky.contract.resolve_spec`)."""
+    return resolve_spec(req.kind, req.given(), pipeline.model_dump(), limits)
 
 
-def spooky_spec(
-    pipeline: PipelineConfig,
-    limits: LimitValues | None,
-    *,
-    prompt: str,
-    scare_prompt: str | None = None,
-    seed: int | None = None,
-    steps: int | None = None,
-    scare_steps: int | None = None,
-    size: tuple[int, int] | None = None,
-) -> SpookySpec:
-    """A spooky job's settings; `limits` None (the CLI) leaves the config's defaults uncapped."""
-    default_steps, default_scare = pipeline.stylegan_steps, pipeline.scare_steps
-    if limits is not None:  # a server's lower range caps the defaults, not what a request asks
-        default_steps = min(default_steps, limits.max_steps)
-        default_scare = min(default_scare, limits.max_scare_steps)
-    return SpookySpec(
-        prompt=prompt,
-        scare_prompt=scare_prompt if scare_prompt is not None else prompt,
-        seed=seed if seed is not None else draw_seed(),
-        steps=steps if steps is not None else default_steps,
-        scare_steps=scare_steps if scare_steps is not None else default_scare,
-        size=size,
-        still_every=pipeline.still_every,
-    )
+def spooky_spec(pipeline: PipelineConfig, limits: LimitValues | None = None, **given: Any) -> SpookySpec:
+    """A spooky job's settings from keyword values (the CLI's arguments, a test's); `limits`
+    None leaves the config's defaults uncapped."""
+    return resolve_spec(JobKind.SPOOKY, given, pipeline.model_dump(), limits)  # type: ignore[return-value]
 
 
 def nightmare_spec(
-    pipeline: PipelineConfig,
-    limits: LimitValues | None,
-    *,
-    prompt: str,
-    seed: int | None = None,
-    frames: int | None = None,
-    size: tuple[int, int] | None = None,
-    max_bytes: int | None = None,
+    pipeline: PipelineConfig, limits: LimitValues | None = None, **given: Any
 ) -> NightmareSpec:
-    """A nightmare job's settings; `limits` None (the CLI) leaves the config's defaults uncapped."""
-    default_frames = pipeline.nightmare_frames
-    if limits is not None:
-        default_frames = min(default_frames, limits.max_frames)
-    return NightmareSpec(
-        prompt=prompt,
-        seed=seed if seed is not None else draw_seed(),
-        frames=frames if frames is not None else default_frames,
-        size=size,
-        max_bytes=max_bytes or pipeline.video_max_bytes,
-        still_every=pipeline.still_every,
-    )
-
-
-def resolve_spec(req: JobRequest, pipeline: PipelineConfig, limits: LimitValues) -> JobSpec:
-    """The settings an accepted request runs with."""
-    if JobKind(req.kind) is JobKind.SPOOKY:
-        return spooky_spec(
-            pipeline,
-            limits,
-            prompt=req.prompt,
-            scare_prompt=req.scare_prompt,
-            seed=req.seed,
-            steps=req.steps,
-            scare_steps=req.scare_steps,
-            size=req.size,
-        )
-    return nightmare_spec(
-        pipeline,
-        limits,
-        prompt=req.prompt,
-        seed=req.seed,
-        frames=req.frames,
-        size=req.size,
-        max_bytes=req.max_bytes,
-    )
+    """A nightmare job's settings from keyword values (see `spooky_spec`)."""
+    return resolve_spec(JobKind.NIGHTMARE, given, pipeline.model_dump(), limits)  # type: ignore[return-value]

@@ -34,12 +34,10 @@ from engine.service.control import JobControl, StopKind
 from engine.service.core import EngineCore
 from engine.service.errors import BadSpecError, DatabaseUnavailableError, DiskFullError
 from engine.service.lease import keep_lease
-from engine.service.link import SpecCheck
-from engine.service.prompt_check import parse_prompt_syntax
 from engine.service.store import JobRow, LeaseLostError, UnreadableSpec
 from engine.service.testgate import step_gate
 from engine.service.threads import run_in_daemon_thread
-from spooky.contract import EventType, JobKind, JobSpec, JobState, SpookySpec
+from spooky.contract import EventType, JobKind, JobState, SpookySpec
 from spooky.errors import InputError, JobCancelled, SpookyError, VideoError
 
 log = logging.getLogger(__name__)
@@ -425,17 +423,3 @@ class Worker:
             },
             last_image=last.id,
         )
-
-
-def validator_for(renderer: Renderer) -> SpecCheck:
-    """The renderer's submit-time checks (prompt tokens, ranges, size) for a resolved job spec."""
-
-    def validate(spec: JobSpec) -> None:
-        # Prompt syntax first, so its errors are told apart from the ranges' (both are InputError).
-        for text in (spec.prompt, spec.scare_prompt if isinstance(spec, SpookySpec) else None):
-            if text:
-                parse_prompt_syntax(text)
-        # A nightmare's image is checked at upload, and again when the job runs.
-        renderer.validate(spec)
-
-    return validate

@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from engine.models.factory import Models, check_preset, load_models, resolve_device
+from engine.models.families import TINY_VQGAN_CONFIG
 from engine.models.stylegan2 import StyleGAN2Generator
-from engine.models.tiny import TINY_VQGAN_CONFIG
 from engine.models.vqgan import build_vqgan
 from spooky.config import ModelsConfig
 from spooky.errors import CheckpointMismatchError, ConfigError, MissingWeightsError, UnknownPresetError

@@ -17,11 +17,8 @@ from engine.service.spec import nightmare_spec, spooky_spec
 from spooky.config import ModelsConfig, PipelineConfig
 from spooky.contract import NightmareSpec, SpookySpec
 from spooky.errors import (
-    EmptyPromptError,
-    InputError,
-    InvalidSizeError,
+    ConfigError,
     JobCancelled,
-    PromptTooLongError,
     VideoError,
 )
 
@@ -123,25 +120,9 @@ def test_cancel_from_the_callback_stops_the_job(renderer: Renderer) -> None:
     assert [(p.stage, p.step) for p in seen] == [("stylegan", 1), ("stylegan", 2)]
 
 
-def test_bad_jobs_are_refused_before_running(renderer: Renderer) -> None:
-    with pytest.raises(EmptyPromptError):
-        renderer.validate(face_job("   "))
-    with pytest.raises(PromptTooLongError):
-        renderer.validate(face_job("boo " * 100))
-    with pytest.raises(EmptyPromptError):
-        renderer.validate(face_job("ghost", scare_prompt="ghost:1|"))
-    with pytest.raises(InvalidSizeError, match="multiples of 4"):
-        renderer.validate(face_job("ghost", size=(66, 64)))
-    with pytest.raises(InvalidSizeError, match="at most 1024"):
-        renderer.validate(face_job("ghost", size=(2048, 64)))
-    with pytest.raises(InputError, match="steps is 0; allowed: 1 to 1000"):
-        renderer.validate(face_job("ghost", steps=0))
-    with pytest.raises(InputError, match="seed is -1"):
-        renderer.validate(face_job("ghost", seed=-1))
-    with pytest.raises(InputError, match="frames is 0"):
-        renderer.validate(night_job(frames=0))
-    with pytest.raises(InputError, match="max_bytes"):
-        renderer.validate(night_job(max_bytes=1000))
+def test_a_config_canvas_the_vqgan_cannot_take_is_refused_at_start(models: Models) -> None:
+    with pytest.raises(ConfigError, match=r"\[pipeline\] size: canvas size 66x64"):
+        Renderer(models, PipelineConfig(size=(66, 64)))
 
 
 def test_nightmare_writes_exactly_the_frames(renderer: Renderer, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from engine.models.factory import Models, load_models
 from engine.models.vqgan import build_vqgan
+from engine.pipeline.canvas import nearest_valid_sizes
 from engine.pipeline.decode import decode, upsample_conv
 from engine.pipeline.progress import StepReport
 from engine.pipeline.prompts import WeightedPrompt, parse_prompts
@@ -17,7 +18,6 @@ from engine.pipeline.styleclip import StyleClipParams, clip_score, optimise_late
 from engine.pipeline.tensors import straight_through, to_frame, to_still
 from engine.pipeline.vqgan_clip import (
     VqganClipParams,
-    nearest_valid_sizes,
     nightmare_frames,
     prepare_image,
     scare,

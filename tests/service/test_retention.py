@@ -9,7 +9,7 @@ from pathlib import Path
 
 from service_helpers import make_settings, request, running_engine
 
-from engine.service.spec import resolve_spec
+from engine.service.spec import resolve
 from engine.service.store import NewJob
 from spooky.contract import EventType, JobKind, JobState
 
@@ -45,7 +45,7 @@ async def test_the_sweep_prunes_old_jobs_in_batches_and_keeps_what_is_still_need
         ids = []
         for i in range(30):
             req = request(user=str(i))
-            spec = resolve_spec(req, settings.pipeline, settings.limits)
+            spec = resolve(req, settings.pipeline, settings.limits)
             new = NewJob(id=f"old-{i}", request=req, spec=spec, source_artifact=None, created_at=time.time())
             store.submit(new, lambda counts, limits: None, lambda snap: {})
             ids.append(new.id)

@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 import pytest
 from service_helpers import request
 
-from engine.service.scheduler import Estimator, Snapshot, check_limits, fair_slots, plan
-from engine.service.spec import resolve_spec
+from engine.service.admission import Snapshot, check_limits
+from engine.service.scheduler import Estimator, fair_slots, plan
+from engine.service.spec import resolve
 from engine.service.store import (
     DatabaseUnavailableError,
     JobStore,
@@ -43,7 +44,7 @@ _ids = iter(range(10**9))
 
 
 def new_job(req: JobRequest) -> NewJob:
-    spec = resolve_spec(req, PipelineConfig(stylegan_steps=2), GuildLimits())
+    spec = resolve(req, PipelineConfig(stylegan_steps=2), GuildLimits())
     return NewJob(id=f"job{next(_ids)}", request=req, spec=spec, source_artifact=None, created_at=time.time())
 
 
@@ -207,7 +208,7 @@ def test_limits_stay_exact_under_concurrent_submits(open_at: Opener):
         for _ in range(8):
             req = request(user=str(rng.randint(1, 6)), guild=rng.choice(["100", "101"]))
             now = time.time()
-            spec = resolve_spec(req, PipelineConfig(), limits)
+            spec = resolve(req, PipelineConfig(), limits)
 
             def decide(
                 counts: Any, lim: GuildLimits, req: JobRequest = req, now: float = now, spec: Any = spec
