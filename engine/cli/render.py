@@ -193,8 +193,9 @@ def _as_input_error() -> Iterator[None]:
         yield
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
-        field = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"
-        raise InputError(f"{field}: {err['msg']}", hint=f"got {err.get('input')!r}") from None
+        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"
+        said = err["msg"].removeprefix("Input should be").strip()
+        raise InputError(f"{flag} is {err.get('input')!r}; it should be {said}") from None
 
 
 def _metadata(settings: dict[str, Any], preset: str) -> dict[str, str]:

@@ -66,7 +66,7 @@ def run_bad(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["ghost", "--size", "big"], "--size 'big' is not WIDTHxHEIGHT"),
         (["ghost", "--preset", "huge"], "unknown model preset 'huge'; allowed: full, tiny"),
         (["ghost", "--frames", "3"], "--frames applies to the nightmare video"),
-        (["ghost", "--steps", "0"], "steps is 0; allowed: 1 to 1000"),
+        (["ghost", "--steps", "0"], "--steps is 0; it should be greater than or equal to 1"),
         ([], "a prompt is required"),
     ],
 )
