@@ -13,7 +13,7 @@ from typing import Any
 import discord
 from pydantic import ValidationError
 
-from bot.client_state import ClientState
+from bot.delivery_state import DeliveryState
 from bot.errors import ENGINE_DOWN, UNEXPECTED
 from bot.host import host_of
 from bot.text import NO_PINGS, escape
@@ -90,8 +90,8 @@ def describe_request_error(e: EngineRequestError) -> str:
     return f"The render engine could not take this request: {e.body.error.message}"
 
 
-def _client_state(interaction: discord.Interaction, *, max_bytes: int | None) -> ClientState:
-    return ClientState(
+def _delivery_state(interaction: discord.Interaction, *, max_bytes: int | None) -> DeliveryState:
+    return DeliveryState(
         app_id=str(interaction.application_id),
         token=interaction.token,
         interaction_at=interaction.created_at.timestamp(),
@@ -121,7 +121,7 @@ async def submit(
             prompt=prompt,
             requester=requester,
             idempotency_key=str(interaction.id),
-            client=_client_state(interaction, max_bytes=max_bytes).to_client(),
+            client=_delivery_state(interaction, max_bytes=max_bytes).to_client(),
             max_bytes=max_bytes if kind is JobKind.NIGHTMARE else None,
             **{k: v for k, v in fields.items() if v is not None},
         )

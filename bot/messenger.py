@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.utils import MISSING
 
-from bot.client_state import ClientState
+from bot.delivery_state import DeliveryState
 from bot.text import NO_PINGS
 
 if TYPE_CHECKING:
@@ -67,10 +67,10 @@ class JobMessages:
         self,
         bot: SpookyBot,
         job_id: str,
-        state: ClientState,
+        state: DeliveryState,
         *,
         ttl_s: float,
-        on_state: Callable[[ClientState], Awaitable[None]],
+        on_state: Callable[[DeliveryState], Awaitable[None]],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.bot = bot

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 import aiohttp
 import discord
 
-from bot.client_state import ClientState
+from bot.delivery_state import DeliveryState
 from bot.messenger import JobMessages, Upload, too_large
 from bot.progress import EditThrottle, JobSnapshot, render_progress, render_result, render_stopped
 from bot.text import size
@@ -284,7 +284,7 @@ class Tracker:
         feed.apply(event)
 
     def _ours(self, job: JobView) -> bool:
-        state = ClientState.from_client(job.request.client)
+        state = DeliveryState.from_client(job.request.client)
         mine = str(self.bot.application_id) if self.bot.application_id else None
         return (
             state.channel_id is not None
@@ -332,7 +332,7 @@ class JobFeed:
         self.messages = JobMessages(
             tracker.bot,
             job.id,
-            ClientState.from_client(job.request.client),
+            DeliveryState.from_client(job.request.client),
             ttl_s=tracker.ttl_s,
             on_state=self._save_state,
             clock=tracker.clock,
@@ -378,7 +378,7 @@ class JobFeed:
         finally:
             self.tracker._finished(self, delivered)
 
-    async def _save_state(self, state: ClientState) -> None:
+    async def _save_state(self, state: DeliveryState) -> None:
         """Store the message ids on the engine, waiting out an unavailable engine: a bot restarted
         without them would post the job's message a second time once the nonce has expired."""
         engine, client = self.tracker.engine, state.to_client()
