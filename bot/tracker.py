@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import aiohttp
 import discord
@@ -28,12 +28,11 @@ from bot.delivery_state import DeliveryState
 from bot.messenger import JobMessages, Upload, too_large
 from bot.progress import EditThrottle, JobSnapshot, render_progress, render_result, render_stopped
 from bot.text import size
-from bot.views import progress_view, result_view
 from spooky.contract import Event, EventType, JobKind, JobState, JobView
 from spooky.engine_client import EngineClient, EngineRequestError, EngineUnavailable
 
 if TYPE_CHECKING:
-    from bot.app import SpookyBot
+    from bot.host import DeliveryHost
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +133,31 @@ class Shards:
         return f"engine-events.shards-{'-'.join(map(str, sorted(self.ids)))}-of-{self.count}.cursor"
 
 
+class JobViews(Protocol):
+    """The buttons of a job's message (bot.views.JobButtons): handed in, so this module needs no
+    button and no job action."""
+
+    def progress(self, job_id: str) -> discord.ui.View | None: ...
+
+    def result(self, job: JobView) -> discord.ui.View | None: ...
+
+
 class Tracker:
     """The bot's single follower of engine events."""
 
     def __init__(
         self,
-        bot: SpookyBot,
+        host: DeliveryHost,
         *,
+        views: JobViews,
         shards: Shards | None = None,
         cursor_path: Path,
         interval_s: float,
         ttl_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.bot = bot
+        self.host = host
+        self.views = views
         self.shards = shards or Shards()
         self.cursor = CursorFile(cursor_path)
         self.interval_s = interval_s
@@ -163,7 +173,7 @@ class Tracker:
 
     @property
     def engine(self) -> EngineClient:
-        return self.bot.engine
+        return self.host.engine
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -285,7 +295,8 @@ class Tracker:
 
     def _ours(self, job: JobView) -> bool:
         state = DeliveryState.from_client(job.request.client)
-        mine = str(self.bot.application_id) if self.bot.application_id else None
+        app_id = self.host.application_id
+        mine = str(app_id) if app_id else None
         return (
             state.channel_id is not None
             and (mine is None or state.app_id == mine)
@@ -330,7 +341,7 @@ class JobFeed:
         self.job_id = job.id
         self.snapshot = JobSnapshot.from_job(job)
         self.messages = JobMessages(
-            tracker.bot,
+            tracker.host,
             job.id,
             DeliveryState.from_client(job.request.client),
             ttl_s=tracker.ttl_s,
@@ -402,7 +413,7 @@ class JobFeed:
         if text == self._shown_text and uploads is None:
             return  # the message already says this: an edit would only spend rate limit
         try:
-            await self.messages.show(text, uploads=uploads, view=progress_view(self.job_id))
+            await self.messages.show(text, uploads=uploads, view=self.tracker.views.progress(self.job_id))
         except (discord.HTTPException, *TRANSIENT) as e:
             # Progress is best effort: the next event or the result will bring the message up to date.
             log.warning("job %s: progress edit failed: %s", self.job_id, e)
@@ -442,7 +453,7 @@ class JobFeed:
         return await self.tracker.engine_call("fetching a result", lambda: engine.artifact(artifact_id))
 
     async def _post_result(self, job: JobView) -> bool:
-        view = result_view(job.id, job.kind)
+        view = self.tracker.views.result(job)
         if job.kind is JobKind.SPOOKY:
             uploads = [
                 (f"{role}.png", await self._artifact(job.artifacts[role]))
@@ -507,7 +518,7 @@ class JobFeed:
                 await asyncio.sleep(delay)
 
     def _believed_limit(self) -> int:
-        return self.messages.state.max_bytes or self.tracker.bot.config.upload_limit_bytes
+        return self.messages.state.max_bytes or self.tracker.host.config.upload_limit_bytes
 
     def _over_limit(self, what: str, sent: int) -> str:
         """'⚠️ The video (70.2 KB) is over this server's upload limit (48.0 KB)', in real sizes."""
