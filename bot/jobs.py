@@ -1,4 +1,4 @@
-"""Job actions for an interaction: submit, fetch, cancel (no discord.ui here).
+"""Job actions for an interaction: submit, submit again, fetch, cancel (no discord.ui here).
 
 Shared by the slash commands and the buttons, so both follow the same rules: the interaction id
 as idempotency key, refusals shown as the engine wrote them, every submitted job watched by the
@@ -45,6 +45,16 @@ async def submit(
         first = e.errors()[0]
         await tell(interaction, f"That request is not valid: {first['msg'].removeprefix('Value error, ')}")
         return None
+    return await _send(interaction, request)
+
+
+async def resubmit(interaction: discord.Interaction, source: JobRequest) -> JobView | None:
+    """Submit `source` again for this interaction, with no seed (the engine draws a new one).
+
+    Every other option is the source's as it is, whatever options a request has; only the
+    fields that belong to the interaction (`Origin`) are this one's.
+    """
+    request = source.model_copy(update={"seed": None, **origin(interaction)})
     return await _send(interaction, request)
 
 

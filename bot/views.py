@@ -65,7 +65,7 @@ class _JobButton:
 class RerollButton(
     _JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"spooky:reroll:" + _JOB
 ):
-    """The same prompt and settings, a new seed (no seed sent: the engine draws one)."""
+    """The same request with a new seed (no seed sent: the engine draws one)."""
 
     action, label, emoji, style = "reroll", "Reroll", "🎲", discord.ButtonStyle.secondary
 
@@ -74,16 +74,7 @@ class RerollButton(
         source = await jobs.fetch(interaction, self.job_id)
         if source is None:
             return
-        req = source.request
-        await jobs.submit(
-            interaction,
-            kind=JobKind.SPOOKY,
-            prompt=req.prompt,
-            scare_prompt=req.scare_prompt,
-            steps=req.steps,
-            scare_steps=req.scare_steps,
-            size=req.size,
-        )
+        await jobs.resubmit(interaction, source.request)
 
 
 class NightmareButton(
