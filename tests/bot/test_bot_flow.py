@@ -25,7 +25,8 @@ from bot_helpers import (
     uploaded,
     webhook_edits,
 )
-from fake_discord import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, FakeDiscord, Interaction, Recorded
+from fake_discord.server import FakeDiscord
+from fake_discord.state import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, Interaction, Recorded
 from PIL import Image
 from support import free_port
 

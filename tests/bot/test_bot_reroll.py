@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from bot_helpers import RENDER_TIMEOUT_S, buttons, filenames, job_of
-from fake_discord import FakeDiscord
+from fake_discord.server import FakeDiscord
 
 from bot.delivery_state import DeliveryState
 from spooky.contract import JobKind, JobRequest, JobState, Requester
