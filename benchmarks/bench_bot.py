@@ -2,7 +2,7 @@
 
 Three real processes and one fake: the engine (`spooky engine`, tiny preset) and the bot
 (`spooky bot`) run as children; the Discord API is the local fake of the tests
-(tests/bot/fake_discord.py), in this process, which records every request with its time.
+(tests/bot/fake_discord/), in this process, which records every request with its time.
 
   ack      N concurrent slash commands sent at once on the gateway; latency = INTERACTION_CREATE
            written -> interaction callback received (Discord allows 3 s). Two bursts: /spooky on a
@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "bot"))
 
 from bot_helpers import ephemeral_replies, final_of, webhook_edits  # noqa: E402
-from fake_discord import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, FakeDiscord, Interaction  # noqa: E402
+from fake_discord.server import FakeDiscord  # noqa: E402
+from fake_discord.state import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, Interaction  # noqa: E402
 
 SECRET = "bench-secret"
 CONFIG = """

@@ -14,12 +14,12 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot import interactions
 from bot.errors import NotModerator, UserFacingError
 from bot.metrics import BotMetrics, MetricsServer
+from bot.replies import report_unexpected, tell
 from bot.text import NO_PINGS
 from bot.tracker import Shards, Tracker
-from bot.views import DYNAMIC_ITEMS
+from bot.views import DYNAMIC_ITEMS, JobButtons
 from spooky.config import BotConfig, Settings
 from spooky.engine_client import EngineClient
 
@@ -62,14 +62,14 @@ class SpookyTree(app_commands.CommandTree["SpookyBot"]):
             # A per-command handler answers these; answer here only when none did.
             if not interaction.response.is_done() or interaction.extras.get("public_loading"):
                 message = error.message if isinstance(error, UserFacingError) else str(error)
-                await interactions.tell(interaction, message)
+                await tell(interaction, message)
             return
         if isinstance(error, app_commands.CheckFailure):
-            await interactions.tell(interaction, "You cannot use this command here.")
+            await tell(interaction, "You cannot use this command here.")
             return
         original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
         name = f"/{command.qualified_name}" if command is not None else "an unknown command"
-        await interactions.report_unexpected(interaction, original, where=name)
+        await report_unexpected(interaction, original, where=name)
 
 
 class SpookyBot(commands.AutoShardedBot):
@@ -111,6 +111,7 @@ class SpookyBot(commands.AutoShardedBot):
         shards = Shards(self.config.shard_count, self.config.shard_ids)
         self.tracker = Tracker(
             self,
+            views=JobButtons(),
             shards=shards,
             cursor_path=self.config.data_dir / shards.cursor_name,
             interval_s=self.config.progress_interval_s,
@@ -118,6 +119,10 @@ class SpookyBot(commands.AutoShardedBot):
             clock=clock,
         )
         self.loaded: list[str] = []
+
+    def interaction_webhook(self, application_id: int, token: str) -> discord.Webhook:
+        """The webhook of an interaction token, with this client's state (a view needs it)."""
+        return discord.Webhook.partial(application_id, token, client=self)
 
     async def setup_hook(self) -> None:
         for name in EXTENSIONS:

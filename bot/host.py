@@ -1,4 +1,8 @@
-"""What the interaction helpers and buttons need of the running bot, as a checked protocol."""
+"""What the parts of the bot use of the running bot, as narrow protocols (SpookyBot satisfies both).
+
+Commands, buttons and job actions reach the bot through the interaction (`host_of`); the tracker
+and the job messages are handed it. Neither needs the whole `SpookyBot`, so neither imports it.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,46 @@ import discord
 
 if TYPE_CHECKING:
     from bot.metrics import BotMetrics
-    from bot.tracker import Tracker
     from spooky.config import BotConfig, Settings
+    from spooky.contract import JobView
     from spooky.engine_client import EngineClient
+
+
+class JobWatcher(Protocol):
+    """Whatever shows a submitted job's progress and result (the tracker)."""
+
+    async def watch(self, job: JobView) -> None: ...
 
 
 @runtime_checkable
 class BotHost(Protocol):
-    """The parts of SpookyBot a helper may use (SpookyBot satisfies it)."""
+    """The parts of the bot a command, a button or a job action may use."""
 
     settings: Settings
     config: BotConfig
     engine: EngineClient
     metrics: BotMetrics
-    tracker: Tracker
+
+    @property
+    def tracker(self) -> JobWatcher: ...
+
+
+class DeliveryHost(Protocol):
+    """The parts of the bot that following jobs and posting their messages use."""
+
+    engine: EngineClient
+    config: BotConfig
+
+    @property
+    def application_id(self) -> int | None: ...
+
+    def get_partial_messageable(
+        self, id: int, *, guild_id: int | None = None, type: discord.ChannelType | None = None
+    ) -> discord.PartialMessageable: ...
+
+    def interaction_webhook(self, application_id: int, token: str) -> discord.Webhook:
+        """The webhook of an interaction token, bound to the bot's connection state."""
+        ...
 
 
 def host_of(interaction: discord.Interaction) -> BotHost:

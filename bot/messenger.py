@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 import discord
 from discord.utils import MISSING
 
-from bot.client_state import ClientState
+from bot.delivery_state import DeliveryState
 from bot.text import NO_PINGS
 
 if TYPE_CHECKING:
-    from bot.app import SpookyBot
+    from bot.host import DeliveryHost
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,15 @@ class JobMessages:
 
     def __init__(
         self,
-        bot: SpookyBot,
+        host: DeliveryHost,
         job_id: str,
-        state: ClientState,
+        state: DeliveryState,
         *,
         ttl_s: float,
-        on_state: Callable[[ClientState], Awaitable[None]],
+        on_state: Callable[[DeliveryState], Awaitable[None]],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.bot = bot
+        self.host = host
         self.job_id = job_id
         self.state = state
         self.ttl_s = ttl_s
@@ -118,7 +118,7 @@ class JobMessages:
         self, content: str, uploads: Sequence[Upload] | None, view: discord.ui.View | None
     ) -> discord.Message:
         assert self.state.app_id and self.state.token  # token_fresh checked both
-        webhook = discord.Webhook.partial(int(self.state.app_id), self.state.token, client=self.bot)
+        webhook = self.host.interaction_webhook(int(self.state.app_id), self.state.token)
         # discord.py quotes a string id; "@original" is only a fallback when the callback
         # response did not carry the message id.
         message_id: int | str = int(self.state.message_id) if self.state.message_id else "@original"
@@ -137,7 +137,7 @@ class JobMessages:
         guild, channel = self.state.guild_id, self.state.channel_id
         if channel is None:
             raise ValueError(f"job {self.job_id} has no channel to post in")
-        return self.bot.get_partial_messageable(int(channel), guild_id=int(guild) if guild else None)
+        return self.host.get_partial_messageable(int(channel), guild_id=int(guild) if guild else None)
 
     async def _channel(
         self, content: str, uploads: Sequence[Upload] | None, view: discord.ui.View | None

@@ -1,10 +1,9 @@
-"""Follow the engine's events, keep each job's message current, deliver every result exactly once.
+"""Follow the engine's events for this process's servers, and hand each job's to its feed.
 
 One background task reads `engine.events(after=cursor)` for all guilds and persists the last event
-id (atomic write) so a restarted bot resumes where it stopped; at start it also asks the engine for
-finished jobs that were never delivered. Each job has a small feed task that coalesces events into
-at most one edit per `progress_interval_s` and, at the end, posts the result, retrying while
-Discord or the engine is unavailable, and only then marks the job delivered.
+id (atomic write) so a restarted bot resumes where it stopped; at start, and now and then after,
+it also asks the engine for finished jobs that were never delivered. Each followed job has a feed
+(`bot.feed.JobFeed`) that shows it and delivers its result.
 """
 
 from __future__ import annotations
@@ -16,43 +15,27 @@ import os
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-import aiohttp
-import discord
-
-from bot.client_state import ClientState
-from bot.messenger import JobMessages, Upload, too_large
-from bot.progress import EditThrottle, JobSnapshot, render_progress, render_result, render_stopped
-from bot.text import size
-from bot.views import progress_view, result_view
-from spooky.contract import Event, EventType, JobKind, JobState, JobView
+from bot.delivery_state import DeliveryState
+from bot.feed import JobFeed, JobViews
+from bot.retry import Backoff
+from spooky.contract import Event, EventType, JobView
 from spooky.engine_client import EngineClient, EngineRequestError, EngineUnavailable
 
 if TYPE_CHECKING:
-    from bot.app import SpookyBot
+    from bot.host import DeliveryHost
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-#: Errors after which posting is worth trying again (Discord or the network is down for a while).
-TRANSIENT = (discord.DiscordServerError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 FINAL_EVENTS = (EventType.FINISHED, EventType.FAILED, EventType.CANCELLED)
 
 #: How often the engine is asked for undelivered results the event stream did not bring (a missed
 #: or skipped event, an engine whose database was reset behind the bot's cursor).
 SWEEP_INTERVAL_S = 60.0
-
-#: Discord's upload limits by boost tier; a 413 below our guess means the server's is one of these.
-DISCORD_UPLOAD_TIERS = (10 * 1024 * 1024, 50 * 1024 * 1024, 100 * 1024 * 1024)
-
-#: Re-encodes asked for one result after 413s, each for a strictly smaller budget.
-MAX_REFITS = 3
 
 
 class CursorFile:
@@ -83,35 +66,6 @@ class CursorFile:
             raise
 
 
-class Backoff:
-    """1, 2, 4 … `cap` seconds."""
-
-    def __init__(self, first: float = 1.0, cap: float = 30.0) -> None:
-        self.first, self.cap, self._next = first, cap, first
-
-    def next(self) -> float:
-        delay, self._next = self._next, min(self.cap, self._next * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first
-
-
-def refit_target(sent_bytes: int, believed_limit: int) -> int:
-    """Byte budget to ask the engine for after Discord refused `sent_bytes` as too large.
-
-    Always strictly below `sent_bytes`: asking for what was just refused would only be refused again.
-    """
-    lower_tiers = [t for t in DISCORD_UPLOAD_TIERS if t < min(sent_bytes, believed_limit)]
-    if lower_tiers:
-        return int(max(lower_tiers) * 0.95)
-    if sent_bytes > believed_limit:
-        # Over the limit the interaction announced: leave room for the request's own overhead.
-        return int(believed_limit * 0.95)
-    # No known tier below: the limit is smaller than we were told; halve and try again.
-    return sent_bytes // 2
-
-
 @dataclass(frozen=True)
 class Shards:
     """The shards this process runs; `ids` None = all of them, so every job is this process's."""
@@ -139,15 +93,17 @@ class Tracker:
 
     def __init__(
         self,
-        bot: SpookyBot,
+        host: DeliveryHost,
         *,
+        views: JobViews,
         shards: Shards | None = None,
         cursor_path: Path,
         interval_s: float,
         ttl_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.bot = bot
+        self.host = host
+        self.views = views
         self.shards = shards or Shards()
         self.cursor = CursorFile(cursor_path)
         self.interval_s = interval_s
@@ -163,7 +119,7 @@ class Tracker:
 
     @property
     def engine(self) -> EngineClient:
-        return self.bot.engine
+        return self.host.engine
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -284,8 +240,9 @@ class Tracker:
         feed.apply(event)
 
     def _ours(self, job: JobView) -> bool:
-        state = ClientState.from_client(job.request.client)
-        mine = str(self.bot.application_id) if self.bot.application_id else None
+        state = DeliveryState.from_client(job.request.client)
+        app_id = self.host.application_id
+        mine = str(app_id) if app_id else None
         return (
             state.channel_id is not None
             and (mine is None or state.app_id == mine)
@@ -293,7 +250,15 @@ class Tracker:
         )
 
     def _feed(self, job: JobView) -> JobFeed:
-        feed = JobFeed(self, job)
+        feed = JobFeed(
+            self.host,
+            job,
+            views=self.views,
+            interval_s=self.interval_s,
+            ttl_s=self.ttl_s,
+            clock=self.clock,
+            on_done=self._finished,
+        )
         self._feeds[job.id] = feed
         feed.task = asyncio.create_task(feed.run(), name=f"spooky-job-{job.id}")
         return feed
@@ -308,227 +273,3 @@ class Tracker:
         self._settle(feed.job_id)
         if delivered:
             self.delivered.append(feed.job_id)
-
-    # --- engine calls that wait out an unavailable engine --------------------------------------
-
-    async def engine_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        backoff = Backoff()
-        while True:
-            try:
-                return await call()
-            except EngineUnavailable as e:
-                delay = backoff.next()
-                log.warning("engine unavailable during %s (%s); retrying in %.0f s", what, e, delay)
-                await asyncio.sleep(delay)
-
-
-class JobFeed:
-    """One job: fold its events, edit its message (throttled), deliver its result."""
-
-    def __init__(self, tracker: Tracker, job: JobView) -> None:
-        self.tracker = tracker
-        self.job_id = job.id
-        self.snapshot = JobSnapshot.from_job(job)
-        self.messages = JobMessages(
-            tracker.bot,
-            job.id,
-            ClientState.from_client(job.request.client),
-            ttl_s=tracker.ttl_s,
-            on_state=self._save_state,
-            clock=tracker.clock,
-        )
-        self.throttle = EditThrottle(tracker.interval_s)
-        self._wake = asyncio.Event()
-        self._wake.set()  # show the current state at once
-        self._shown_still: str | None = None
-        self._shown_text: str | None = None  # the progress text last sent, to skip no-op edits
-        self.task: asyncio.Task[None] | None = None
-
-    def apply(self, event: Event) -> None:
-        if self.snapshot.apply(event):
-            self._wake.set()
-
-    def catch_up(self, job: JobView) -> None:
-        """Take the engine's view of the job when its events did not arrive."""
-        self.snapshot = JobSnapshot.from_job(job)
-        self._wake.set()
-
-    async def run(self) -> None:
-        """Show each new state (throttled) until the job ends, then deliver its result once."""
-        delivered = False
-        try:
-            while True:
-                await self._wake.wait()
-                # Events arriving during this wait are folded into one edit.
-                await asyncio.sleep(self.throttle.wait_s())
-                self._wake.clear()
-                if not self.snapshot.state.terminal:
-                    await self._show_progress()
-                    continue
-                outcome = await self._deliver()
-                if outcome is not None:
-                    delivered = outcome
-                    return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception(
-                "job %s: its message feed failed; the result will be retried on restart", self.job_id
-            )
-        finally:
-            self.tracker._finished(self, delivered)
-
-    async def _save_state(self, state: ClientState) -> None:
-        """Store the message ids on the engine, waiting out an unavailable engine: a bot restarted
-        without them would post the job's message a second time once the nonce has expired."""
-        engine, client = self.tracker.engine, state.to_client()
-        try:
-            await self.tracker.engine_call(
-                "storing the message ids", lambda: engine.set_client_state(self.job_id, client)
-            )
-        except EngineRequestError as e:
-            # The engine refused the record itself (the job is gone): retrying cannot help.
-            log.error("job %s: the engine refused its message ids: %s %s", self.job_id, e.status, e.body)
-
-    async def _show_progress(self) -> None:
-        snap = self.snapshot
-        text = render_progress(snap)
-        uploads: list[Upload] | None = None
-        if snap.still and snap.still != self._shown_still:
-            try:
-                uploads = [("still.png", await self.tracker.engine.artifact(snap.still))]
-            except (EngineUnavailable, EngineRequestError) as e:
-                log.warning("job %s: could not fetch still %s: %s", self.job_id, snap.still, e)
-        if text == self._shown_text and uploads is None:
-            return  # the message already says this: an edit would only spend rate limit
-        try:
-            await self.messages.show(text, uploads=uploads, view=progress_view(self.job_id))
-        except (discord.HTTPException, *TRANSIENT) as e:
-            # Progress is best effort: the next event or the result will bring the message up to date.
-            log.warning("job %s: progress edit failed: %s", self.job_id, e)
-        else:
-            self._shown_text = text
-            if uploads:
-                self._shown_still = snap.still
-        finally:
-            self.throttle.mark()
-
-    # --- the result ------------------------------------------------------------------------------
-
-    async def _deliver(self) -> bool | None:
-        """Post the result and mark it delivered: True; False = not ours to post (already delivered,
-        or Discord refused it for good); None = the job is running again, keep following."""
-        engine = self.tracker.engine
-        job = await self.tracker.engine_call("fetching the job", lambda: engine.job(self.job_id))
-        if job.delivered:
-            return False
-        if not job.state.terminal:
-            # An INTERRUPTED event we read as final but the engine retried: keep following.
-            self.snapshot = JobSnapshot.from_job(job)
-            self._wake.set()
-            return None
-        if job.state is JobState.SUCCEEDED:
-            posted = await self._post_result(job)
-        else:
-            posted = await self._post(render_stopped(job), [], None)
-        if not posted:
-            return False
-        await self.tracker.engine_call("marking delivered", lambda: engine.mark_delivered(self.job_id))
-        log.info("job %s (%s, %s) delivered via %s", job.id, job.kind, job.state, self.messages.via)
-        return True
-
-    async def _artifact(self, artifact_id: str) -> bytes:
-        engine = self.tracker.engine
-        return await self.tracker.engine_call("fetching a result", lambda: engine.artifact(artifact_id))
-
-    async def _post_result(self, job: JobView) -> bool:
-        view = result_view(job.id, job.kind)
-        if job.kind is JobKind.SPOOKY:
-            uploads = [
-                (f"{role}.png", await self._artifact(job.artifacts[role]))
-                for role in ("stylegan", "spooky")
-                if role in job.artifacts
-            ]
-            return await self._post(render_result(job), uploads, view)
-        video_id = job.artifacts.get("video")
-        if video_id is None:
-            return await self._post(render_result(job, note="The engine returned no video."), [], view)
-        data = await self._artifact(video_id)
-        return await self._post(render_result(job), [("nightmare.mp4", data)], view, refit=video_id)
-
-    async def _post(
-        self,
-        content: str,
-        uploads: list[Upload],
-        view: discord.ui.View | None,
-        *,
-        refit: str | None = None,
-    ) -> bool:
-        """Post until it works; a 413 asks the engine for a smaller video (each time strictly
-        smaller, at most MAX_REFITS times), then posts without the file. False = gave up."""
-        backoff = Backoff()
-        refits = 0
-        while True:
-            await asyncio.sleep(self.throttle.wait_s())
-            try:
-                await self.messages.show(content, uploads=uploads, view=view)
-                self.throttle.mark()
-                return True
-            except discord.HTTPException as e:
-                self.throttle.mark()
-                sent = sum(len(b) for _, b in uploads)
-                if too_large(e) and sent:
-                    if refit is not None and refits < MAX_REFITS:
-                        refits += 1
-                        uploads, note = await self._refit(refit, sent)
-                        if note:
-                            content = f"{content}\n{note}"
-                        continue
-                    what = "video" if refit is not None else "result"
-                    note = f"{self._over_limit(what, sent)} and could not be made small enough to post."
-                    content, uploads = f"{content}\n{note}", []
-                    continue
-                if isinstance(e, discord.DiscordServerError) or e.status == 429:
-                    delay = backoff.next()
-                    log.warning(
-                        "job %s: Discord failed the result post (%s); retrying in %.0f s",
-                        self.job_id,
-                        e,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-                log.error("job %s: Discord refused the result (%s); it stays undelivered", self.job_id, e)
-                return False
-            except TRANSIENT as e:
-                self.throttle.mark()
-                delay = backoff.next()
-                log.warning("job %s: could not reach Discord (%r); retrying in %.0f s", self.job_id, e, delay)
-                await asyncio.sleep(delay)
-
-    def _believed_limit(self) -> int:
-        return self.messages.state.max_bytes or self.tracker.bot.config.upload_limit_bytes
-
-    def _over_limit(self, what: str, sent: int) -> str:
-        """'⚠️ The video (70.2 KB) is over this server's upload limit (48.0 KB)', in real sizes."""
-        believed = self._believed_limit()
-        limit = size(believed) if believed < sent else f"below the {size(believed)} it announced"
-        return f"⚠️ The {what} ({size(sent)}) is over this server's upload limit ({limit})"
-
-    async def _refit(self, video_id: str, sent: int) -> tuple[list[Upload], str | None]:
-        """Ask the engine to re-encode the video under a smaller budget; explain if it cannot."""
-        target = refit_target(sent, self._believed_limit())
-        engine = self.tracker.engine
-        log.info("job %s: video of %d bytes too large for Discord; asking for %d", self.job_id, sent, target)
-        try:
-            artifact = await self.tracker.engine_call(
-                "refitting the video", lambda: engine.fit_artifact(video_id, target)
-            )
-        except EngineRequestError as e:
-            why = e.body.error.message
-            note = (
-                f"{self._over_limit('video', sent)} and could not be re-encoded under {size(target)}: {why}"
-            )
-            return [], note
-        data = await self._artifact(artifact.id)
-        return [("nightmare.mp4", data)], None

@@ -1,7 +1,8 @@
 """Buttons that survive restarts: stable custom ids `spooky:<action>:<job_id>`, state from the engine.
 
 Each button is a `discord.ui.DynamicItem` registered once in `setup_hook`, so discord.py routes a
-press to it by matching the custom id, whether or not this process sent the message.
+press to it by matching the custom id, whether or not this process sent the message. A press runs
+a job action (`bot.jobs`); `JobButtons` is the view factory the tracker is handed.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Any
 
 import discord
 
-from bot import interactions
+from bot import jobs
 from bot.host import host_of
-from spooky.contract import JobKind
+from bot.replies import ack, report_unexpected, tell
+from spooky.contract import JobKind, JobView
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,7 @@ class _JobButton:
             await self.press(interaction)
         except Exception as exc:
             commands.labels(f"button:{self.action}", "error").inc()
-            await interactions.report_unexpected(
-                interaction, exc, where=f"button {self.action} on job {self.job_id}"
-            )
+            await report_unexpected(interaction, exc, where=f"button {self.action} on job {self.job_id}")
         else:
             commands.labels(f"button:{self.action}", "ok").inc()
 
@@ -65,25 +65,16 @@ class _JobButton:
 class RerollButton(
     _JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"spooky:reroll:" + _JOB
 ):
-    """The same prompt and settings, a new seed (no seed sent: the engine draws one)."""
+    """The same request with a new seed (no seed sent: the engine draws one)."""
 
     action, label, emoji, style = "reroll", "Reroll", "🎲", discord.ButtonStyle.secondary
 
     async def press(self, interaction: discord.Interaction) -> None:
-        await interactions.ack(interaction)
-        source = await interactions.fetch_job(interaction, self.job_id)
+        await ack(interaction)
+        source = await jobs.fetch(interaction, self.job_id)
         if source is None:
             return
-        req = source.request
-        await interactions.submit(
-            interaction,
-            kind=JobKind.SPOOKY,
-            prompt=req.prompt,
-            scare_prompt=req.scare_prompt,
-            steps=req.steps,
-            scare_steps=req.scare_steps,
-            size=req.size,
-        )
+        await jobs.resubmit(interaction, source.request)
 
 
 class NightmareButton(
@@ -94,17 +85,15 @@ class NightmareButton(
     action, label, emoji, style = "nightmare", "Nightmare", "🕯️", discord.ButtonStyle.danger
 
     async def press(self, interaction: discord.Interaction) -> None:
-        await interactions.ack(interaction)
-        source = await interactions.fetch_job(interaction, self.job_id)
+        await ack(interaction)
+        source = await jobs.fetch(interaction, self.job_id)
         if source is None:
             return
         still = source.artifacts.get("spooky") or source.artifacts.get("stylegan")
         if still is None:
-            await interactions.tell(
-                interaction, "This render has no finished image to animate; run /spooky again."
-            )
+            await tell(interaction, "This render has no finished image to animate; run /spooky again.")
             return
-        await interactions.submit(
+        await jobs.submit(
             interaction,
             kind=JobKind.NIGHTMARE,
             prompt=host_of(interaction).settings.pipeline.nightmare_prompt,
@@ -120,23 +109,27 @@ class CancelButton(
     action, label, emoji, style = "cancel", "Cancel", "✖️", discord.ButtonStyle.secondary
 
     async def press(self, interaction: discord.Interaction) -> None:
-        await interactions.ack(interaction, ephemeral=True)
-        await interactions.cancel(interaction, self.job_id)
+        await ack(interaction, ephemeral=True)
+        await jobs.cancel(interaction, self.job_id)
 
 
 DYNAMIC_ITEMS = (RerollButton, NightmareButton, CancelButton)
 
 
-def progress_view(job_id: str) -> discord.ui.View:
-    view = discord.ui.View(timeout=None)
-    view.add_item(CancelButton(job_id))
-    return view
+class JobButtons:
+    """The buttons of a job's message at each moment (the tracker's view factory)."""
 
+    def progress(self, job_id: str) -> discord.ui.View:
+        """While the job waits or runs: Cancel."""
+        view = discord.ui.View(timeout=None)
+        view.add_item(CancelButton(job_id))
+        return view
 
-def result_view(job_id: str, kind: JobKind) -> discord.ui.View | None:
-    if kind is not JobKind.SPOOKY:
-        return None
-    view = discord.ui.View(timeout=None)
-    view.add_item(NightmareButton(job_id))
-    view.add_item(RerollButton(job_id))
-    return view
+    def result(self, job: JobView) -> discord.ui.View | None:
+        """A finished job's: Nightmare and Reroll on a face, none on a video."""
+        if job.kind is not JobKind.SPOOKY:
+            return None
+        view = discord.ui.View(timeout=None)
+        view.add_item(NightmareButton(job.id))
+        view.add_item(RerollButton(job.id))
+        return view

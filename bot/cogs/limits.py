@@ -9,8 +9,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import interactions
+from bot import replies
 from bot.errors import NotModerator
+from bot.origin import is_moderator
 from bot.text import duration, escape
 from spooky.bounds import MAX_COOLDOWN_S, MAX_FRAMES, MAX_JOBS_PER_USER, MAX_QUEUE_PER_SERVER, MAX_STEPS
 from spooky.contract import GuildLimits
@@ -64,7 +65,7 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
         super().__init__()
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
-        if not interactions.is_moderator(interaction):
+        if not is_moderator(interaction):
             log.info(
                 "user %s without Manage Server tried /limits in guild %s",
                 interaction.user.id,
@@ -77,17 +78,17 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
         if isinstance(error, NotModerator):
-            await interactions.tell(interaction, str(error))
+            await replies.tell(interaction, str(error))
 
     @app_commands.command(name="show", description="Show this server's render limits")
     async def show(self, interaction: discord.Interaction) -> None:
-        await interactions.ack(interaction, ephemeral=True)
+        await replies.ack(interaction, ephemeral=True)
         try:
             limits = await self.bot.engine.limits(str(interaction.guild_id))
         except EngineUnavailable:
-            await interactions.engine_down(interaction)
+            await replies.engine_down(interaction)
             return
-        await interactions.tell(interaction, render_limits(limits))
+        await replies.tell(interaction, render_limits(limits))
 
     @app_commands.command(name="set", description="Change this server's render limits")
     @app_commands.describe(
@@ -118,7 +119,7 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
         ban_word: app_commands.Range[str, 1, 50] | None = None,
         unban_word: app_commands.Range[str, 1, 50] | None = None,
     ) -> None:
-        await interactions.ack(interaction, ephemeral=True)
+        await replies.ack(interaction, ephemeral=True)
         guild_id = str(interaction.guild_id)
         changes: dict[str, Any] = {
             name: value
@@ -135,9 +136,7 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
         }
         wants_lists = any(v is not None for v in (allow_channel, disallow_channel, ban_word, unban_word))
         if not changes and not wants_lists:
-            await interactions.tell(
-                interaction, "Give at least one setting to change; `/limits show` lists them."
-            )
+            await replies.tell(interaction, "Give at least one setting to change; `/limits show` lists them.")
             return
         try:
             before = await self.bot.engine.limits(guild_id)
@@ -157,16 +156,14 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
                 changes["banned_words"] = sorted(words)
             after = await self.bot.engine.update_limits(guild_id, str(interaction.user.id), changes)
         except EngineUnavailable:
-            await interactions.engine_down(interaction)
+            await replies.engine_down(interaction)
             return
         except EngineRequestError as e:
-            await interactions.tell(interaction, interactions.describe_request_error(e))
+            await replies.tell(interaction, replies.describe_request_error(e))
             return
         summary = _changed(before, after)
         log.info("limits of guild %s changed by %s: %s", guild_id, interaction.user.id, summary)
-        await interactions.tell(
-            interaction, f"Updated: {escape(summary, limit=1500)}\n\n{render_limits(after)}"
-        )
+        await replies.tell(interaction, f"Updated: {escape(summary, limit=1500)}\n\n{render_limits(after)}")
 
 
 async def setup(bot: SpookyBot) -> None:

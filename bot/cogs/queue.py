@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import interactions
+from bot import jobs, replies
 from bot.progress import STAGE_LABELS
 from bot.text import duration, escape, plural
 from spooky.contract import JobState, JobView, QueueView
@@ -55,23 +55,23 @@ class Queue(commands.Cog):
 
     @app_commands.command(name="queue", description="Show the render queue and your place in it")
     async def queue(self, interaction: discord.Interaction) -> None:
-        await interactions.ack(interaction, ephemeral=True)
+        await replies.ack(interaction, ephemeral=True)
         guild_id = str(interaction.guild_id) if interaction.guild_id else None
         try:
             view = await self.bot.engine.queue(guild_id=guild_id)
         except EngineUnavailable:
-            await interactions.engine_down(interaction)
+            await replies.engine_down(interaction)
             return
-        await interactions.tell(interaction, render_queue(view, str(interaction.user.id)))
+        await replies.tell(interaction, render_queue(view, str(interaction.user.id)))
 
     @app_commands.command(name="cancel", description="Cancel your render (moderators: any render)")
     @app_commands.describe(job="Which render (default: your latest one that is still waiting or running)")
     async def cancel(self, interaction: discord.Interaction, job: str | None = None) -> None:
-        await interactions.ack(interaction, ephemeral=True)
+        await replies.ack(interaction, ephemeral=True)
         job_id = job or await self._latest_active(interaction)
         if job_id is None:
             return
-        await interactions.cancel(interaction, job_id.strip())
+        await jobs.cancel(interaction, job_id.strip())
 
     @cancel.autocomplete("job")
     async def cancel_autocomplete(
@@ -96,10 +96,10 @@ class Queue(commands.Cog):
         try:
             mine = await self._active_jobs(interaction)
         except EngineUnavailable:
-            await interactions.engine_down(interaction)
+            await replies.engine_down(interaction)
             return None
         if not mine:
-            await interactions.tell(interaction, "You have no render waiting or running; nothing to cancel.")
+            await replies.tell(interaction, "You have no render waiting or running; nothing to cancel.")
             return None
         return mine[0].id
 

@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import interactions
+from bot import jobs, replies
 from bot.errors import BadAttachment, BadPrompt, UserFacingError
 from spooky.bounds import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 from spooky.contract import JobKind
@@ -64,9 +64,9 @@ def check_image(attachment: discord.Attachment) -> None:
 async def reply_user_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
     """Per-command handler body: show user mistakes as they are."""
     if isinstance(error, UserFacingError):
-        await interactions.tell(interaction, error.message)
+        await replies.tell(interaction, error.message)
     elif isinstance(error, app_commands.TransformerError):
-        await interactions.tell(interaction, f"“{error.value}” is not a valid value for that option.")
+        await replies.tell(interaction, f"“{error.value}” is not a valid value for that option.")
 
 
 class Render(commands.Cog):
@@ -88,8 +88,8 @@ class Render(commands.Cog):
         scare_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
     ) -> None:
-        await interactions.ack(interaction)
-        await interactions.submit(
+        await replies.ack(interaction)
+        await jobs.submit(
             interaction, kind=JobKind.SPOOKY, prompt=prompt, seed=seed, scare_prompt=scare_prompt, steps=steps
         )
 
@@ -114,13 +114,13 @@ class Render(commands.Cog):
         frames: app_commands.Range[int, 1, MAX_FRAMES] | None = None,
         image: discord.Attachment | None = None,
     ) -> None:
-        await interactions.ack(interaction)
+        await replies.ack(interaction)
         init_artifact = None
         if image is not None:
             init_artifact = await self._upload(interaction, image)
             if init_artifact is None:
                 return
-        await interactions.submit(
+        await jobs.submit(
             interaction,
             kind=JobKind.NIGHTMARE,
             prompt=prompt or self.bot.settings.pipeline.nightmare_prompt,
@@ -141,7 +141,7 @@ class Render(commands.Cog):
             data = await image.read()
         except discord.HTTPException as e:
             log.warning("could not download attachment %s: %s", image.id, e)
-            await interactions.tell(
+            await replies.tell(
                 interaction, "Discord did not let me download that image; please attach it again."
             )
             return None
@@ -150,14 +150,14 @@ class Render(commands.Cog):
                 data, user_id=str(interaction.user.id), channel_id=str(interaction.channel_id)
             )
         except EngineUnavailable:
-            await interactions.engine_down(interaction)
+            await replies.engine_down(interaction)
             return None
         except EngineRefused as e:
             log.info("upload from user %s refused: %s", interaction.user.id, e.refusal.code)
-            await interactions.tell(interaction, e.refusal.message)
+            await replies.tell(interaction, e.refusal.message)
             return None
         except EngineRequestError as e:
-            await interactions.tell(interaction, interactions.describe_request_error(e))
+            await replies.tell(interaction, replies.describe_request_error(e))
             return None
         return artifact.id
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import imageio_ffmpeg
-from fake_discord import EPHEMERAL, FakeDiscord, Interaction, Recorded
+from fake_discord.server import FakeDiscord
+from fake_discord.state import EPHEMERAL, Interaction, Recorded
 
 from spooky.contract import JobView
 from spooky.engine_client import EngineClient

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from bot_helpers import RENDER_TIMEOUT_S
-from fake_discord import FakeDiscord
+from fake_discord.server import FakeDiscord
 from support import free_port
 
 from bot.app import SpookyBot

@@ -25,7 +25,8 @@ from bot_helpers import (
     uploaded,
     webhook_edits,
 )
-from fake_discord import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, FakeDiscord, Interaction, Recorded
+from fake_discord.server import FakeDiscord
+from fake_discord.state import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, Interaction, Recorded
 from PIL import Image
 from support import free_port
 
@@ -413,7 +414,7 @@ async def test_hundred_concurrent_commands_are_acknowledged_in_time(
     await asyncio.wait_for(asyncio.gather(*(i.acked.wait() for i in inters)), 30)
     latencies = sorted(i.ack_latency or 0.0 for i in inters)
     print(f"ack latency of 100 concurrent commands: p50 {latencies[49]:.3f} s, max {latencies[-1]:.3f} s")
-    # Discord's rule: the first response within 3 s. Measured here well under 1 s.
+    # Discord's rule: the first response within 3 s.
     assert latencies[-1] < 3.0
     assert all(i.callback_type == 5 for i in inters)
     await fake.wait_for(lambda: all(ephemeral_replies(fake, i) for i in inters), 60)
@@ -496,7 +497,7 @@ async def test_result_that_cannot_fit_says_why(
     assert filenames(final) == []
     (refused,) = [r for r in fake.requests if "spooky.png" in uploaded(r)]
     assert refused.status == 413
-    # The real sizes, not "(0.0 MB)": what was refused, and what the interaction announced.
+    # In real sizes: what was refused, and what the interaction announced.
     assert (
         f"The result ({size(refused.upload_bytes)}) is over this server's upload limit "
         "(below the 10.0 MB it announced) and could not be made small enough to post."
@@ -532,7 +533,7 @@ async def test_video_that_cannot_fit_asks_for_less_and_says_the_real_sizes(
 async def test_token_refused_early_falls_back_to_the_channel(
     bots: Bots, fake: FakeDiscord, engine_client: EngineClient
 ) -> None:
-    await bots.start()  # it believes its tokens live interaction_ttl_s (840 s)
+    await bots.start()  # it believes its tokens live interaction_ttl_s
     # Discord refuses the token (50027) from the bot's second edit on, however fast the render.
     held = fake.hold(WEBHOOK_EDIT, method="PATCH")
     inter = await fake.invoke("spooky", {"prompt": "impatient ghost"})

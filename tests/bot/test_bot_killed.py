@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from bot_helpers import RENDER_TIMEOUT_S, buttons, final_of, job_of, original
 from conftest import ROOT, SECRET
 from engine_proxy import EngineProxy
-from fake_discord import FakeDiscord
+from fake_discord.server import FakeDiscord
 
 from bot.messenger import CONTINUED
 from spooky.engine_client import EngineClient

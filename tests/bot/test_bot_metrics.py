@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from bot_helpers import ephemeral_replies
-from fake_discord import FakeDiscord
+from fake_discord.server import FakeDiscord
 from prometheus_client.parser import text_string_to_metric_families
 from support import free_port
 

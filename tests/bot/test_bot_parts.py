@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bot.feed import refit_target
 from bot.progress import EditThrottle, JobSnapshot, bar, render_progress
 from bot.text import duration, escape, size
-from bot.tracker import CursorFile, Shards, refit_target
+from bot.tracker import CursorFile, Shards
 from spooky.config import load_settings
 from spooky.contract import Event, EventType, JobKind, JobState
 from spooky.errors import ConfigError

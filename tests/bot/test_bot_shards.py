@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from bot_helpers import RENDER_TIMEOUT_S, filenames, final_of, job_of
-from fake_discord import FakeDiscord
+from fake_discord.server import FakeDiscord
 
 from spooky.engine_client import EngineClient
 

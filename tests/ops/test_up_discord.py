@@ -1,6 +1,6 @@
 """The whole product through `spooky up`: engine and bot as children, a /spooky answered in Discord.
 
-Discord is the project's local Discord-compatible fake (tests/bot/fake_discord.py), the only fake:
+Discord is the project's local Discord-compatible fake (tests/bot/fake_discord/), the only fake:
 the engine (tiny preset), the bot and the supervisor are the real processes.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from bot_helpers import RENDER_TIMEOUT_S, filenames, final_of
-from fake_discord import FakeDiscord
+from fake_discord.server import FakeDiscord
 from support import free_port
 
 from spooky.ops import SECRET_FILE

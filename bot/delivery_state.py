@@ -1,7 +1,9 @@
 """What the bot keeps on each engine job (its `client` dict) to find the job's messages again.
 
 The engine stores these strings and never reads them; a restarted bot rebuilds its view of every
-unfinished job from them, so each field is a plain string on the wire and typed here.
+unfinished job from them, so each field is a plain string on the wire and typed here. The dict
+travels in `JobRequest.client` and, when it changes, in the body of PATCH /v1/jobs/{id}/client
+(`spooky.contract.ClientState`, the contract's name for that body).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 
 @dataclass
-class ClientState:
+class DeliveryState:
     """The bot's bookkeeping of one job; field names are the keys stored on the engine."""
 
     channel_id: str | None = None
@@ -26,7 +28,7 @@ class ClientState:
     max_bytes: int | None = None  # the upload limit the interaction announced
 
     @classmethod
-    def from_client(cls, client: Mapping[str, str]) -> ClientState:
+    def from_client(cls, client: Mapping[str, str]) -> DeliveryState:
         """Read a job's `client` dict; unknown keys are ignored, malformed numbers read as unset."""
         return cls(
             channel_id=client.get("channel_id") or None,
