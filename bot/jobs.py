@@ -54,7 +54,7 @@ async def resubmit(interaction: discord.Interaction, source: JobRequest) -> JobV
     Every other option is the source's as it is, whatever options a request has; only the
     fields that belong to the interaction (`Origin`) are this one's.
     """
-    request = source.model_copy(update={"seed": None, **origin(interaction)})
+    request = source.reroll(**origin(interaction))
     return await _send(interaction, request)
 
 

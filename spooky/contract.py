@@ -356,7 +356,24 @@ class JobRequest(_Model):
         """The job fields this request sets: what `resolve_spec` takes before any default."""
         return {name: getattr(self, name) for name in _JOB_FIELDS if getattr(self, name) is not None}
 
+    def reroll(self, **origin: Any) -> JobRequest:
+        """The same job with a new seed (the engine draws one), asked by `origin` (the fields that
+        say who asked and through which interaction: requester, idempotency_key, client)."""
+        unknown = set(origin) - set(ORIGIN_FIELDS)
+        if unknown:
+            raise ValueError(f"a reroll replaces only {', '.join(ORIGIN_FIELDS)}, not {sorted(unknown)}")
+        return JobRequest.model_validate({**dict(self), "seed": None, **origin})
 
+    @staticmethod
+    def fields_for(kind: JobKind) -> set[str]:
+        """The request fields a job of `kind` may set, besides `kind` and the origin's."""
+        mine = SPEC_OF[kind].model_fields
+        extra = {"init_artifact"} if kind is JobKind.NIGHTMARE else set()
+        return {name for name in _JOB_FIELDS if name in mine} | extra
+
+
+#: The request fields that say who asked and how the client finds the job again (not the job's).
+ORIGIN_FIELDS = ("requester", "idempotency_key", "client")
 #: The request fields that are fields of a spec (the rest say who asked and where the result goes).
 _JOB_FIELDS = tuple(
     name

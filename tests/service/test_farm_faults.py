@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from bot_helpers import final_of, job_of, probe_video
-from fake_discord import FakeDiscord
+from fake_discord.server import FakeDiscord
 from farm_helpers import Node, held_at, idle, terminal, until
 from PIL import Image
 from service_helpers import SECRET
