@@ -124,6 +124,41 @@ class EventType(StrEnum):
     INTERRUPTED = "interrupted"  # data: reason, retried (bool) — the engine stopped mid-job
 
 
+class JobErrorCode(StrEnum):
+    """Why a job ended without its result (`JobView.error_code`, the FAILED event's `code`)."""
+
+    CANCELLED = "cancelled"  # its owner or a moderator asked
+    TIMEOUT = "timeout"  # [engine] job_timeout_s ran out
+    INTERRUPTED = "interrupted"  # every attempt ended without an outcome (its engine or worker died)
+    OOM = "oom"  # out of GPU memory
+    DISK_FULL = "disk_full"
+    VIDEO = "video"  # ffmpeg missing or failed, or the video cannot fit its byte budget
+    BAD_SPEC = "bad_spec"  # its stored settings cannot be read by this release
+    ERROR = "error"  # anything else; the engine logged it with a traceback
+    # What the input was (spooky.errors.InputError and its kinds), found when the job ran.
+    BAD_INPUT = "bad_input"
+    EMPTY_PROMPT = "empty_prompt"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    BAD_PROMPT = "bad_prompt"
+    INVALID_SIZE = "invalid_size"
+    INVALID_IMAGE = "invalid_image"
+    # The engine's own setup (spooky.errors.ConfigError, WeightsError and their kinds).
+    CONFIG = "config"
+    UNKNOWN_PRESET = "unknown_preset"
+    WEIGHTS = "weights"
+    MISSING_WEIGHTS = "missing_weights"
+    CORRUPT_WEIGHTS = "corrupt_weights"
+    CHECKPOINT_MISMATCH = "checkpoint_mismatch"
+    DOWNLOAD = "download"
+
+    @classmethod
+    def of(cls, error: BaseException) -> JobErrorCode:
+        """The code of an exception that ended a job: its own (`SpookyError.code`) when it is one
+        of these, else ERROR."""
+        code = getattr(error, "code", None)
+        return cls(code) if isinstance(code, str) and code in cls._value2member_map_ else cls.ERROR
+
+
 class HealthStatus(StrEnum):
     LOADING = "loading"  # the API is up and submits are queued; the models are still loading
     READY = "ready"
@@ -417,7 +452,7 @@ class JobView(_Model):
     # seed and settings actually used (to reproduce or reroll).
     result: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
-    error_code: str | None = None
+    error_code: JobErrorCode | None = None
     delivered: bool = False
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -15,8 +16,10 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from spooky.config import Settings, load_settings
+from spooky.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="all (default): API and worker; api: the API without torch or models; worker: renders, "
         "serves only /v1/health and /metrics. api and worker need [engine] database_url (PostgreSQL)",
     )
+    parser.add_argument(
+        "--step-hook",
+        metavar="MODULE:FACTORY",
+        help="for tests and diagnostics: FACTORY(settings) from MODULE (on PYTHONPATH) returns a "
+        "callable the worker calls after every render step, or None",
+    )
     parser.set_defaults(func=run)
 
 
@@ -48,7 +57,20 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.check:
         return check(settings)
-    return asyncio.run(serve(settings))
+    hook = load_step_hook(args.step_hook, settings) if getattr(args, "step_hook", None) else None
+    return asyncio.run(serve(settings, step_hook=hook))
+
+
+def load_step_hook(spec: str, settings: Settings) -> Any:
+    """`MODULE:FACTORY` -> FACTORY(settings): the worker's step hook (None: the factory declined)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--step-hook {spec!r} is not MODULE:FACTORY")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"--step-hook {spec!r} cannot be loaded: {e}") from e
+    return factory(settings)
 
 
 def check(settings: Settings, timeout: float = 5.0) -> int:
@@ -74,11 +96,11 @@ def check(settings: Settings, timeout: float = 5.0) -> int:
     return 0 if status == "ready" else 1
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, *, step_hook: Any = None) -> int:
     """Run until SIGTERM/SIGINT, then drain (bounded by engine.drain_timeout_s) and exit 0."""
     from engine.service.app import EngineService
 
-    service = EngineService(settings)
+    service = EngineService(settings, step_hook=step_hook)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

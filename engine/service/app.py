@@ -80,6 +80,7 @@ class EngineService:
         models: Any | None = None,
         port: int | None = None,
         autoload: bool = True,
+        step_hook: Any | None = None,
     ) -> None:
         self.settings = settings
         self.role = check_role(settings)
@@ -90,6 +91,7 @@ class EngineService:
         self._autoload = autoload
         self.secret = engine_secret(settings)
         self._models = models  # preloaded models (tests share one tiny set); None = load_models(cfg)
+        self._step_hook = step_hook  # engine.service.worker.StepHook, from the composition root
         self._port = settings.engine.port if port is None else port
         data_dir = Path(settings.engine.data_dir).expanduser()
         self.data_dir = data_dir
@@ -231,7 +233,7 @@ class EngineService:
         core.device = str(models.device)
         core.preset = models.preset
         await core.refresh_estimates()
-        self.worker = Worker(core, renderer)
+        self.worker = Worker(core, renderer, step_hook=self._step_hook)
         self.link.connect(self.worker)
         self.worker.start()
         core.status = HealthStatus.READY

@@ -3,7 +3,7 @@
 The input errors a renderer check raises (`spooky.errors.InputError` and its subclasses, shared
 with the CLI) each carry the refusal code a submit refused for them answers with (`refusal`).
 The store's own errors live with the store and are re-exported here; the test step gate's
-time-out stays with the gate (`engine.service.testgate.StepGateTimeout`).
+time-out stays with the test step gate (tests/testgate.py).
 """
 
 from __future__ import annotations

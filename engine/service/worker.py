@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -35,10 +36,9 @@ from engine.service.core import EngineCore
 from engine.service.errors import BadSpecError, DatabaseUnavailableError, DiskFullError
 from engine.service.lease import keep_lease
 from engine.service.store import JobRow, LeaseLostError, UnreadableSpec
-from engine.service.testgate import step_gate
 from engine.service.threads import run_in_daemon_thread
-from spooky.contract import EventType, JobKind, JobState, SpookySpec
-from spooky.errors import InputError, JobCancelled, SpookyError, VideoError
+from spooky.contract import EventType, JobErrorCode, JobKind, JobState, SpookySpec
+from spooky.errors import InputError, JobCancelled, VideoError
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,19 @@ class Outcome:
     last_image: str
 
 
+#: Called on the render thread after every step's progress is written: (job id, stage, step, the
+#: event set once the job must stop). Given by the composition root (a test's step gate); a hook
+#: that waits must return when the event is set.
+StepHook = Callable[[str, str, int, threading.Event], None]
+
+
 class Worker:
     """Claims jobs in fair order and runs them one at a time."""
 
-    def __init__(self, core: EngineCore, renderer: Renderer) -> None:
+    def __init__(self, core: EngineCore, renderer: Renderer, *, step_hook: StepHook | None = None) -> None:
         self.core = core
         self.renderer = renderer
-        self.gate = step_gate(renderer.models.preset)  # None unless a test turned it on (testgate)
+        self.step_hook = step_hook
         self.control: JobControl | None = None
         self._current: asyncio.Future[None] | None = None
         self._pending_cancel: dict[str, str] = {}
@@ -197,7 +203,7 @@ class Worker:
         state, event, data = JobState.FAILED, EventType.FAILED, {}
         outcome: Outcome | None = None
         error: str | None = None
-        code: str | None = None
+        code: JobErrorCode | None = None
         oom = False
         try:
             try:
@@ -227,11 +233,11 @@ class Worker:
                 limit = core.settings.engine.job_timeout_s
                 error, code = (
                     f"timed out after {limit:g} s (engine.job_timeout_s) at {self._where(control)}",
-                    "timeout",
+                    JobErrorCode.TIMEOUT,
                 )
             else:
                 state, event = JobState.CANCELLED, EventType.CANCELLED
-                error, code = f"cancelled by {control.stop_by or 'the engine'}", "cancelled"
+                error, code = f"cancelled by {control.stop_by or 'the engine'}", JobErrorCode.CANCELLED
                 data = {
                     "by": control.stop_by,
                     "stage": control.stage,
@@ -241,23 +247,20 @@ class Worker:
         except torch.cuda.OutOfMemoryError:
             error, code = (
                 f"out of GPU memory at {self._where(control)}; try fewer cutouts/smaller size",
-                "oom",
+                JobErrorCode.OOM,
             )
             log.warning("job %s: %s", job.id, error)
             oom = True
         except LeaseLostError:
             raise
         except (DiskFullError, VideoDiskFullError) as e:
-            error, code = str(e), "disk_full"
+            error, code = str(e), JobErrorCode.DISK_FULL
             if isinstance(e, VideoDiskFullError):  # ffmpeg's write, not ours: health must show it too
                 core.files.mark_full(error)
         except InputError as e:
-            error, code = str(e), e.code
+            error, code = str(e), JobErrorCode.of(e)
         except Exception as e:
-            error, code = (
-                f"{type(e).__name__}: {e}",
-                getattr(e, "code", None) if isinstance(e, SpookyError) else "error",
-            )
+            error, code = f"{type(e).__name__}: {e}", JobErrorCode.of(e)
             log.error("job %s failed:\n%s", job.id, "".join(traceback.format_exception(e)))
         if oom and torch.cuda.is_available():
             # Outside the except block: the exception's frames (and the tensors they hold) are gone.
@@ -281,7 +284,7 @@ class Worker:
             job,
         )
         outcome_name = {JobState.SUCCEEDED: "succeeded", JobState.CANCELLED: "cancelled"}.get(
-            state, code or "failed"
+            state, code or JobErrorCode.ERROR
         )
         self._log(job, control, started, outcome_name, error)
         core.metrics.jobs.labels(job.kind.value, outcome_name).inc()
@@ -372,8 +375,8 @@ class Worker:
             control.note(p.stage, p.step, p.total)
             still = to_pil(p.image, (0.0, 1.0)) if p.image is not None else None
             writer.progress(p.stage, p.step, p.total, still)
-            if self.gate is not None:
-                self.gate.wait(control.job.id, p.stage, p.step, control.stopping)
+            if self.step_hook is not None:
+                self.step_hook(control.job.id, p.stage, p.step, control.stopping)
 
         return on_step
 

@@ -4,7 +4,7 @@ The engine runs once per session as `python -m spooky.cli engine` so the bot und
 nothing with it but HTTP, as in production. Each test gets its own fake Discord (hence its own
 application, guild and limits) and its own bot data folder.
 
-The engine has the test step gate (engine/service/testgate.py), open: a test that needs a render to
+The engine has the test step gate (tests/testgate.py, its step hook), open: a test that needs a render to
 outlive a bot event takes the `gate` fixture, which closes it while the engine is idle, so the
 test's render waits after each step until the test allows the next one.
 """
@@ -29,9 +29,9 @@ import pytest
 from bot_helpers import RENDER_TIMEOUT_S
 from fake_discord.server import FakeDiscord
 from support import free_port
+from testgate import StepGate
 
 from bot.app import SpookyBot
-from engine.service.testgate import StepGate
 from spooky.config import Settings
 from spooky.contract import JobState
 from spooky.engine_client import EngineClient, EngineRequestError
@@ -104,7 +104,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
     log = tmp / "engine.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "spooky.cli", "engine", "--config", str(cfg)],
+            [sys.executable, "-m", "spooky.cli", "engine", "--config", str(cfg), *gate.args()],
             cwd=ROOT,
             env=env,
             stdout=out,

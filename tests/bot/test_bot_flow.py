@@ -40,8 +40,7 @@ from spooky.engine_client import EngineClient
 
 if TYPE_CHECKING:
     from conftest import Bots
-
-    from engine.service.testgate import StepGate
+    from testgate import StepGate
 
 MOD = PERM_ALL_MEMBER | PERM_MANAGE_GUILD
 

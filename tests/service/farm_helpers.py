@@ -18,8 +18,8 @@ from typing import Any
 
 from service_helpers import SECRET
 from support import free_port
+from testgate import StepGate
 
-from engine.service.testgate import StepGate
 from spooky.contract import Event, EventType
 from spooky.engine_client import EngineClient, EngineUnavailable
 
@@ -69,16 +69,21 @@ class Node:
         env: dict[str, str] | None = None,
         *,
         lease_s: float = 3,
+        gate: StepGate | None = None,
     ):
         self.role = role
         self.port = free_port()
         self.log = tmp_path / f"{name}.log"
         base = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
         extra = {"SPOOKY_DATABASE_URL": db_url, "SPOOKY_ENGINE__PORT": str(self.port), **(env or {})}
+        hook: list[str] = []
+        if gate is not None:
+            extra |= gate.env()
+            hook = gate.args()
         cfg = write_config(tmp_path, lease_s=lease_s)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "spooky.cli", "engine", "--config", str(cfg), "--role", role],
+                [sys.executable, "-m", "spooky.cli", "engine", "--config", str(cfg), "--role", role, *hook],
                 cwd=ROOT,
                 env={**base, **extra},
                 stdout=out,

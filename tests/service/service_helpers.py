@@ -61,12 +61,13 @@ def request(
 
 @asynccontextmanager
 async def running_engine(
-    settings: Settings, models: Any = None, *, autoload: bool = True
+    settings: Settings, models: Any = None, *, autoload: bool = True, step_hook: Any = None
 ) -> AsyncIterator[tuple[Any, EngineClient]]:
-    """An in-process engine on a free port and a client of it; ready when models are given."""
+    """An in-process engine on a free port and a client of it; ready when models are given.
+    `step_hook`: the worker's (a test gate's `engine_side()`)."""
     from engine.service.app import EngineService
 
-    service = EngineService(settings, models=models, port=0, autoload=autoload)
+    service = EngineService(settings, models=models, port=0, autoload=autoload, step_hook=step_hook)
     await service.start()
     client = EngineClient(service.url, SECRET, timeout=30)
     try:

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from farm_helpers import ROOT, Node, held_at, idle, streamed, terminal, until, write_config
 from service_helpers import request
+from testgate import StepGate
 
-from engine.service.testgate import StepGate
 from spooky.contract import Event, EventType, JobState
 from spooky.engine_client import EngineRefused, EngineUnavailable
 
@@ -98,7 +98,7 @@ async def test_workers_drain_fairly_a_killed_one_is_replaced_and_a_stopped_one_w
         for n, user in enumerate(order):
             spec = {"steps": 1 + n % 3, "scare_steps": n % 2}
             ids.append((await api.client.submit(request(user=user, **spec))).job.id)
-        workers = [Node(tmp_path, "worker", pg_url, f"worker{i}", gates[i].env()) for i in range(3)]
+        workers = [Node(tmp_path, "worker", pg_url, f"worker{i}", gate=gates[i]) for i in range(3)]
         await asyncio.gather(*(w.wait_ready() for w in workers))
 
         async def all_done() -> bool:

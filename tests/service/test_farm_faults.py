@@ -22,9 +22,9 @@ from fake_discord.server import FakeDiscord
 from farm_helpers import Node, held_at, idle, terminal, until
 from PIL import Image
 from service_helpers import SECRET
+from testgate import StepGate
 
 from bot.app import SpookyBot
-from engine.service.testgate import StepGate
 from spooky.config import Settings
 from spooky.contract import Event, EventType, JobKind, JobRequest, JobState, Requester
 from spooky.engine_client import EngineClient
@@ -90,7 +90,7 @@ async def test_a_database_restart_shorter_than_the_lease_costs_no_job_an_attempt
     api = Node(tmp_path, "api", pg_url, "api", lease_s=OUTAGE_LEASE_S)
     gates = [StepGate.create(tmp_path / f"gate{i}") for i in range(2)]  # closed
     workers = [
-        Node(tmp_path, "worker", pg_url, f"worker{i}", gates[i].env(), lease_s=OUTAGE_LEASE_S)
+        Node(tmp_path, "worker", pg_url, f"worker{i}", gate=gates[i], lease_s=OUTAGE_LEASE_S)
         for i in range(2)
     ]
     nodes = [api, *workers]
@@ -185,7 +185,7 @@ async def test_a_worker_paused_past_its_lease_leaves_the_live_attempts_video_alo
     decodes, and the paused attempt left nothing behind (no file, no row, no event)."""
     api = Node(tmp_path, "api", pg_url, "api")
     gates = [StepGate.create(tmp_path / f"gate{i}") for i in range(2)]
-    workers = [Node(tmp_path, "worker", pg_url, f"worker{i}", gates[i].env()) for i in range(2)]
+    workers = [Node(tmp_path, "worker", pg_url, f"worker{i}", gate=gates[i]) for i in range(2)]
     nodes = [api, *workers]
     events: list[Event] = []
     collector: asyncio.Task[None] | None = None

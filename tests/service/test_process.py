@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from service_helpers import SECRET, request
 from support import free_port
+from testgate import StepGate
 
-from engine.service.testgate import StepGate
 from spooky.contract import Event, EventType, JobState, RefusalCode
 from spooky.engine_client import EngineClient, EngineRefused, EngineUnavailable
 
@@ -56,17 +56,25 @@ max_steps = 1000
 class Engine:
     """`python -m spooky.cli engine --config …` as a child process, its output in a log file."""
 
-    def __init__(self, cfg: Path, log: Path, env: dict[str, str] | None = None, group: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        group: bool = False,
+        gate: StepGate | None = None,
+    ) -> None:
         """`env`: extra environment (e.g. SPOOKY_FFMPEG); `group`: lead its own process group, as a
-        shell or systemd starts it, so a test can signal the whole group."""
+        shell or systemd starts it, so a test can signal the whole group; `gate`: the step gate."""
         self.cfg = cfg
         self.log = log
         base = {k: v for k, v in os.environ.items() if not k.startswith("SPOOKY_")}
+        hook = gate.args() if gate is not None else []
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "spooky.cli", "engine", "--config", str(cfg)],
+                [sys.executable, "-m", "spooky.cli", "engine", "--config", str(cfg), *hook],
                 cwd=ROOT,
-                env={**base, **(env or {})},
+                env={**base, **(env or {}), **(gate.env() if gate is not None else {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=group,
@@ -122,7 +130,7 @@ async def test_kill_restart_loses_nothing_and_sigterm_drains(tmp_path: Path):
                     all_finished.set()
 
     try:
-        engines.append(Engine(cfg, log, gate.env()))
+        engines.append(Engine(cfg, log, gate=gate))
         await engines[-1].wait_up(client)
         # Submits are durable from the first moment the API answers, models loaded or not.
         long_id = (await client.submit(request(user="1", steps=3, scare_steps=0))).job.id
@@ -133,7 +141,7 @@ async def test_kill_restart_loses_nothing_and_sigterm_drains(tmp_path: Path):
         engines[-1].kill()  # kill -9 in the middle of the long job, held after its step 1
 
         gate.release()
-        engines.append(Engine(cfg, log, gate.env()))
+        engines.append(Engine(cfg, log, gate=gate))
         await engines[-1].wait_up(client)
         await wait_terminal(client, [long_id, *queued])
         views = {j: await client.job(j) for j in [long_id, *queued]}

@@ -455,3 +455,22 @@ def test_an_unreachable_server_is_a_typed_error_that_hides_the_password():
     with pytest.raises(DatabaseUnavailableError) as raised:
         PostgresStore(f"postgresql://spooky:hunter2@127.0.0.1:{free_port()}/x", connect_timeout_s=2)
     assert "spooky:***@127.0.0.1" in str(raised.value) and "hunter2" not in str(raised.value)
+
+
+def test_the_counts_a_submit_is_judged_by_include_running_jobs(store: JobStore):
+    """A job that started still counts toward its user's and its server's limits, and a finished
+    one does not: the counts come from the store, read in the submit's own transaction."""
+    seen: list[Any] = []
+
+    def record(counts: Any, limits: GuildLimits) -> None:
+        seen.append(counts)
+
+    first = submit(store, request(user="1", guild="100")).job
+    submit(store, request(user="2", guild="100"))
+    assert store.claim_next("w", 60).id == first.id  # user 1's job is running now
+    submit(store, request(user="1", guild="100"), record)
+    counts = seen[-1]
+    assert (counts.user_active, counts.guild_active, counts.global_active) == (1, 2, 2)
+    store.finish(first.id, JobState.SUCCEEDED, EventType.FINISHED, {})
+    submit(store, request(user="1", guild="100"), record)
+    assert (seen[-1].user_active, seen[-1].guild_active) == (1, 2)  # the finished one no longer counts

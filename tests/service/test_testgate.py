@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from service_helpers import make_settings, request, running_engine
+from testgate import GATE_ENV, EngineGate, StepGate, StepGateTimeout, step_gate
 
-from engine.service.testgate import GATE_ENV, EngineGate, StepGate, StepGateTimeout, step_gate
 from spooky.contract import EventType, JobState
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ def test_the_gate_is_off_unless_a_test_made_it_and_the_models_are_tiny(
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "allow").write_text("0")  # a folder that looks like a gate but has no marker
-    with caplog.at_level(logging.WARNING, logger="engine.service.testgate"):
+    with caplog.at_level(logging.WARNING, logger="testgate"):
         assert step_gate("tiny", {GATE_ENV: str(plain)}) is None
         gate = StepGate.create(tmp_path / "gate")
         assert step_gate("full", gate.env()) is None
@@ -41,8 +41,8 @@ def test_a_held_step_times_out_instead_of_hanging(tmp_path: Path):
 
 async def test_a_held_job_moves_only_as_the_test_allows(tmp_path: Path, tiny_models, monkeypatch):
     gate = StepGate.create(tmp_path / "gate")
-    monkeypatch.setenv(GATE_ENV, str(gate.path))
-    async with running_engine(make_settings(tmp_path / "engine"), tiny_models) as (_, client):
+    hook = gate.engine_side()
+    async with running_engine(make_settings(tmp_path / "engine"), tiny_models, step_hook=hook) as (_, client):
         job = (await client.submit(request(steps=3, scare_steps=1))).job
         held = await gate.held(passed=0)
         assert (held.job_id, held.stage, held.step) == (job.id, "stylegan", 1)
@@ -62,8 +62,8 @@ async def test_a_held_job_moves_only_as_the_test_allows(tmp_path: Path, tiny_mod
 
 async def test_a_cancel_ends_the_wait_of_a_held_job(tmp_path: Path, tiny_models, monkeypatch):
     gate = StepGate.create(tmp_path / "gate")
-    monkeypatch.setenv(GATE_ENV, str(gate.path))
-    async with running_engine(make_settings(tmp_path / "engine"), tiny_models) as (_, client):
+    hook = gate.engine_side()
+    async with running_engine(make_settings(tmp_path / "engine"), tiny_models, step_hook=hook) as (_, client):
         job = (await client.submit(request(steps=3, scare_steps=0))).job
         await gate.held(passed=0)
         stopped = await client.cancel(job.id, actor_id="1")  # returns once the job has ended

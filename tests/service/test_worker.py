@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 import torch
 from service_helpers import SECRET, make_settings, request, running_engine
+from testgate import StepGate
 
 import engine.pipeline.render as render_module
 import engine.service.artifacts as artifacts_module
-from engine.service.testgate import GATE_ENV, StepGate
 from spooky.contract import Event, EventType, JobState
 from spooky.engine_client import EngineClient, EngineRequestError
 
@@ -33,9 +33,8 @@ async def events_until_done(client: EngineClient, job_id: str, timeout: float = 
 
 async def test_cancel_queued_and_running_jobs(tmp_path: Path, tiny_models, monkeypatch):
     gate = StepGate.create(tmp_path / "gate")  # holds the long job after its first step
-    monkeypatch.setenv(GATE_ENV, str(gate.path))
     settings = make_settings(tmp_path / "engine")
-    async with running_engine(settings, tiny_models) as (_, client):
+    async with running_engine(settings, tiny_models, step_hook=gate.engine_side()) as (_, client):
         long = (await client.submit(request(user="1", steps=5, scare_steps=0))).job
         waiting = (await client.submit(request(user="2"))).job
         after = (await client.submit(request(user="3"))).job
@@ -80,9 +79,8 @@ async def test_cancel_queued_and_running_jobs(tmp_path: Path, tiny_models, monke
 
 async def test_oom_disk_full_and_timeout_fail_only_their_job(tmp_path: Path, tiny_models, monkeypatch):
     gate = StepGate.create(tmp_path / "gate", open=True)  # closed only for the time-out below
-    monkeypatch.setenv(GATE_ENV, str(gate.path))
     settings = make_settings(tmp_path / "engine")
-    async with running_engine(settings, tiny_models) as (svc, client):
+    async with running_engine(settings, tiny_models, step_hook=gate.engine_side()) as (svc, client):
         # A stage that runs out of GPU memory.
         real_scare = render_module.scare
 
@@ -169,8 +167,8 @@ async def test_event_stream_resumes_after_a_disconnect_without_gaps_or_repeats(
     tmp_path: Path, tiny_models, monkeypatch
 ):
     gate = StepGate.create(tmp_path / "gate")  # the job waits after step 1 until the stream resumed
-    monkeypatch.setenv(GATE_ENV, str(gate.path))
-    async with running_engine(make_settings(tmp_path / "engine"), tiny_models) as (svc, client):
+    settings, hook = make_settings(tmp_path / "engine"), gate.engine_side()
+    async with running_engine(settings, tiny_models, step_hook=hook) as (svc, client):
         job = (await client.submit(request(steps=4, scare_steps=2))).job
         headers = {"Authorization": f"Bearer {SECRET}"}
         url = f"{svc.url}/v1/events?job_id={job.id}"
@@ -284,3 +282,25 @@ async def test_a_stored_spec_this_release_cannot_read_fails_that_job_only(tmp_pa
         await events_until_done(client, good.id)
         done = await client.job(good.id)
         assert done.state is JobState.SUCCEEDED, done.error
+
+
+async def test_a_lost_lease_stops_the_job_at_once_and_nothing_more_is_written(tmp_path: Path, tiny_models):
+    """The renewal that finds another attempt holding the job stops it within a renewal period,
+    even while no step writes anything (here: held at the gate), and the attempt writes no more."""
+    gate = StepGate.create(tmp_path / "gate")
+    settings = make_settings(tmp_path / "engine", engine={"lease_s": 1})
+    async with running_engine(settings, tiny_models, step_hook=gate.engine_side()) as (svc, client):
+        job = (await client.submit(request(steps=5, scare_steps=0))).job
+        await gate.held(passed=0)
+        with svc.store._write() as con:  # another attempt took the job (its lease had lapsed)
+            con.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (job.id,))
+        last = svc.store.last_event_id()
+        async with asyncio.timeout(5):
+            while (await client.health()).running_job is not None:
+                await asyncio.sleep(0.05)
+        assert not gate.state.waiting and gate.state.passed == 0
+        assert [e for e in svc.store.events_after(last) if e.job_id == job.id] == []
+        view = await client.job(job.id)
+        assert view.state is JobState.RUNNING and view.progress.step == 1  # as the other attempt has it
+        samples = svc.core.metrics.jobs.labels("spooky", "lease_lost")._value.get()
+        assert samples == 1

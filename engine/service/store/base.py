@@ -30,6 +30,7 @@ from spooky.contract import (
     Event,
     EventType,
     GuildLimits,
+    JobErrorCode,
     JobKind,
     JobRequest,
     JobSpec,
@@ -124,7 +125,7 @@ class JobRow:
     artifacts: dict[str, str]
     result: dict[str, Any]
     error: str | None
-    error_code: str | None
+    error_code: JobErrorCode | None
     delivered: bool
 
     def view(self, position: int | None = None, eta_s: float | None = None) -> JobView:
@@ -259,7 +260,7 @@ class JobStore(Protocol):
         artifacts: dict[str, str] | None = None,
         result: dict[str, Any] | None = None,
         error: str | None = None,
-        error_code: str | None = None,
+        error_code: JobErrorCode | None = None,
         last_image: str | None = None,
         attempt: int | None = None,
     ) -> Event: ...

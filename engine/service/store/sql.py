@@ -44,6 +44,7 @@ from spooky.contract import (
     Event,
     EventType,
     GuildLimits,
+    JobErrorCode,
     JobKind,
     JobRequest,
     JobSpec,
@@ -125,9 +126,16 @@ def job_row(row: Row) -> JobRow:
         artifacts=json.loads(row["artifacts"]),
         result=json.loads(row["result"]),
         error=row["error"],
-        error_code=row["error_code"],
+        error_code=_error_code(row["error_code"]),
         delivered=bool(row["delivered"]),
     )
+
+
+def _error_code(stored: str | None) -> JobErrorCode | None:
+    """A stored error code; one this release does not know (written by another) reads as ERROR."""
+    if stored is None:
+        return None
+    return JobErrorCode(stored) if stored in JobErrorCode._value2member_map_ else JobErrorCode.ERROR
 
 
 def event_row(row: Row) -> Event:
@@ -580,7 +588,7 @@ class SqlStore:
         artifacts: dict[str, str] | None = None,
         result: dict[str, Any] | None = None,
         error: str | None = None,
-        error_code: str | None = None,
+        error_code: JobErrorCode | None = None,
         last_image: str | None = None,
         attempt: int | None = None,
     ) -> Event:
@@ -620,7 +628,13 @@ class SqlStore:
                 return None
             con.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_code = ? WHERE id = ?",
-                (JobState.CANCELLED.value, time.time(), f"cancelled by {by}", "cancelled", job_id),
+                (
+                    JobState.CANCELLED.value,
+                    time.time(),
+                    f"cancelled by {by}",
+                    JobErrorCode.CANCELLED.value,
+                    job_id,
+                ),
             )
             return self._event(con, job, EventType.CANCELLED, {"by": by})
 
@@ -678,7 +692,7 @@ class SqlStore:
                     cur = con.execute(
                         "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_code = ?,"
                         " lease_until = NULL" + taken,
-                        (JobState.FAILED.value, time.time(), error, "interrupted", *keys),
+                        (JobState.FAILED.value, time.time(), error, JobErrorCode.INTERRUPTED.value, *keys),
                     )
                 if cur.rowcount:  # 0: its worker renewed or finished it meanwhile, or another reaper took it
                     outcomes.append((job, retry, reason, error))
@@ -691,7 +705,12 @@ class SqlStore:
                 )
                 if error is not None:
                     events.append(
-                        self._event(con, job, EventType.FAILED, {"reason": error, "code": "interrupted"})
+                        self._event(
+                            con,
+                            job,
+                            EventType.FAILED,
+                            {"reason": error, "code": JobErrorCode.INTERRUPTED.value},
+                        )
                     )
         return events
 

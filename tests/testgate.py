@@ -5,10 +5,12 @@ job at the gate instead of hoping that a number of steps is slow enough on the m
 
 Usage (the test side; an engine in process or as a child process, one engine per gate folder)::
 
-    from engine.service.testgate import GATE_ENV, StepGate
+    from testgate import StepGate
 
     gate = StepGate.create(tmp_path / "gate")   # closed: no step is allowed yet
-    env[GATE_ENV] = str(gate.path)              # child engine; in process: monkeypatch.setenv
+    # A child engine: its command line and environment name the gate (`spooky engine --step-hook`).
+    cmd += gate.args(); env |= gate.env()
+    # In process: EngineService(settings, models=…, step_hook=gate.engine_side())
     ...start the engine (tiny preset), submit a job...
     held = gate.wait_held()                     # the job reported its step 1 and now waits
     held = await gate.held()                    # the same in an async test (loop stays free)
@@ -24,12 +26,13 @@ shares an engine holds it while it is idle. A stop of the job (cancel, time-out,
 wait at once, so a held job still stops within one step. A gate that allows nothing for
 `timeout_s` fails the job with `StepGateTimeout`: nothing hangs forever.
 
-Never on in production: the engine uses the gate only when all three hold: the environment
-variable `SPOOKY_TEST_STEP_GATE` names a folder (it is not a `SPOOKY_<SECTION>__<KEY>` setting, so
-no config file or settings variable can turn it on), that folder has the marker file that only
-`StepGate.create` writes, and the models are the `tiny` preset (toy random models that no real
-deployment loads). Otherwise a set variable is logged and ignored. With the gate off the worker's
-per-step cost is one `is None` test.
+Never on in production: the engine knows nothing of it. The worker takes an optional step hook from
+its composition root (`spooky engine --step-hook MODULE:FACTORY`, or `EngineService(step_hook=…)`),
+and this module, which lives with the tests and is not installed, is such a factory: it turns the
+gate on only when the environment variable `SPOOKY_TEST_STEP_GATE` names a folder that has the
+marker file only `StepGate.create` writes, and the models are the `tiny` preset (toy random models
+that no real deployment loads); otherwise it logs why and gives no hook. Without a hook the
+worker's per-step cost is one `is None` test.
 
 Files in the folder (each has a single writer, replaced atomically): `gate.json` (marker and
 timeout, the test), `allow` (`open` or the total number of passes allowed, the test), `state.json`
@@ -52,6 +55,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 GATE_ENV = "SPOOKY_TEST_STEP_GATE"
+#: What `spooky engine --step-hook` loads: `from_settings` below (this folder is on PYTHONPATH).
+HOOK = "testgate:from_settings"
+TESTS = Path(__file__).resolve().parent
 MARKER = "gate.json"
 MARKER_KIND = "spooky-test-step-gate"
 OPEN = "open"
@@ -120,8 +126,20 @@ class StepGate:
         return cls(path)
 
     def env(self) -> dict[str, str]:
-        """The environment entry that points an engine at this gate."""
-        return {GATE_ENV: str(self.path)}
+        """The environment of a child engine that points it at this gate (with `args`)."""
+        path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+        return {GATE_ENV: str(self.path), "PYTHONPATH": path}
+
+    @staticmethod
+    def args() -> list[str]:
+        """The `spooky engine` arguments that load the gate as the worker's step hook."""
+        return ["--step-hook", HOOK]
+
+    def engine_side(self) -> Callable[[str, str, int, threading.Event], None]:
+        """The step hook of an in-process engine on this gate."""
+        gate = step_gate("tiny", {GATE_ENV: str(self.path)})
+        assert gate is not None
+        return gate.wait
 
     @property
     def state(self) -> GateState:
@@ -217,6 +235,13 @@ class EngineGate:
                 )
         self.passed += 1
         self._publish(False, job_id, stage, step)
+
+
+def from_settings(settings: Any) -> Callable[[str, str, int, threading.Event], None] | None:
+    """The step-hook factory `spooky engine --step-hook testgate:from_settings` calls: the gate
+    this process's environment names, for the tiny preset only."""
+    gate = step_gate(settings.models.preset)
+    return gate.wait if gate is not None else None
 
 
 def step_gate(preset: str, env: Mapping[str, str] = os.environ) -> EngineGate | None:
