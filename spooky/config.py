@@ -88,13 +88,13 @@ class PipelineConfig(_Section):
     # "tf32" = TF32 matmuls/convolutions on CUDA. The latent and the loss are always fp32.
     precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     # VQGAN weights and activations in channels_last (NHWC) memory: "auto" = on (cuDNN's tensor
-    # cores work in NHWC; 0.92x the NCHW time on the CPU). The same images either way.
+    # cores work in NHWC, and it is faster on the CPU too; see docs/operators.md). The same images.
     channels_last: bool | Literal["auto"] = "auto"
     # torch.compile the VQGAN decoder and CLIP's image tower (stages 2 and 3): the first step of a
     # canvas size pays the compilation (tens of seconds); needs a C compiler for the CPU backend.
     compile: bool = False
     # Replay each nightmare frame's step as one captured CUDA graph (static shapes, one launch per
-    # frame); needs a CUDA device. Never yet run on a GPU (none was available), hence off.
+    # frame); needs a CUDA device. Off until benchmarks/gpu_check.sh has run it on a GPU.
     cuda_graphs: bool = False
     # Number of CLIP cutouts per step in stages 2 and 3.
     cutouts: int = Field(32, ge=1, le=256)

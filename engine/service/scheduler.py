@@ -104,14 +104,12 @@ class StepCost:
     overhead_s: float
 
 
-#: Before any job has finished: a guess for a mid-range GPU at the default sizes (not measured).
+#: Before any job has finished on a device nobody measured: a guess for a mid-range GPU at the
+#: default sizes.
 PRIOR = StepCost({JobKind.SPOOKY: 0.5, JobKind.NIGHTMARE: 0.4}, 2.0)
-#: Step costs measured per (preset, device type) at the default pipeline settings (32 cutouts):
-#: tiny/cpu from `Renderer.spooky` with 5+2 and 25+10 steps and `Renderer.nightmare` with 10 and
-#: 40 frames on the 2-core development machine (the slope is the cost per step, the intercept the
-#: overhead); full/cpu from docs/operators.md "CPU measurements" (7.2 s per stage-1 step, 54 per
-#: scare step, weighted 40:10 as the defaults run them; 38 s per frame). Without an entry (a GPU
-#: nobody measured yet) the guess above is used. Measured durations replace them either way.
+#: Step costs per (preset, device type) at the default pipeline settings, from the measurements in
+#: docs/operators.md ("First ETAs"), so the first ETAs on a CPU are not a GPU guess. Measured
+#: durations replace them as jobs finish.
 MEASURED: dict[tuple[str, str], StepCost] = {
     ("tiny", "cpu"): StepCost({JobKind.SPOOKY: 0.075, JobKind.NIGHTMARE: 0.24}, 0.2),
     ("full", "cpu"): StepCost({JobKind.SPOOKY: 16.6, JobKind.NIGHTMARE: 38.0}, 5.0),

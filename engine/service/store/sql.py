@@ -163,7 +163,7 @@ def lease_columns(real: str) -> tuple[str, ...]:
 
 
 #: Schema version 4, the same on both stores: the bot's sweep asks for the newest undelivered jobs
-#: every minute, and with months of delivered history behind them that was a scan of the table.
+#: every minute, and without an index that reads the whole delivered history.
 UNDELIVERED_INDEX = ("CREATE INDEX IF NOT EXISTS jobs_undelivered ON jobs(seq) WHERE delivered = 0",)
 
 
