@@ -287,11 +287,12 @@ def role_of(info: FieldInfo, role: type[R]) -> R | None:
 
 
 def prompt_texts(spec: SpookySpec | NightmareSpec) -> list[tuple[str, str, Prompt]]:
-    """(field name, text, marker) of every prompt text of `spec`, in field order."""
+    """(field name, text, marker) of every prompt text `spec` has (an optional one left unset is
+    none), in field order."""
     out = []
     for name, info in type(spec).model_fields.items():
         marker = role_of(info, Prompt)
-        if marker is not None:
+        if marker is not None and getattr(spec, name) is not None:
             out.append((name, getattr(spec, name), marker))
     return out
 
