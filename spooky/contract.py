@@ -28,6 +28,7 @@ HTTP API (JSON bodies; every route but /v1/health needs `Authorization: Bearer <
     POST   /v1/artifacts/{id}/fit?max_bytes=N      -> Artifact  (a re-encoded MP4 under N bytes,
                                                       for a server whose upload limit is smaller)
     GET    /v1/last-image?user_id=&channel_id=     -> LastImage | 404
+    GET    /v1/prompts?user_id=&guild_id=&q=&limit= -> PromptList (the user's recent prompts there)
     GET    /v1/guilds/{guild_id}/limits            -> GuildLimits
     PATCH  /v1/guilds/{guild_id}/limits LimitsUpdate -> GuildLimits
     GET    /v1/guilds/{guild_id}/limits/log        -> list[LimitsChange]
@@ -180,6 +181,7 @@ class RefusalCode(StrEnum):
     NO_PREVIOUS_IMAGE = "no_previous_image"  # /nightmare with nothing to animate
     BAD_PROMPT = "bad_prompt"  # empty, or over CLIP's 77 tokens
     BAD_IMAGE = "bad_image"
+    IMAGES_OFF = "images_off"  # a moderator switched picture input off (/limits set allow_images)
     NOT_READY = "not_ready"  # models still loading, or draining for shutdown
 
 
@@ -247,6 +249,13 @@ class SpookySpec(_Model):
     size: Canvas | None = None  # stage-2 canvas (w, h); None: the loaded models' own canvas
     # A progress still every this many steps (0: only the final image).
     still_every: Annotated[StillEvery, Default(setting="still_every")]
+    # A member's picture the scare pass starts from instead of stage 1's face (then not run); the
+    # job's source artifact.
+    init_artifact: ArtifactId | None = None
+
+    @property
+    def from_image(self) -> bool:
+        return self.init_artifact is not None
 
     @model_validator(mode="before")
     @classmethod
@@ -335,7 +344,10 @@ class Requester(_Model):
 
     user_id: Snowflake
     channel_id: Snowflake
-    guild_id: Snowflake | None = None  # None in DMs
+    # None: no server install behind the request (a DM, a group DM, or a server that did not invite
+    # the bot, where the member installed the app for themselves): the default limits apply, and
+    # the "server" queue of such a context is the user's own.
+    guild_id: Snowflake | None = None
     user_name: str | None = Field(None, max_length=100)  # for logs only
     is_moderator: bool = False  # the bot checked Manage Server; moderators skip the user limits
 
@@ -354,7 +366,9 @@ class JobRequest(_Model):
     # Nightmare: the destination's upload limit (a Discord server's); the MP4 is fitted under it.
     max_bytes: VideoBytes | None = None
     size: Canvas | None = None  # (width, height) of the stage-2/3 canvas
-    # Nightmare source: an uploaded or earlier artifact; None = the user's last image in the channel.
+    # The picture to start from, an uploaded or earlier artifact. Spooky: the scare pass starts
+    # from it (stage 1 is skipped); nightmare: it is animated (None: the user's last image in the
+    # channel).
     init_artifact: ArtifactId | None = None
     requester: Requester
     # Idempotent submit: the same key returns the same job (the bot uses the interaction id).
@@ -381,11 +395,9 @@ class JobRequest(_Model):
         # A job field another kind's spec has, set on a request of this kind, is a mistake.
         mine = SPEC_OF[self.kind].model_fields
         for name in _JOB_FIELDS:
-            if name not in mine and getattr(self, name) is not None:
+            if name not in mine and name not in _EVERY_KIND and getattr(self, name) is not None:
                 owner = next(k for k, c in SPEC_OF.items() if name in c.model_fields)
                 raise ValueError(f"{name} belongs to {owner.value} jobs, not {self.kind.value} jobs")
-        if self.kind is not JobKind.NIGHTMARE and self.init_artifact is not None:
-            raise ValueError("init_artifact belongs to nightmare jobs")
         return self
 
     def given(self) -> dict[str, Any]:
@@ -403,9 +415,7 @@ class JobRequest(_Model):
     @staticmethod
     def fields_for(kind: JobKind) -> set[str]:
         """The request fields a job of `kind` may set, besides `kind` and the origin's."""
-        mine = SPEC_OF[kind].model_fields
-        extra = {"init_artifact"} if kind is JobKind.NIGHTMARE else set()
-        return {name for name in _JOB_FIELDS if name in mine} | extra
+        return {name for name in _JOB_FIELDS if name in SPEC_OF[kind].model_fields} | {"init_artifact"}
 
 
 #: The request fields that say who asked and how the client finds the job again (not the job's).
@@ -416,6 +426,9 @@ _JOB_FIELDS = tuple(
     for name in JobRequest.model_fields
     if name != "kind" and any(name in cls.model_fields for cls in SPEC_OF.values())
 )
+#: Request fields every kind takes though not every spec has them: a nightmare's source image is
+#: resolved at submit (the job's source artifact), not kept in its spec.
+_EVERY_KIND = frozenset({"init_artifact"})
 
 
 class CancelRequest(_Model):
@@ -521,6 +534,12 @@ class LastImage(_Model):
     job_id: str | None = None
 
 
+class PromptList(_Model):
+    """A member's own recent prompts (distinct, newest first), for the bot's autocomplete."""
+
+    prompts: list[str]
+
+
 class Health(_Model):
     status: HealthStatus
     preset: str | None = None
@@ -535,8 +554,9 @@ class Health(_Model):
 
 
 class LimitValues(_Model):
-    """The numeric per-server limits, defaults and allowed ranges defined once: the `[limits]`
-    config section (`spooky.config.LimitsConfig`) and what /limits set accepts are both this."""
+    """The per-server limits that have defaults, and their allowed ranges, defined once: the
+    `[limits]` config section (`spooky.config.LimitsConfig`) and what /limits set accepts are both
+    this."""
 
     max_queue_per_server: int = Field(10, ge=1, le=MAX_QUEUE_PER_SERVER)
     max_jobs_per_user: int = Field(2, ge=1, le=MAX_JOBS_PER_USER)
@@ -544,6 +564,11 @@ class LimitValues(_Model):
     max_steps: int = Field(60, ge=1, le=MAX_STEPS)
     max_scare_steps: int = Field(20, ge=0, le=MAX_STEPS)
     max_frames: int = Field(300, ge=1, le=MAX_FRAMES)
+    # Members' own pictures as a start (/spooky image:, Spookify, /nightmare image:, the Nightmare
+    # menu); off refuses them. A render's own still (the Nightmare button) is no member's picture.
+    allow_images: bool = True
+    # The prompt the Spookify menu's form starts with.
+    default_prompt: str = Field("spooky halloween monster", min_length=1, max_length=MAX_PROMPT_CHARS)
 
 
 class GuildLimits(LimitValues):

@@ -36,6 +36,7 @@ from spooky.contract import (
     LastImage,
     LimitsChange,
     LimitsUpdate,
+    PromptList,
     QueueView,
     Refusal,
     RefusalBody,
@@ -273,6 +274,16 @@ class EngineClient:
             if e.status == 404:
                 return None
             raise
+
+    async def recent_prompts(
+        self, user_id: str, guild_id: str | None = None, query: str = "", limit: int = 25
+    ) -> list[str]:
+        """The user's own recent prompts there (guild None: without a server install), distinct,
+        newest first, those containing `query` (case-insensitive)."""
+        answer = await self._get(
+            PromptList, "/prompts", user_id=user_id, guild_id=guild_id, q=query or None, limit=limit
+        )
+        return answer.prompts
 
     async def limits(self, guild_id: str) -> GuildLimits:
         return await self._get(GuildLimits, f"/guilds/{guild_id}/limits")

@@ -41,7 +41,7 @@ _ASPECT_RANGE = (0.5, 2.0)
 
 @dataclass
 class SpookyResult:
-    stylegan_image: Image.Image  # stage 1, at the generator's resolution
+    stylegan_image: Image.Image | None  # stage 1, at the generator's resolution (None: from a photo)
     spooky_image: Image.Image  # stage 2, at the canvas size
     seed: int
     settings: dict[str, Any]  # everything needed to reproduce the result
@@ -105,9 +105,17 @@ class Renderer:
 
     # --- stages 1 + 2 ---------------------------------------------------------------------------
 
-    def spooky(self, job: SpookySpec, callback: ProgressCallback = no_progress) -> SpookyResult:
-        """Stage 1 then stage 2; the callback sees "stylegan" progress, then "scare" progress."""
+    def spooky(
+        self, job: SpookySpec, callback: ProgressCallback = no_progress, photo: Image.Image | None = None
+    ) -> SpookyResult:
+        """Stage 1 then stage 2; the callback sees "stylegan" progress, then "scare" progress.
+
+        A job that starts from a member's picture (`job.from_image`) gets it as `photo`: stage 1 does
+        not run, and stage 2 starts from the photo fitted to the canvas (cropped to its aspect ratio
+        where it differs, so the face is not distorted).
+        """
         _trusted(job, self.factor)
+        assert (photo is not None) == job.from_image, "a photo job needs its photo, and only it"
         p = self.pipeline
         seed = job.seed
         size = tuple(job.size) if job.size is not None else self.default_size
@@ -132,16 +140,23 @@ class Renderer:
             precision=self.precision,
             compile=p.compile,
         )
-        stage1 = optimise_latent(self.models.stylegan, self.models.clip, job.prompt.strip(), face, callback)
-        # Stage 2 stretches the square face to the canvas, as the original did.
         m = self.models
-        scared = scare(m.vqgan, m.clip, stage1.image, parse_prompts(scare_prompt), scare_params, callback)
+        if photo is None:
+            stage1 = optimise_latent(m.stylegan, m.clip, job.prompt.strip(), face, callback)
+            # Stage 2 stretches the square face to the canvas, as the original did.
+            start: Any = stage1.image
+            face_image: Image.Image | None = to_pil(stage1.image)
+        else:
+            start = ImageOps.fit(photo.convert("RGB"), size, Image.Resampling.LANCZOS)
+            face_image = None
+        scared = scare(m.vqgan, m.clip, start, parse_prompts(scare_prompt), scare_params, callback)
         settings = {
             "kind": "spooky",
+            "start": "face" if photo is None else "image",
             "prompt": job.prompt.strip(),
             "scare_prompt": scare_prompt.strip(),
             "seed": seed,
-            "steps": face.steps,
+            "steps": face.steps if photo is None else 0,
             "lr": face.lr,
             "l2_lambda": face.l2_lambda,
             "truncation": face.truncation,
@@ -155,7 +170,7 @@ class Renderer:
             "preset": self.models.preset,
             "models": self.models.description,
         }
-        return SpookyResult(to_pil(stage1.image), to_pil(scared), seed, settings)
+        return SpookyResult(face_image, to_pil(scared), seed, settings)
 
     # --- stage 3 ----------------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ models, before and after the models load), so every node gives the same answer:
   its canvas suits the VQGAN (`JobRules`). The job's hard bounds (steps, frames, seed, canvas
   sides) are the contract's own field constraints, checked when the request was read;
 - `check_limits`: the job against the server's state, inside the submit's transaction: paused,
-  channels, banned words in any prompt text, the server's ranges for every field with a `Default`
-  limit, the user's and the server's counts.
+  channels, members' pictures, banned words in any prompt text, the server's ranges for every
+  field with a `Default` limit, the user's and the server's counts.
 
 Both walk the fields the contract declares (`spooky.contract.Prompt`, `Default`): a new option
 needs no change here. The renderer trusts a spec that passed them.
@@ -97,7 +97,7 @@ class Snapshot:
     limits: GuildLimits
     max_queue: int  # EngineConfig.max_queue: waiting or running jobs across all servers
     global_active: int
-    guild_active: int  # waiting or running jobs of this server (DMs count as one server)
+    guild_active: int  # waiting or running jobs of this server (no server install: of this user there)
     user_active: int  # waiting or running jobs of this user, on any server
     user_last_submit: float | None  # when this user's last accepted job was submitted, any server
 
@@ -137,11 +137,14 @@ def _range_refusals(spec: JobSpec, limits: GuildLimits) -> Refusal | None:
     return None
 
 
-def check_limits(req: JobRequest, spec: JobSpec, snap: Snapshot) -> Refusal | None:
-    """The first limit that refuses this request, or None when it may be queued.
+def check_limits(
+    req: JobRequest, spec: JobSpec, snap: Snapshot, *, picture: bool = False
+) -> Refusal | None:
+    """The first limit that refuses this request, or None when it may be queued. `picture`: the
+    job starts from a member's own picture (an upload), which `allow_images` may refuse.
 
     Moderators skip the per-user limits (jobs per user, cooldown) but not the server's state
-    (paused, channels, banned words, ranges) nor the queue capacity.
+    (paused, channels, pictures, banned words, ranges) nor the queue capacity.
     """
     lim = snap.limits
     who = req.requester
@@ -161,6 +164,16 @@ def check_limits(req: JobRequest, spec: JobSpec, snap: Snapshot) -> Refusal | No
             message=f"this channel is not open for rendering; use {shown}",
             limit="allowed_channels",
             allowed=",".join(lim.allowed_channels),
+        )
+    if picture and not lim.allow_images:
+        return Refusal(
+            code=RefusalCode.IMAGES_OFF,
+            message=(
+                "this server does not take members' pictures as a start; run /spooky with a prompt "
+                "alone (a moderator can allow pictures with /limits set allow_images:true)"
+            ),
+            limit="allow_images",
+            value="false",
         )
     for _, text, _ in prompt_texts(spec):
         word = banned_word_in(text, lim.banned_words)

@@ -71,6 +71,7 @@ REFUSAL_STATUS: dict[RefusalCode, int] = {
     RefusalCode.PAUSED: 409,
     RefusalCode.CHANNEL_NOT_ALLOWED: 409,
     RefusalCode.NO_PREVIOUS_IMAGE: 409,
+    RefusalCode.IMAGES_OFF: 409,
     RefusalCode.NOT_READY: 409,
     RefusalCode.BANNED_WORD: 422,
     RefusalCode.OUT_OF_RANGE: 422,
@@ -134,6 +135,13 @@ class EventsQuery(_Query):
 class UserChannelQuery(_Query):
     user_id: Snowflake
     channel_id: Snowflake
+
+
+class PromptsQuery(_Query):
+    user_id: Snowflake
+    guild_id: Snowflake | None = None  # none: the user's jobs without a server install
+    q: str = Field("", max_length=100)  # what the member has typed so far
+    limit: int = Field(25, ge=1, le=25)  # Discord shows at most 25 suggestions
 
 
 class FitQuery(_Query):
@@ -403,6 +411,12 @@ async def fit(request: web.Request) -> web.Response:
 async def last_image(request: web.Request) -> web.Response:
     q = _query(request, UserChannelQuery)
     return model_response(await _core(request).last_image(q.user_id, q.channel_id))
+
+
+@routes.get(f"{API_PREFIX}/prompts")
+async def recent_prompts(request: web.Request) -> web.Response:
+    q = _query(request, PromptsQuery)
+    return model_response(await _core(request).recent_prompts(q.user_id, q.guild_id, q.q, q.limit))
 
 
 def _guild(request: web.Request) -> str:

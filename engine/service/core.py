@@ -57,6 +57,7 @@ from spooky.contract import (
     JobView,
     LastImage,
     LimitsChange,
+    PromptList,
     QueueView,
     Refusal,
     RefusalCode,
@@ -297,13 +298,13 @@ class EngineCore:
             await asyncio.to_thread(check_job, spec, self.rules)  # the first call reads CLIP's vocabulary
         except InputError as e:
             raise Refused.for_input(e) from e
-        source = await self._nightmare_source(req) if JobKind(req.kind) is JobKind.NIGHTMARE else None
+        source, picture = await self._source(req)
         max_queue = self.settings.engine.max_queue
         now = time.time()
 
         def decide(counts: Counts, limits: GuildLimits) -> Refusal | None:
             snap = Snapshot(now=now, limits=limits, max_queue=max_queue, **vars(counts))
-            return check_limits(req, spec, snap)
+            return check_limits(req, spec, snap, picture=picture)
 
         new = NewJob(id=new_id(), request=req, spec=spec, source_artifact=source, created_at=now)
         result = await self._submits.submit(new, decide)
@@ -328,7 +329,10 @@ class EngineCore:
         data = result.event.data if result.event else {}
         return SubmitResponse(job=result.job.view(data.get("position"), data.get("eta_s")))
 
-    async def _nightmare_source(self, req: JobRequest) -> str:
+    async def _source(self, req: JobRequest) -> tuple[str | None, bool]:
+        """The job's source image (the picture it starts from; a nightmare without one animates the
+        user's last image in the channel), and whether it is a member's own picture (an upload,
+        not a render's artifact)."""
         if req.init_artifact is not None:
             row = await self.db(self.store.get_artifact, req.init_artifact)
             if row is None or not row.media_type.startswith("image/"):
@@ -341,7 +345,9 @@ class EngineCore:
                         ),
                     )
                 )
-            return row.id
+            return row.id, row.job_id is None
+        if JobKind(req.kind) is not JobKind.NIGHTMARE:
+            return None, False
         last = await self.db(self.store.last_image, req.requester.user_id, req.requester.channel_id)
         if last is None:
             raise Refused(
@@ -353,7 +359,7 @@ class EngineCore:
                     ),
                 )
             )
-        return last.artifact_id
+        return last.artifact_id, False
 
     # --- cancel and bookkeeping -------------------------------------------------------------
 
@@ -466,6 +472,12 @@ class EngineCore:
             raise ApiError(422, e.code, str(e)) from e
         await self.db(self.store.add_artifact, new)
         return artifact_view(new)
+
+    async def recent_prompts(self, user_id: str, guild_id: str | None, query: str, limit: int) -> PromptList:
+        """The user's own recent prompts there that contain `query` (case-insensitive)."""
+        found = await self.db(self.store.recent_prompts, user_id, guild_id)
+        wanted = query.casefold()
+        return PromptList(prompts=[p for p in found if wanted in p.casefold()][:limit])
 
     async def last_image(self, user_id: str, channel_id: str) -> LastImage:
         last = await self.db(self.store.last_image, user_id, channel_id)

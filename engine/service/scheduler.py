@@ -90,7 +90,7 @@ def work_units(spec: StoredSpec) -> int:
     """Optimisation steps a job will run: what its duration scales with (none for a spec the
     store could not read: that job fails as soon as it is claimed)."""
     if isinstance(spec, SpookySpec):
-        return spec.steps + spec.scare_steps
+        return spec.scare_steps if spec.from_image else spec.steps + spec.scare_steps
     if isinstance(spec, NightmareSpec):
         return spec.frames
     return 0

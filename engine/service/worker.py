@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 
 from engine.pipeline.ffmpeg import VideoDiskFullError, stop_children
 from engine.pipeline.images import load_image, to_pil
@@ -380,6 +381,16 @@ class Worker:
 
         return on_step
 
+    def _source(self, job: JobRow, writer: AttemptWriter) -> Image.Image:
+        """The job's source image, read again as an upload is (type, size, pixels)."""
+        source = writer.read(lambda: self.core.store.get_artifact(job.source_artifact or ""))
+        if source is None:
+            raise InputError(
+                f"the image this job starts from ({job.source_artifact}) is gone from the engine",
+                hint="attach the image again, or run /spooky again",
+            )
+        return load_image(self.core.files.path(source))
+
     def _render(self, job: JobRow, control: JobControl) -> Outcome:
         spec = job.spec
         if isinstance(spec, UnreadableSpec):
@@ -387,27 +398,27 @@ class Worker:
         writer = AttemptWriter(self.core.store, self.core.files, control, self.nonce)
         callback = self._callback(control, writer)
         control.check()
+        # The picture the job starts from: a photo to scare, or the image a nightmare animates.
+        photo = self._source(job, writer) if job.source_artifact is not None else None
         if isinstance(spec, SpookySpec):
-            res = self.renderer.spooky(spec, callback)
+            res = self.renderer.spooky(spec, callback, photo)
             meta = {"seed": res.seed, "settings": res.settings}
-            stylegan = writer.save_png(res.stylegan_image, "stylegan", meta)
+            artifacts = {}
+            if res.stylegan_image is not None:
+                artifacts["stylegan"] = writer.save_png(res.stylegan_image, "stylegan", meta).id
             spooky = writer.save_png(res.spooky_image, "spooky", meta)
+            artifacts["spooky"] = spooky.id
             control.close_stage("save")
             return Outcome(
-                artifacts={"stylegan": stylegan.id, "spooky": spooky.id},
+                artifacts=artifacts,
                 result={"seed": res.seed, "settings": res.settings},
                 last_image=spooky.id,
             )
-        source = writer.read(lambda: self.core.store.get_artifact(job.source_artifact or ""))
-        if source is None:
-            raise InputError(
-                f"the image to animate ({job.source_artifact}) is gone from the engine",
-                hint="run /spooky again or attach the image",
-            )
-        image = load_image(self.core.files.path(source))
+        if photo is None:
+            raise InputError(f"nightmare job {job.id} has no image to animate", hint="run /spooky again")
         out = writer.scratch(".mp4")
         try:
-            res = self.renderer.nightmare(spec, image, out, callback)
+            res = self.renderer.nightmare(spec, photo, out, callback)
             control.close_stage("encode")
             w, h = res.settings.get("size", (None, None))
             video = writer.adopt(res.video_path, "video/mp4", width=w, height=h)

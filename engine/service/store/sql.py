@@ -421,10 +421,15 @@ class SqlStore:
 
         counts = Counts(
             global_active=one("SELECT count(*) AS v FROM jobs WHERE state IN (?, ?)", *ACTIVE),
+            # Without a server install (guild None) the "server" is the user's own context.
             guild_active=one(
-                "SELECT count(*) AS v FROM jobs WHERE state IN (?, ?) AND guild_id IS NOT DISTINCT FROM ?",
+                "SELECT count(*) AS v FROM jobs WHERE state IN (?, ?) AND guild_id = ?", *ACTIVE, who.guild_id
+            )
+            if who.guild_id is not None
+            else one(
+                "SELECT count(*) AS v FROM jobs WHERE state IN (?, ?) AND guild_id IS NULL AND user_id = ?",
                 *ACTIVE,
-                who.guild_id,
+                who.user_id,
             ),
             user_active=one(
                 "SELECT count(*) AS v FROM jobs WHERE state IN (?, ?) AND user_id = ?", *ACTIVE, who.user_id
@@ -738,6 +743,17 @@ class SqlStore:
                 return None
             con.execute("UPDATE jobs SET delivered = 1 WHERE id = ?", (job_id,))
             return self._must(con, job_id)
+
+    def recent_prompts(self, user_id: str, guild_id: str | None, *, scan: int = 200) -> list[str]:
+        """The prompts of the user's newest `scan` jobs there (guild None: without a server
+        install), distinct, newest first."""
+        rows = self._read(
+            "SELECT request FROM jobs WHERE user_id = ? AND guild_id IS NOT DISTINCT FROM ?"
+            " ORDER BY created_at DESC LIMIT ?",
+            (user_id, guild_id, scan),
+        )
+        prompts = (json.loads(r["request"]).get("prompt") for r in rows)
+        return list(dict.fromkeys(p for p in prompts if isinstance(p, str) and p))
 
     def recent_durations(self, kind: JobKind, n: int = 20) -> list[tuple[float, StoredSpec]]:
         rows = self._read(
