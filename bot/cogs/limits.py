@@ -13,7 +13,14 @@ from bot import replies
 from bot.errors import NotModerator
 from bot.origin import is_moderator
 from bot.text import duration, escape
-from spooky.bounds import MAX_COOLDOWN_S, MAX_FRAMES, MAX_JOBS_PER_USER, MAX_QUEUE_PER_SERVER, MAX_STEPS
+from spooky.bounds import (
+    MAX_COOLDOWN_S,
+    MAX_FRAMES,
+    MAX_JOBS_PER_USER,
+    MAX_PROMPT_CHARS,
+    MAX_QUEUE_PER_SERVER,
+    MAX_STEPS,
+)
 from spooky.contract import GuildLimits
 from spooky.engine_client import EngineRequestError, EngineUnavailable
 
@@ -36,6 +43,9 @@ def render_limits(limits: GuildLimits) -> str:
             f"• Nightmare frames: up to {limits.max_frames}",
             f"• Channels: {channels}",
             f"• Banned words: {words}",
+            "• Members' pictures as a start (/spooky image:, Spookify, Nightmare on a message): "
+            + ("allowed" if limits.allow_images else "**off**"),
+            f"• The Spookify form starts with: “{escape(limits.default_prompt, limit=200)}”",
         ]
     )
 
@@ -103,6 +113,8 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
         paused="Pause (true) or resume (false) new renders on this server",
         ban_word="Refuse prompts containing this word",
         unban_word="Remove a banned word",
+        allow_images="Let members start a render from their own picture (true) or not (false)",
+        default_prompt="The prompt the Spookify form (Apps > Spookify on a message) starts with",
     )
     async def set_(
         self,
@@ -118,8 +130,15 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
         paused: bool | None = None,
         ban_word: app_commands.Range[str, 1, 50] | None = None,
         unban_word: app_commands.Range[str, 1, 50] | None = None,
+        allow_images: bool | None = None,
+        default_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
     ) -> None:
         await replies.ack(interaction, ephemeral=True)
+        if default_prompt is not None and not default_prompt.strip():
+            await replies.tell(
+                interaction, "The default prompt is empty: give the words the form starts with."
+            )
+            return
         guild_id = str(interaction.guild_id)
         changes: dict[str, Any] = {
             name: value
@@ -131,6 +150,8 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
                 ("max_scare_steps", max_scare_steps),
                 ("max_frames", max_frames),
                 ("paused", paused),
+                ("allow_images", allow_images),
+                ("default_prompt", " ".join(default_prompt.split()) if default_prompt else None),
             )
             if value is not None
         }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import random
 import re
 import subprocess
 import tempfile
@@ -12,11 +14,22 @@ from typing import Any
 import imageio_ffmpeg
 from fake_discord.server import FakeDiscord
 from fake_discord.state import EPHEMERAL, Interaction, Recorded
+from PIL import Image
 
 from spooky.contract import JobView
 from spooky.engine_client import EngineClient
 
 RENDER_TIMEOUT_S = 180.0  # the engine shares two cores with the test and other work
+
+
+def noise_png(side: int, height: int | None = None) -> bytes:
+    """A PNG of random pixels (`side` wide, `height` or `side` high): a photo nothing compresses."""
+    h = height or side
+    rnd = random.Random(side * 7919 + h)
+    image = Image.frombytes("RGB", (side, h), rnd.randbytes(side * h * 3))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
 
 
 def buttons(message: dict[str, Any]) -> list[str]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import itertools
 import logging
-import random
 import time
 from typing import TYPE_CHECKING
 
@@ -20,6 +18,7 @@ from bot_helpers import (
     final_of,
     job_id_of,
     job_of,
+    noise_png,
     original,
     probe_video,
     uploaded,
@@ -27,7 +26,6 @@ from bot_helpers import (
 )
 from fake_discord.server import FakeDiscord
 from fake_discord.state import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, Interaction, Recorded
-from PIL import Image
 from support import free_port
 
 from bot import tracker as tracker_module
@@ -275,14 +273,6 @@ async def test_result_after_token_expiry_goes_to_the_channel(
         assert body.get("allowed_mentions") == {"parse": []}
 
 
-def _noise_png(side: int) -> bytes:
-    rnd = random.Random(side)
-    image = Image.frombytes("RGB", (side, side), rnd.randbytes(side * side * 3))
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
-
-
 async def test_nightmare_attachment_checks_and_refit(
     bots: Bots, fake: FakeDiscord, engine_client: EngineClient
 ) -> None:
@@ -316,7 +306,7 @@ async def test_nightmare_attachment_checks_and_refit(
 
     # A real image whose video is over this server's (smaller than announced) upload limit.
     fake.upload_limit_bytes = 100 * 1024
-    image = fake.add_attachment("face.png", "image/png", _noise_png(128))
+    image = fake.add_attachment("face.png", "image/png", noise_png(128))
     inter = await fake.invoke("nightmare", {"image": image, "frames": 30})
     final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
     too_large = [r for r in fake.requests if r.status == 413]
@@ -511,7 +501,7 @@ async def test_video_that_cannot_fit_asks_for_less_and_says_the_real_sizes(
 ) -> None:
     await bots.start()
     fake.upload_limit_bytes = 2 * 1024  # no MP4 is this small: every size the bot asks for is refused
-    image = fake.add_attachment("face.png", "image/png", _noise_png(128))
+    image = fake.add_attachment("face.png", "image/png", noise_png(128))
     inter = await fake.invoke("nightmare", {"image": image, "frames": 30})
     final = await fake.wait_for(lambda: final_of(fake, inter), RENDER_TIMEOUT_S)
     assert filenames(final) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from bot_helpers import RENDER_TIMEOUT_S, buttons, filenames, job_of
+from bot_helpers import RENDER_TIMEOUT_S, buttons, filenames, job_of, noise_png
 from fake_discord.server import FakeDiscord
 
 from bot.delivery_state import DeliveryState
@@ -23,8 +23,9 @@ REPLACED = {"seed", *ORIGIN_FIELDS}
 NOT_SPOOKY = set(JobRequest.model_fields) - JobRequest.fields_for(JobKind.SPOOKY) - {"kind", *ORIGIN_FIELDS}
 
 
-def _source(fake: FakeDiscord) -> JobRequest:
-    """A spooky request with every field a spooky job may carry set to something not its default."""
+def _source(fake: FakeDiscord, photo: str) -> JobRequest:
+    """A spooky request with every field a spooky job may carry set to something not its default
+    (it starts from the uploaded picture `photo`)."""
     return JobRequest(
         kind=JobKind.SPOOKY,
         prompt="a pale count with fangs",
@@ -33,6 +34,7 @@ def _source(fake: FakeDiscord) -> JobRequest:
         steps=2,
         scare_steps=1,
         size=(48, 32),
+        init_artifact=photo,
         requester=Requester(
             user_id=fake.member.id,
             channel_id=fake.channel_ids[0],
@@ -48,7 +50,7 @@ def _source(fake: FakeDiscord) -> JobRequest:
 
 
 def test_the_source_request_sets_every_field_a_spooky_job_may_carry(fake: FakeDiscord) -> None:
-    source = _source(fake)
+    source = _source(fake, "anUploadedPhoto1")
     at_default = {
         name
         for name, field in JobRequest.model_fields.items()
@@ -62,12 +64,13 @@ async def test_reroll_resubmits_every_field_of_the_source_request(
     bots: Bots, fake: FakeDiscord, engine_client: EngineClient
 ) -> None:
     await bots.start()
-    source = (await engine_client.submit(_source(fake))).job
+    photo = await engine_client.upload(noise_png(64), user_id=fake.member.id, channel_id=fake.channel_ids[0])
+    source = (await engine_client.submit(_source(fake, photo.id))).job
     result = await fake.wait_for(
         lambda: next((m for m in fake.messages.values() if f"spooky:reroll:{source.id}" in buttons(m)), None),
         RENDER_TIMEOUT_S,
     )
-    assert filenames(result) == ["stylegan.png", "spooky.png"]
+    assert filenames(result) == ["spooky.png"]  # a picture's start: no StyleGAN face
     assert (await engine_client.job(source.id)).state is JobState.SUCCEEDED
 
     reroll = await fake.click(result["id"], f"spooky:reroll:{source.id}", user=fake.other)
