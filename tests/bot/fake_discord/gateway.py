@@ -55,6 +55,7 @@ class Gateway:
                     shard_id, shard_count = frame["d"].get("shard") or (0, 1)
                     entry = (ws, seq, (int(shard_id), int(shard_count)))
                     self.sessions.append(entry)
+                    # The servers the bot user is in; servers it never joined are not announced.
                     guilds = [g for g in state.guild_channels if state.shard_of(g, shard_count) == shard_id]
                     await self._dispatch(ws, seq, "READY", payloads.ready(state, guilds, entry[2]))
                     for guild_id in guilds:
@@ -71,11 +72,14 @@ class Gateway:
                 self.identified.clear()
         return ws
 
-    def session_for(self, guild_id: str) -> Session:
-        """The session a server's events go to: the newest one that runs the server's shard."""
+    def session_for(self, guild_id: str | None) -> Session:
+        """The session a server's events go to: the newest one that runs the server's shard
+        (direct messages and group DMs: shard 0)."""
         if not self.sessions:
             raise AssertionError("no bot is connected to the gateway")
-        on_shard = [e for e in self.sessions if self.state.shard_of(guild_id, e[2][1]) == e[2][0]]
+        on_shard = [
+            e for e in self.sessions if (self.state.shard_of(guild_id, e[2][1]) if guild_id else 0) == e[2][0]
+        ]
         if not on_shard:
             raise AssertionError(f"no bot session runs the shard of guild {guild_id}")
         return on_shard[-1]

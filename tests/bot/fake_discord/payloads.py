@@ -8,7 +8,16 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from fake_discord.state import PERM_ALL_MEMBER, PERM_MANAGE_GUILD, DiscordState, User, now_iso
+from fake_discord.state import (
+    DM,
+    GROUP_DM,
+    GUILD_TEXT,
+    PERM_ALL_MEMBER,
+    PERM_MANAGE_GUILD,
+    DiscordState,
+    User,
+    now_iso,
+)
 
 
 def member(state: DiscordState, user: User, permissions: int | None = None) -> dict[str, Any]:
@@ -29,12 +38,33 @@ def member(state: DiscordState, user: User, permissions: int | None = None) -> d
 
 
 def channel(state: DiscordState, channel_id: str) -> dict[str, Any]:
-    guild_id = state.guild_of(channel_id) or state.guild_id
-    channels = state.guild_channels[guild_id]
+    """A channel as the API describes it: a server's text channel, a DM or a group DM."""
+    place = state.place_of(channel_id)
+    if place.channel_type == DM:
+        return {
+            "id": channel_id,
+            "type": DM,
+            "recipients": [state.user(u).payload() for u in place.recipients],
+            "last_message_id": None,
+            "flags": 0,
+        }
+    if place.channel_type == GROUP_DM:
+        return {
+            "id": channel_id,
+            "type": GROUP_DM,
+            "recipients": [state.user(u).payload() for u in place.recipients],
+            "name": None,
+            "icon": None,
+            "owner_id": place.recipients[0],
+            "last_message_id": None,
+            "flags": 0,
+        }
+    assert place.guild_id is not None
+    channels = state.guild_channels.get(place.guild_id, [channel_id])
     return {
         "id": channel_id,
-        "type": 0,
-        "guild_id": guild_id,
+        "type": GUILD_TEXT,
+        "guild_id": place.guild_id,
         "name": f"spooky-{channels.index(channel_id)}",
         "position": channels.index(channel_id),
         "permission_overwrites": [],
@@ -108,6 +138,11 @@ def guild(state: DiscordState, guild_id: str) -> dict[str, Any]:
     }
 
 
+def message(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored message as the API sends it (without the fake's own bookkeeping)."""
+    return {k: v for k, v in stored.items() if k not in ("via", "edits", "deleted", "allowed_mentions")}
+
+
 def bot_user(state: DiscordState) -> dict[str, Any]:
     """The bot's own user, as GET /users/@me and READY describe it."""
     return state.bot_user.payload() | {"verified": True, "mfa_enabled": False, "flags": 0}
@@ -128,6 +163,12 @@ def application(state: DiscordState) -> dict[str, Any]:
         "team": None,
         "bot": state.bot_user.payload(),
         "interactions_endpoint_url": None,
+        # The Installation settings: where the app can be installed, and what each install grants.
+        "integration_types_config": {
+            str(t): {"oauth2_install_params": {"scopes": scopes, "permissions": "0"}}
+            for t, scopes in ((0, ["applications.commands", "bot"]), (1, ["applications.commands"]))
+            if t in state.install_types
+        },
     }
 
 

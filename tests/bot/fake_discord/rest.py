@@ -1,10 +1,13 @@
 """Discord's REST API, the routes the bot uses: interaction callbacks and webhooks, channel
-messages, command sync, the bot's user and application, the gateway address, the CDN.
+messages, opening a DM, command sync, the bot's user and application, the gateway address, the CDN.
 
 Every request is recorded (`DiscordState.requests`) before it is answered; injected faults answer
-first, then Discord's own rules: 413/40005 above the upload limit, 401/50027 for a spent
-interaction token, 10062 for an interaction acknowledged too late, and for a channel post with
-`enforce_nonce` and a nonce seen in the last `nonce_window_s`, the message first created with it.
+first, then Discord's own rules: 413/40005 above the upload limit (the server's, and through an
+interaction's webhook its `attachment_size_limit`), 401/50027 for a spent interaction token, 10062
+for an interaction acknowledged too late, 403/50001 (Missing Access) for a channel the bot user is
+not in, 403/50007 for a DM to a member whose DMs are closed, 400/50035 for a form, a suggestion
+list or a command definition Discord would not take, and for a channel post with `enforce_nonce`
+and a nonce seen in the last `nonce_window_s`, the message first created with it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ from aiohttp import web
 
 from fake_discord import payloads
 from fake_discord.faults import Dropped, Faults
-from fake_discord.state import EPHEMERAL, LOADING, DiscordState, Interaction, Recorded
+from fake_discord.interactions import AUTOCOMPLETE, LABEL, MODAL_SUBMIT, TEXT_INPUT
+from fake_discord.state import (
+    CHAT_INPUT,
+    DM,
+    EPHEMERAL,
+    LOADING,
+    DiscordState,
+    Interaction,
+    Recorded,
+)
 
 JSON = "application/json"  # exactly: discord.py compares the header without parameters
 
@@ -29,6 +41,14 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, code: int, message: str) -> web.Response:
     return _json({"message": message, "code": code}, status)
+
+
+def _invalid(why: str) -> web.Response:
+    return _json({"message": "Invalid Form Body", "code": 50035, "errors": {"_errors": [why]}}, 400)
+
+
+#: Discord's rule for slash command and option names (its regex, for ASCII input).
+CHAT_NAME = re.compile(r"^[-_'a-z0-9]{1,32}$")
 
 
 async def _read_body(request: web.Request) -> tuple[Any, list[tuple[str, bytes]]]:
@@ -55,12 +75,31 @@ class Rest:
         self.state = state
         self.faults = faults
 
-    async def cdn(self, request: web.Request) -> web.Response:
+    async def cdn(self, request: web.Request) -> web.StreamResponse:
+        """Discord's CDN and media proxy: a hosted file's bytes, with its Content-Type."""
         self.state.downloads.append(request.match_info["att_id"])
-        data = self.state.files.get(request.match_info["att_id"])
+        return await self._serve(request)
+
+    async def elsewhere(self, request: web.Request) -> web.StreamResponse:
+        """A linked picture's own site (not Discord's), counted apart: "elsewhere:<id>"."""
+        self.state.downloads.append("elsewhere:" + request.match_info["att_id"])
+        return await self._serve(request)
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        att_id = request.match_info["att_id"]
+        data = self.state.files.get(att_id)
         if data is None:
             return web.Response(status=404)
-        return web.Response(body=data, headers={"Content-Type": "application/octet-stream"})
+        content_type = self.state.file_types.get(att_id, "application/octet-stream")
+        if att_id not in self.state.unsized:
+            return web.Response(body=data, headers={"Content-Type": content_type})
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for at in range(0, len(data), 64 * 1024):
+            await response.write(data[at : at + 64 * 1024])
+        await response.write_eof()
+        return response
 
     async def api(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"]
@@ -116,6 +155,8 @@ class Rest:
             )
         if m := re.fullmatch(r"/applications/(\d+)(?:/guilds/(\d+))?/commands", path):
             return self._sync(m[2], rec)
+        if path == "/users/@me/channels" and method == "POST":
+            return self._open_dm(rec)
         if m := re.fullmatch(r"/channels/(\d+)/messages(?:/(\d+))?", path):
             return self._channel_message(m[1], m[2], rec)
         return _error(404, 0, f"404: Not Found ({method} {path})")
@@ -130,17 +171,43 @@ class Rest:
             return _error(405, 0, "405: Method Not Allowed")
         out = []
         for cmd in rec.json:
+            if why := self._bad_command(cmd):
+                return _invalid(f"{cmd.get('name')!r}: {why}")
+            kind = cmd.get("type", CHAT_INPUT)
             cmd = cmd | {
                 "id": state.snowflake(),
                 "application_id": state.app_id,
                 "version": state.snowflake(),
+                "type": kind,
+                # Discord's defaults: the app's installation contexts, every interaction context.
+                "integration_types": cmd.get("integration_types") or list(state.install_types),
+                "contexts": cmd.get("contexts"),
             }
+            if kind != CHAT_INPUT:
+                cmd["description"] = ""  # "an empty string for USER and MESSAGE commands"
             if guild_id:
                 cmd["guild_id"] = guild_id
             out.append(cmd)
         if guild_id is None:
-            state.commands = {c["name"]: c for c in out}
+            state.commands = {c["name"]: c for c in out if c["type"] == CHAT_INPUT}
+            state.menus = {c["name"]: c for c in out if c["type"] != CHAT_INPUT}
         return _json(out)
+
+    def _bad_command(self, cmd: dict[str, Any]) -> str | None:
+        """Why Discord would refuse this command definition, if it would."""
+        kind, name = cmd.get("type", CHAT_INPUT), str(cmd.get("name", ""))
+        if kind == CHAT_INPUT and not CHAT_NAME.fullmatch(name):
+            return "a slash command's name is 1-32 lowercase letters, digits, - _ '"
+        if kind != CHAT_INPUT and not 1 <= len(name) <= 32:
+            return "a context menu command's name is 1-32 characters"
+        if kind != CHAT_INPUT and (cmd.get("description") or cmd.get("options")):
+            return "message and user commands take no description and no options"
+        unsupported = set(cmd.get("integration_types") or []) - set(self.state.install_types)
+        if unsupported:
+            return (
+                f"integration types {sorted(unsupported)} are not enabled in the app's Installation settings"
+            )
+        return None
 
     # --- interactions: the callback, then the token's webhook ------------------------------------
 
@@ -156,7 +223,15 @@ class Rest:
         body = rec.json if isinstance(rec.json, dict) else {}
         kind = body.get("type")
         data = body.get("data") or {}
+        if why := self._bad_callback(inter, kind, data):
+            return _invalid(why)
+        if rec.upload_bytes > inter.payload["attachment_size_limit"]:
+            return _error(413, 40005, "Request entity too large")
         inter.acked_at, inter.callback_type, inter.callback = rec.at, kind, body
+        if kind == 8:
+            inter.choices = data.get("choices", [])
+        elif kind == 9:
+            inter.modal = data
         inter.acked.set()
         channel_id = inter.payload["channel_id"]
         message = None
@@ -178,8 +253,43 @@ class Rest:
                 "response_message_loading": kind == 5,
                 "response_message_ephemeral": bool(message["flags"] & EPHEMERAL),
             }
-            out["resource"] = {"type": kind, "message": message}
+            out["resource"] = {"type": kind}
+            if kind in (4, 7):  # "only present if type is CHANNEL_MESSAGE_WITH_SOURCE or UPDATE_MESSAGE"
+                out["resource"]["message"] = message
+        elif kind is not None:
+            out["resource"] = {"type": kind}
         return _json(out)
+
+    @staticmethod
+    def _bad_callback(inter: Interaction, kind: Any, data: dict[str, Any]) -> str | None:
+        """Why Discord would refuse this answer to `inter`, if it would."""
+        if (kind == 8) != (inter.type == AUTOCOMPLETE):
+            return "an autocomplete interaction is answered with suggestions (8), and only it"
+        if kind == 8:
+            choices = data.get("choices")
+            if not isinstance(choices, list) or len(choices) > 25:
+                return "at most 25 choices"
+            for choice in choices:
+                if not 1 <= len(str(choice.get("name", ""))) <= 100:
+                    return f"a choice's name is 1-100 characters: {choice.get('name')!r}"
+                if isinstance(choice.get("value"), str) and len(choice["value"]) > 100:
+                    return f"a choice's value is at most 100 characters: {choice['value']!r}"
+        if kind == 9:
+            if inter.type == MODAL_SUBMIT:
+                return "a form cannot answer a form"
+            if not 1 <= len(str(data.get("title", ""))) <= 45 or len(str(data.get("custom_id", ""))) > 100:
+                return "a form's title is 1-45 characters and its custom id at most 100"
+            tops = data.get("components") or []
+            if not 1 <= len(tops) <= 5:
+                return "a form has 1-5 components"
+            for top in tops:
+                inputs = [top.get("component", {})] if top.get("type") == LABEL else top.get("components", [])
+                for text_input in inputs:
+                    if text_input.get("type") == TEXT_INPUT and len(text_input.get("value") or "") > int(
+                        text_input.get("max_length", 4000)
+                    ):
+                        return "a text input's prefilled value is longer than its max_length"
+        return None
 
     def _webhook(self, app_id: str, token: str, message_id: str | None, rec: Recorded) -> web.Response:
         state = self.state
@@ -187,6 +297,8 @@ class Rest:
         if app_id != state.app_id or not state.token_ok(inter):
             return _error(401, 50027, "Invalid Webhook Token")
         assert inter is not None
+        if rec.upload_bytes > inter.payload["attachment_size_limit"]:
+            return _error(413, 40005, "Request entity too large")
         if message_id == "@original":
             message_id = inter.original_id
         if message_id is None:
@@ -208,13 +320,27 @@ class Rest:
 
     # --- the bot's own channel messages ----------------------------------------------------------
 
+    def _open_dm(self, rec: Recorded) -> web.Response:
+        """POST /users/@me/channels {recipient_id}: the bot's DM channel with that user."""
+        body = rec.json if isinstance(rec.json, dict) else {}
+        recipient = str(body.get("recipient_id", ""))
+        if recipient not in {u.id for u in self.state.users} or recipient == self.state.bot_user.id:
+            return _error(400, 50033, "Invalid Recipient(s)")
+        channel_id = self.state.bot_dm(self.state.user(recipient))
+        return _json(payloads.channel(self.state, channel_id))
+
     def _channel_message(self, channel_id: str, message_id: str | None, rec: Recorded) -> web.Response:
         state = self.state
-        if state.guild_of(channel_id) is None:
+        place = state.places.get(channel_id)
+        if place is None:
             return _error(404, 10003, "Unknown Channel")
+        if not place.bot_member:
+            return _error(403, 50001, "Missing Access")
         if message_id is None:
             if rec.method != "POST":
                 return _error(405, 0, "405: Method Not Allowed")
+            if place.channel_type == DM and set(place.recipients) & state.dms_closed:
+                return _error(403, 50007, "Cannot send messages to this user")
             body = rec.json if isinstance(rec.json, dict) else {}
             nonce = str(body["nonce"]) if body.get("enforce_nonce") and body.get("nonce") else None
             if nonce is not None and (seen := state.nonces.get((channel_id, nonce))):

@@ -3,12 +3,18 @@ attachments' bytes, interactions, synced commands, and every request the bot mad
 
 Numbers here are Discord's own (API v10 documentation): snowflakes carry their creation time,
 message flags and permission bits are the documented ones.
+
+Besides the server that installed the app (its guild install; the bot user is a member), there
+are places the bot user is not in, where only a member who installed the app for themselves (a
+user install) can use it: servers that never invited the bot, group DMs and DMs between members.
+Each channel has a `Place` saying which it is; the bot's own DM with a member is a place too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import mimetypes
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +31,22 @@ PERM_ALL_MEMBER = (
     (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16) | (1 << 31)
 )  # view, send, attach, history, use cmds
 PERM_MANAGE_GUILD = 1 << 5
+
+# The app's permissions where the bot user is not a member (Discord's documented `app_permissions`
+# in (G)DMs with other users: ATTACH_FILES | EMBED_LINKS | MENTION_EVERYONE); in its own DMs
+# USE_EXTERNAL_EMOJIS too. Discord does not document the value in a server without the app's
+# install; the fake sends the (G)DM one there, which has neither VIEW_CHANNEL nor SEND_MESSAGES.
+PERM_VIEW_CHANNEL, PERM_SEND_MESSAGES, PERM_ATTACH_FILES = 1 << 10, 1 << 11, 1 << 15
+PERM_PRIVATE = (1 << 15) | (1 << 14) | (1 << 17)
+PERM_BOT_DM = PERM_PRIVATE | (1 << 18)
+
+# Installation contexts (application integration types) and interaction contexts.
+GUILD_INSTALL, USER_INSTALL = 0, 1
+CONTEXT_GUILD, CONTEXT_BOT_DM, CONTEXT_PRIVATE = 0, 1, 2
+# Channel types.
+GUILD_TEXT, DM, GROUP_DM = 0, 1, 3
+# Application command types.
+CHAT_INPUT, USER_COMMAND, MESSAGE_COMMAND = 1, 2, 3
 
 EPHEMERAL, LOADING = 1 << 6, 1 << 7
 DISCORD_EPOCH_MS = 1420070400000
@@ -50,6 +72,19 @@ class User:
             "bot": self.bot,
             "public_flags": 0,
         }
+
+
+@dataclass(frozen=True)
+class Place:
+    """A channel and what kind of place it is for the app."""
+
+    channel_id: str
+    context: int  # CONTEXT_GUILD, CONTEXT_BOT_DM or CONTEXT_PRIVATE
+    channel_type: int  # GUILD_TEXT, DM or GROUP_DM
+    guild_id: str | None = None
+    bot_member: bool = True  # the bot user is in the channel: it may use channel endpoints there
+    guild_install: bool = True  # a server that installed the app (or the bot's DM: key "0" is "0")
+    recipients: tuple[str, ...] = ()  # a DM's or group DM's members (user ids)
 
 
 @dataclass
@@ -84,6 +119,8 @@ class Interaction:
     callback: dict[str, Any] | None = None
     original_id: str | None = None  # the response message
     expired: bool = False  # the test spent the token early (see DiscordState.expire)
+    modal: dict[str, Any] | None = None  # the form the app answered with (callback type 9)
+    choices: list[dict[str, Any]] | None = None  # the suggestions it answered (callback type 8)
     acked: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -115,6 +152,12 @@ class DiscordState:
         self.guild_id = self.snowflake()
         self.channel_ids = [self.snowflake(), self.snowflake()]
         self.guild_channels: dict[str, list[str]] = {self.guild_id: self.channel_ids}
+        self.places: dict[str, Place] = {c: self._server_place(self.guild_id, c) for c in self.channel_ids}
+        # What the Developer Portal's Installation settings offer: Guild Install and User Install.
+        self.install_types = [GUILD_INSTALL, USER_INSTALL]
+        self.user_installs: set[str] = set()  # members who installed the app for themselves
+        self.dm_channels: dict[str, str] = {}  # member id -> the bot's DM channel with them
+        self.dms_closed: set[str] = set()  # members whose DMs refuse the bot (50007)
         self.recommended_shards = 1  # what GET /gateway/bot tells a bot that lets Discord decide
         self.moderator = User(self.snowflake(), "mod")
         self.member = User(self.snowflake(), "alice")
@@ -124,8 +167,11 @@ class DiscordState:
         self.messages: dict[str, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}  # attachment id -> bytes
         self.downloads: list[str] = []  # attachment ids fetched from the CDN, in order
+        self.file_types: dict[str, str] = {}  # attachment id -> the Content-Type the CDN answers
+        self.unsized: set[str] = set()  # files the CDN sends without a Content-Length (chunked)
         self.interactions: dict[str, Interaction] = {}
-        self.commands: dict[str, dict[str, Any]] = {}  # synced global commands by name
+        self.commands: dict[str, dict[str, Any]] = {}  # synced global slash commands by name
+        self.menus: dict[str, dict[str, Any]] = {}  # synced message and user commands by name
         self.changed = asyncio.Event()  # set after every request the fake answered
         self.port = 0
 
@@ -157,10 +203,63 @@ class DiscordState:
         guild_id = str((ms << 22) | (next(self._seq) & 0x3FFFFF))
         channel_id = self.snowflake()
         self.guild_channels[guild_id] = [channel_id]
+        self.places[channel_id] = self._server_place(guild_id, channel_id)
         return channel_id
 
+    @staticmethod
+    def _server_place(guild_id: str, channel_id: str) -> Place:
+        return Place(channel_id, CONTEXT_GUILD, GUILD_TEXT, guild_id)
+
+    def foreign_server(self) -> str:
+        """A server that never invited the bot (its members may have installed the app for
+        themselves); returns its channel's id."""
+        guild_id, channel_id = self.snowflake(), self.snowflake()
+        self.places[channel_id] = Place(
+            channel_id, CONTEXT_GUILD, GUILD_TEXT, guild_id, bot_member=False, guild_install=False
+        )
+        return channel_id
+
+    def group_dm(self, *users: User) -> str:
+        """A group DM of these members (the bot is not in it); returns its id."""
+        channel_id = self.snowflake()
+        self.places[channel_id] = Place(
+            channel_id,
+            CONTEXT_PRIVATE,
+            GROUP_DM,
+            bot_member=False,
+            guild_install=False,
+            recipients=tuple(u.id for u in users),
+        )
+        return channel_id
+
+    def bot_dm(self, user: User) -> str:
+        """The bot's DM channel with `user` (the one POST /users/@me/channels opens)."""
+        if user.id not in self.dm_channels:
+            channel_id = self.snowflake()
+            self.dm_channels[user.id] = channel_id
+            self.places[channel_id] = Place(channel_id, CONTEXT_BOT_DM, DM, recipients=(user.id,))
+        return self.dm_channels[user.id]
+
+    def place_of(self, channel_id: str) -> Place:
+        place = self.places.get(channel_id)
+        if place is None:
+            raise AssertionError(f"the fake knows no channel {channel_id}")
+        return place
+
     def guild_of(self, channel_id: str) -> str | None:
-        return next((g for g, channels in self.guild_channels.items() if channel_id in channels), None)
+        """The server of a channel, if it is a server's (installed or not)."""
+        place = self.places.get(channel_id)
+        return place.guild_id if place is not None else None
+
+    def user(self, user_id: str) -> User:
+        found = next((u for u in self.users if u.id == user_id), None)
+        if found is None:
+            raise AssertionError(f"the fake knows no user {user_id}")
+        return found
+
+    @property
+    def users(self) -> list[User]:
+        return [self.bot_user, self.owner, self.moderator, self.member, self.other]
 
     @staticmethod
     def shard_of(guild_id: str, shard_count: int) -> int:
@@ -188,6 +287,7 @@ class DiscordState:
         (`size` overrides the announced size, to announce a large file without hosting one)."""
         att_id = self.snowflake()
         self.files[att_id] = data
+        self.file_types[att_id] = content_type
         return {
             "id": att_id,
             "filename": filename,
@@ -196,6 +296,35 @@ class DiscordState:
             "proxy_url": f"{self.base_url}/cdn/{att_id}/{filename}",
             "content_type": content_type,
         }
+
+    def embed_image(
+        self,
+        filename: str,
+        content_type: str,
+        data: bytes,
+        *,
+        kind: str = "image",
+        url: str | None = None,
+        sized: bool = True,
+    ) -> dict[str, Any]:
+        """An embed showing a picture, as Discord makes one: a link to an image (`kind` "image":
+        the picture is the embed's thumbnail) or a rich embed with an `image`. `url` is the
+        picture's own address (default: a site of the fake that counts who fetched it); Discord's
+        media proxy (`proxy_url`) serves the bytes; `sized=False` serves them without a length."""
+        att_id = self.snowflake()
+        self.files[att_id] = data
+        self.file_types[att_id] = content_type
+        if not sized:
+            self.unsized.add(att_id)
+        picture = {
+            "url": url or f"{self.base_url}/elsewhere/{att_id}/{filename}",
+            "proxy_url": f"{self.base_url}/media/{att_id}/{filename}",
+            "width": 64,
+            "height": 64,
+        }
+        if kind == "image":
+            return {"type": "image", "url": picture["url"], "thumbnail": picture}
+        return {"type": "rich", "title": filename, "image": picture}
 
     def attachments(
         self, specs: list[dict[str, Any]], files: list[tuple[str, bytes]], old: list[dict]
@@ -211,6 +340,7 @@ class DiscordState:
             filename, data = files[index]
             new_id = self.snowflake()
             self.files[new_id] = data
+            self.file_types[new_id] = mimetypes.guess_type(filename)[0] or "application/octet-stream"
             out.append(
                 {
                     "id": new_id,
