@@ -34,6 +34,11 @@ EXTENSIONS: tuple[str, ...] = (
     "bot.cogs.limits",  # /limits show|set
 )
 
+#: Where every command is offered unless it says otherwise (/limits does): installed to a server
+#: or by a member for themselves, and used in a server, the bot's DMs or a private channel.
+EVERYWHERE = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
+ANY_INSTALL = app_commands.AppInstallationType(guild=True, user=True)
+
 
 def point_at(api_base: str, gateway_url: str | None) -> None:
     """Aim discord.py at a Discord-compatible API.
@@ -73,7 +78,8 @@ class SpookyTree(app_commands.CommandTree["SpookyBot"]):
 
 
 class SpookyBot(commands.AutoShardedBot):
-    """Slash commands only: no message content, no prefix commands.
+    """Application commands only (slash commands, message menus): no message content, no prefix
+    commands. Offered to both installation types in every context (`EVERYWHERE`, `ANY_INSTALL`).
 
     Sharded as `[bot] shard_count` / `shard_ids` say (unset: Discord's recommended count, all in this
     process); a process that runs some shards only delivers the jobs of those shards' servers.
@@ -103,6 +109,8 @@ class SpookyBot(commands.AutoShardedBot):
             intents=discord.Intents(guilds=True),
             allowed_mentions=NO_PINGS,
             tree_cls=SpookyTree,
+            allowed_contexts=EVERYWHERE,
+            allowed_installs=ANY_INSTALL,
             max_messages=None,
             chunk_guilds_at_startup=False,
             shard_count=self.config.shard_count,
@@ -143,7 +151,7 @@ class SpookyBot(commands.AutoShardedBot):
         await self._find_gateway()
         if self.config.sync_commands:
             synced = await self.tree.sync()
-            log.info("published %d slash commands", len(synced))
+            log.info("published %d application commands", len(synced))
         await self.tracker.start()
 
     async def _find_gateway(self) -> None:

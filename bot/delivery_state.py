@@ -26,6 +26,15 @@ class DeliveryState:
     message_id: str | None = None  # the interaction's original response
     channel_message_id: str | None = None  # the bot's own message once the token is spent
     max_bytes: int | None = None  # the upload limit the interaction announced
+    # Where the job's message goes once the token is spent: "channel", the interaction's channel
+    # (a server that installed the app, where the bot may post), or "dm", the member's DMs
+    # (everywhere else: the bot is not a member of the channel and may not post there).
+    fallback: str = "channel"
+    user_id: str | None = None  # the member who asked: whom a "dm" fallback writes to
+    dm_channel_id: str | None = None  # that DM, once opened ("dm": channel_message_id is in it)
+    # Set when the result could not be delivered and waits for its member: "dms_closed" (Discord
+    # answered 50007). The member's /queue shows it with a button that posts it there.
+    held: str | None = None
 
     @classmethod
     def from_client(cls, client: Mapping[str, str]) -> DeliveryState:
@@ -39,7 +48,17 @@ class DeliveryState:
             message_id=client.get("message_id") or None,
             channel_message_id=client.get("channel_message_id") or None,
             max_bytes=int(found) if (found := _float(client.get("max_bytes"))) is not None else None,
+            fallback="dm" if client.get("fallback") == "dm" else "channel",
+            user_id=client.get("user_id") or None,
+            dm_channel_id=client.get("dm_channel_id") or None,
+            held=client.get("held") or None,
         )
+
+    def replacing(self, old: DeliveryState) -> dict[str, str]:
+        """The PATCH body that makes a job's stored `old` state this one: the engine merges a
+        client dict, and an empty value removes a key."""
+        mine = self.to_client()
+        return {key: "" for key in old.to_client() if key not in mine} | mine
 
     def to_client(self) -> dict[str, str]:
         """The `client` dict to send to the engine (unset fields left out)."""

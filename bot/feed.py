@@ -3,7 +3,8 @@
 The tracker starts a feed per followed job and hands it the job's events; the feed folds them into
 at most one edit per `progress_interval_s` and, once the job has ended, posts the result,
 retrying while Discord or the engine is unavailable (a video refused as too large is re-encoded
-smaller), and only then marks the job delivered.
+smaller), and only then marks the job delivered. A result with nowhere to go (the token spent,
+the member's DMs closed) is held: marked so on the engine, it waits for the member's /queue.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import aiohttp
 import discord
 
 from bot.delivery_state import DeliveryState
-from bot.messenger import JobMessages, Upload, too_large
+from bot.messenger import JobMessages, Upload, dms_closed, too_large
 from bot.progress import EditThrottle, JobSnapshot, render_progress, render_result, render_stopped
 from bot.retry import Backoff, engine_call
 from bot.text import size
@@ -142,6 +143,8 @@ class JobFeed:
             log.error("job %s: the engine refused its message ids: %s %s", self.job_id, e.status, e.body)
 
     async def _show_progress(self) -> None:
+        if self.messages.quiet:
+            return  # the token is spent and the member's DMs get the result only
         snap = self.snapshot
         text = render_progress(snap)
         uploads: list[Upload] | None = None
@@ -168,7 +171,8 @@ class JobFeed:
 
     async def _deliver(self) -> bool | None:
         """Post the result and mark it delivered: True; False = not ours to post (already delivered,
-        or Discord refused it for good); None = the job is running again, keep following."""
+        or Discord refused it for good), or held for its member; None = the job is running again,
+        keep following."""
         engine = self.host.engine
         job = await engine_call("fetching the job", lambda: engine.job(self.job_id))
         if job.delivered:
@@ -239,6 +243,14 @@ class JobFeed:
                     note = f"{self._over_limit(what, sent)} and could not be made small enough to post."
                     content, uploads = f"{content}\n{note}", []
                     continue
+                if dms_closed(e):
+                    # Nowhere left to post it: it waits for the member, whose /queue offers it.
+                    log.info(
+                        "job %s: the member's DMs are closed; the result waits for their /queue", self.job_id
+                    )
+                    self.messages.state.held = "dms_closed"
+                    await self._save_state(self.messages.state)
+                    return False
                 if isinstance(e, discord.DiscordServerError) or e.status == 429:
                     delay = backoff.next()
                     log.warning(

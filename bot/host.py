@@ -22,6 +22,10 @@ class JobWatcher(Protocol):
 
     async def watch(self, job: JobView) -> None: ...
 
+    async def resume(self, job: JobView) -> None:
+        """Deliver again a job whose delivery had ended (its result waited for its member)."""
+        ...
+
 
 @runtime_checkable
 class BotHost(Protocol):
@@ -51,6 +55,10 @@ class DeliveryHost(Protocol):
 
     def interaction_webhook(self, application_id: int, token: str) -> discord.Webhook:
         """The webhook of an interaction token, bound to the bot's connection state."""
+        ...
+
+    async def create_dm(self, user: discord.abc.Snowflake) -> discord.DMChannel:
+        """The bot's DM channel with a member (POST /users/@me/channels)."""
         ...
 
 

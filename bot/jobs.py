@@ -1,4 +1,5 @@
-"""Job actions for an interaction: submit, submit again, fetch, cancel (no discord.ui here).
+"""Job actions for an interaction: submit, submit again, fetch, cancel, deliver a held result
+here (no discord.ui here).
 
 Shared by the slash commands and the buttons, so both follow the same rules: the interaction id
 as idempotency key, refusals shown as the engine wrote them, every submitted job watched by the
@@ -14,8 +15,9 @@ from typing import Any
 import discord
 from pydantic import ValidationError
 
+from bot.delivery_state import DeliveryState
 from bot.host import host_of
-from bot.origin import is_moderator, origin, upload_limit
+from bot.origin import delivery_state, is_moderator, origin, upload_limit
 from bot.replies import describe_request_error, engine_down, tell
 from bot.text import escape
 from spooky.contract import JobKind, JobRequest, JobView, RefusalCode
@@ -135,3 +137,37 @@ async def cancel(interaction: discord.Interaction, job_id: str) -> None:
         return
     log.info("job %s cancelled by user %s", job_id, interaction.user.id)
     await tell(interaction, f"Cancelled the render of “{escape(job.request.prompt, limit=80)}”.")
+
+
+async def deliver_here(interaction: discord.Interaction, job_id: str) -> None:
+    """Post a result that waits for its member (it had nowhere to go) through this interaction.
+
+    The job's DeliveryState becomes this interaction's, stored on the engine first, so a bot
+    restarted before the post delivers it here all the same.
+    """
+    job = await fetch(interaction, job_id)
+    if job is None:
+        return
+    if job.request.requester.user_id != str(interaction.user.id):
+        await tell(interaction, "Only the person who asked for this render can have it posted.")
+        return
+    stored = DeliveryState.from_client(job.request.client)
+    if job.delivered or stored.held is None:
+        await tell(interaction, "That render has already been delivered, or is on its way.")
+        return
+    engine = host_of(interaction).engine
+    try:
+        job = await engine.set_client_state(job_id, delivery_state(interaction).replacing(stored))
+    except EngineUnavailable:
+        await engine_down(interaction)
+        return
+    except EngineRequestError as e:
+        await tell(interaction, describe_request_error(e))
+        return
+    log.info(
+        "job %s: held result asked for by user %s in channel %s",
+        job_id,
+        interaction.user.id,
+        interaction.channel_id,
+    )
+    await host_of(interaction).tracker.resume(job)

@@ -1,9 +1,15 @@
-"""Where one job's message lives: the interaction's webhook while its token is fresh, then the channel.
+"""Where one job's message lives: the interaction's webhook while its token is fresh, then the
+channel, or the member's DMs where the bot may not post in the channel.
 
 An interaction token lives 15 minutes (SPEC §5). Until `interaction_ttl_s` the job's progress
 message is the interaction's original response, edited through the webhook; after that (or as soon
-as Discord says the token is invalid) the bot posts its own channel message and edits that one.
-The message ids are kept in the job's `client` dict on the engine, so a restarted bot finds them.
+as Discord says the token is invalid) the bot posts its own message and edits that one: in the
+interaction's channel when the server installed the app, else (a DM, a group DM, a server that
+never invited the bot: `DeliveryState.fallback` "dm") in the member's DMs, saying where the render
+came from, and only the result (progress is not worth a DM). No channel endpoint is used where the
+bot is not a member. A channel that refuses the bot (Missing Access or Permissions) turns the job
+to the DMs too. The message ids are kept in the job's `client` dict on the engine, so a restarted
+bot finds them.
 
 The channel message is posted with a nonce derived from the job and `enforce_nonce`: a bot killed
 after Discord created the message but before its id was stored sends the same nonce again on
@@ -50,6 +56,22 @@ def too_large(e: discord.HTTPException) -> bool:
     return e.status == 413 or e.code == 40005
 
 
+def dms_closed(e: discord.HTTPException) -> bool:
+    """Cannot send messages to this user: their DMs are closed to the bot."""
+    return e.code == 50007
+
+
+def channel_refused(e: discord.HTTPException) -> bool:
+    """Missing Access / Missing Permissions: the bot may not post in that channel (any more)."""
+    return e.code in (50001, 50013)
+
+
+def jump_link(state: DeliveryState) -> str:
+    """A link to where the render was asked for: its interaction message, else its channel."""
+    where = f"https://discord.com/channels/{state.guild_id or '@me'}/{state.channel_id}"
+    return f"{where}/{state.message_id}" if state.message_id else where
+
+
 def post_nonce(job_id: str, replaces: str | None) -> str:
     """The nonce of the job's channel post: the same for every retry and restart, a new one only
     when the message it would return (`replaces`) was deleted. Discord allows 25 characters."""
@@ -89,7 +111,15 @@ class JobMessages:
 
     @property
     def via(self) -> str:
-        return "interaction" if self.token_fresh else "channel"
+        if self.token_fresh:
+            return "interaction"
+        return "dm" if self.state.fallback == "dm" else "channel"
+
+    @property
+    def quiet(self) -> bool:
+        """Progress has nowhere to go: the token is spent and the job's message is in the
+        member's DMs, which get the result only."""
+        return self.via == "dm"
 
     async def show(
         self, content: str, *, uploads: Sequence[Upload] | None, view: discord.ui.View | None
@@ -133,16 +163,46 @@ class JobMessages:
             self.state.message_id = str(message.id)
         return message
 
-    def _channel_obj(self) -> discord.PartialMessageable:
-        guild, channel = self.state.guild_id, self.state.channel_id
-        if channel is None:
-            raise ValueError(f"job {self.job_id} has no channel to post in")
-        return self.host.get_partial_messageable(int(channel), guild_id=int(guild) if guild else None)
+    async def _target(self) -> discord.PartialMessageable | discord.DMChannel:
+        """Where the bot's own message for this job goes: the channel, or the member's DM."""
+        state = self.state
+        if state.fallback != "dm":
+            guild, channel = state.guild_id, state.channel_id
+            if channel is None:
+                raise ValueError(f"job {self.job_id} has no channel to post in")
+            return self.host.get_partial_messageable(int(channel), guild_id=int(guild) if guild else None)
+        if state.dm_channel_id:
+            return self.host.get_partial_messageable(
+                int(state.dm_channel_id), type=discord.ChannelType.private
+            )
+        if state.user_id is None:
+            raise ValueError(f"job {self.job_id} has no member to write to")
+        dm = await self.host.create_dm(discord.Object(int(state.user_id)))
+        state.dm_channel_id = str(dm.id)
+        return dm
 
     async def _channel(
         self, content: str, uploads: Sequence[Upload] | None, view: discord.ui.View | None
     ) -> discord.Message:
-        channel = self._channel_obj()
+        try:
+            return await self._own_message(content, uploads, view)
+        except discord.Forbidden as e:
+            if self.state.fallback == "dm" or not channel_refused(e):
+                raise
+            log.warning(
+                "job %s: the channel refused the bot (%s); writing to the member instead", self.job_id, e
+            )
+            self.state.fallback, self.state.channel_message_id = "dm", None
+            return await self._own_message(content, uploads, view)
+
+    async def _own_message(
+        self, content: str, uploads: Sequence[Upload] | None, view: discord.ui.View | None
+    ) -> discord.Message:
+        if self.state.fallback == "dm":
+            content = (
+                f"📬 From your render in {jump_link(self.state)} (its interaction had expired):\n{content}"
+            )
+        channel = await self._target()
         existing = self.state.channel_message_id
         if existing:
             try:
@@ -164,22 +224,19 @@ class JobMessages:
             message = await self._edit_channel(message.id, content, uploads or [], view)
         self.state.channel_message_id = str(message.id)
         await self._on_state(self.state)
-        if not existing:
+        if not existing and self.state.fallback != "dm":
             await self._retire_original()
         return message
 
     async def _edit_channel(
         self, message_id: int, content: str, uploads: Sequence[Upload] | None, view: discord.ui.View | None
     ) -> discord.Message:
-        return (
-            await self._channel_obj()
-            .get_partial_message(message_id)
-            .edit(
-                content=content,
-                attachments=_files(uploads) if uploads is not None else MISSING,
-                view=view,
-                allowed_mentions=NO_PINGS,
-            )
+        channel = await self._target()
+        return await channel.get_partial_message(message_id).edit(
+            content=content,
+            attachments=_files(uploads) if uploads is not None else MISSING,
+            view=view,
+            allowed_mentions=NO_PINGS,
         )
 
     async def _retire_original(self) -> None:
@@ -188,10 +245,9 @@ class JobMessages:
         if not original:
             return
         try:
-            await (
-                self._channel_obj()
-                .get_partial_message(int(original))
-                .edit(content=CONTINUED, attachments=[], view=None, allowed_mentions=NO_PINGS)
+            channel = await self._target()
+            await channel.get_partial_message(int(original)).edit(
+                content=CONTINUED, attachments=[], view=None, allowed_mentions=NO_PINGS
             )
         except discord.HTTPException as e:
             log.debug("job %s: could not retire the interaction message %s: %s", self.job_id, original, e)

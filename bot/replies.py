@@ -34,10 +34,13 @@ async def engine_down(interaction: discord.Interaction) -> None:
     await tell(interaction, ENGINE_DOWN)
 
 
-async def tell(interaction: discord.Interaction, message: str) -> None:
-    """Say something to this user only, whatever has been answered so far."""
+async def tell(
+    interaction: discord.Interaction, message: str, *, view: discord.ui.View | None = None
+) -> None:
+    """Say something to this user only (with buttons, if `view`), whatever has been answered so far."""
+    extra = {"view": view} if view is not None else {}
     if not interaction.response.is_done():
-        await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_PINGS)
+        await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_PINGS, **extra)
         return
     if interaction.extras.pop("public_loading", False):
         # A follow-up would replace the public "thinking…" message and inherit its visibility,
@@ -46,7 +49,7 @@ async def tell(interaction: discord.Interaction, message: str) -> None:
             await interaction.delete_original_response()
         except discord.HTTPException as e:
             log.debug("could not delete the loading message of %s: %s", interaction.id, e)
-    await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_PINGS)
+    await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_PINGS, **extra)
 
 
 async def report_unexpected(interaction: discord.Interaction, error: BaseException, *, where: str) -> None:

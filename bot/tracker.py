@@ -145,6 +145,13 @@ class Tracker:
         if job.id not in self._feeds and job.id not in self._settled:
             self._feed(job)
 
+    async def resume(self, job: JobView) -> None:
+        """Deliver again a job whose delivery had ended: a held result whose member asked for it
+        through a fresh interaction (its new DeliveryState already stored on the engine)."""
+        self._settled.pop(job.id, None)
+        if job.id not in self._feeds:
+            self._feed(job)
+
     # --- following -------------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -245,6 +252,7 @@ class Tracker:
         mine = str(app_id) if app_id else None
         return (
             state.channel_id is not None
+            and state.held is None  # it waits for its member's /queue, not for a sweep
             and (mine is None or state.app_id == mine)
             and self.shards.runs(state.guild_id)
         )

@@ -113,7 +113,22 @@ class CancelButton(
         await jobs.cancel(interaction, self.job_id)
 
 
-DYNAMIC_ITEMS = (RerollButton, NightmareButton, CancelButton)
+class DeliverButton(
+    _JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"spooky:deliver:" + _JOB
+):
+    """Post a result that waited for its member (shown by /queue) here, in this interaction."""
+
+    action, label, emoji, style = "deliver", "Post it here", "📬", discord.ButtonStyle.primary
+
+    async def press(self, interaction: discord.Interaction) -> None:
+        await ack(interaction)  # public: this message becomes the result
+        await jobs.deliver_here(interaction, self.job_id)
+
+
+DYNAMIC_ITEMS = (RerollButton, NightmareButton, CancelButton, DeliverButton)
+
+#: Held results /queue offers at once (a row of buttons).
+MAX_WAITING_BUTTONS = 5
 
 
 class JobButtons:
@@ -133,3 +148,13 @@ class JobButtons:
         view.add_item(NightmareButton(job.id))
         view.add_item(RerollButton(job.id))
         return view
+
+
+def waiting_view(job_ids: list[str]) -> discord.ui.View | None:
+    """/queue's buttons for results that wait for their member: one "Post it here" each."""
+    if not job_ids:
+        return None
+    view = discord.ui.View(timeout=None)
+    for job_id in job_ids[:MAX_WAITING_BUTTONS]:
+        view.add_item(DeliverButton(job_id))
+    return view

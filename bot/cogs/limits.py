@@ -66,9 +66,13 @@ def _changed(before: GuildLimits, after: GuildLimits) -> str:
 
 
 @app_commands.guild_only()
+# Said in full: the tree's defaults (every install, every context) fill in what is left unset.
+@app_commands.allowed_contexts(guilds=True, dms=False, private_channels=False)
+@app_commands.allowed_installs(guilds=True, users=False)
 @app_commands.default_permissions(manage_guild=True)
 class Limits(commands.GroupCog, group_name="limits", group_description="Render limits of this server"):
-    """Hidden from members by default permissions, and checked here too: defaults can be overridden."""
+    """Hidden from members by default permissions, and checked here too: defaults can be overridden.
+    A server's own: offered only where the server installed the app (no user install, no DMs)."""
 
     def __init__(self, bot: SpookyBot) -> None:
         self.bot = bot

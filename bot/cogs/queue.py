@@ -1,4 +1,8 @@
-"""/queue and /cancel: what is waiting, and stopping one's own (or, for moderators, any) job."""
+"""/queue and /cancel: what is waiting, and stopping one's own (or, for moderators, any) job.
+
+/queue also lists the member's results that had nowhere to go (the interaction expired and their
+DMs were closed), each with a button that posts it in that fresh interaction.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import jobs, replies
+from bot.delivery_state import DeliveryState
+from bot.origin import server_of
 from bot.progress import STAGE_LABELS
 from bot.text import duration, escape, plural
+from bot.views import MAX_WAITING_BUTTONS, waiting_view
 from spooky.contract import JobState, JobView, QueueView
 from spooky.engine_client import EngineRequestError, EngineUnavailable
 
@@ -29,6 +36,17 @@ def _describe(job: JobView) -> str:
         return f"“{prompt}” — running"
     where = f"position {job.position}" if job.position else "waiting"
     return f"“{prompt}” — {where}, done in about {duration(job.eta_s)}"
+
+
+def render_held(held: list[JobView]) -> str:
+    """Results that had nowhere to go, for their member."""
+    lines = ["**Waiting for you** (they finished after their interaction expired, and your DMs were closed):"]
+    shown = held[:MAX_WAITING_BUTTONS]
+    lines.extend(f"• `{j.id}` “{escape(j.request.prompt, limit=60)}” — {j.state}" for j in shown)
+    if len(held) > len(shown):
+        lines.append(f"…and {len(held) - len(shown)} more, offered once these are posted.")
+    lines.append("Press “Post it here” to have one posted in this channel.")
+    return "\n".join(lines)
 
 
 def render_queue(view: QueueView, user_id: str) -> str:
@@ -56,13 +74,32 @@ class Queue(commands.Cog):
     @app_commands.command(name="queue", description="Show the render queue and your place in it")
     async def queue(self, interaction: discord.Interaction) -> None:
         await replies.ack(interaction, ephemeral=True)
-        guild_id = str(interaction.guild_id) if interaction.guild_id else None
+        user_id, server = str(interaction.user.id), server_of(interaction)
         try:
-            view = await self.bot.engine.queue(guild_id=guild_id)
+            # A server's queue; elsewhere (no server install) the member's own jobs anywhere.
+            view = await self.bot.engine.queue(guild_id=server, user_id=None if server else user_id)
+            held = await self._held(user_id)
         except EngineUnavailable:
             await replies.engine_down(interaction)
             return
-        await replies.tell(interaction, render_queue(view, str(interaction.user.id)))
+        text = render_queue(view, user_id)
+        if held:
+            text += "\n" + render_held(held)
+        await replies.tell(interaction, text, view=waiting_view([j.id for j in held]))
+
+    async def _held(self, user_id: str) -> list[JobView]:
+        """The member's results that wait for them (newest first): their DMs were closed."""
+        found = await self.bot.engine.jobs(user_id=user_id, undelivered=True, limit=50)
+        app_id = str(self.bot.application_id)
+        return sorted(
+            (
+                j
+                for j in found
+                if (state := DeliveryState.from_client(j.request.client)).held and state.app_id == app_id
+            ),
+            key=lambda j: j.created_at,
+            reverse=True,
+        )
 
     @app_commands.command(name="cancel", description="Cancel your render (moderators: any render)")
     @app_commands.describe(job="Which render (default: your latest one that is still waiting or running)")
@@ -88,8 +125,9 @@ class Queue(commands.Cog):
         ][:25]
 
     async def _active_jobs(self, interaction: discord.Interaction) -> list[JobView]:
-        guild_id = str(interaction.guild_id) if interaction.guild_id else None
-        found = await self.bot.engine.jobs(guild_id=guild_id, user_id=str(interaction.user.id), limit=50)
+        found = await self.bot.engine.jobs(
+            guild_id=server_of(interaction), user_id=str(interaction.user.id), limit=50
+        )
         return sorted((j for j in found if j.state in ACTIVE), key=lambda j: j.created_at, reverse=True)
 
     async def _latest_active(self, interaction: discord.Interaction) -> str | None:

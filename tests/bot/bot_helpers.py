@@ -137,9 +137,10 @@ def probe_video(data: bytes) -> tuple[str, int, tuple[int, int]]:
 async def job_of(engine: EngineClient, inter: Interaction) -> JobView:
     """The engine job this interaction submitted (its id is the idempotency key), read from the
     engine rather than from a message the bot may already have rewritten."""
+    user = (inter.payload.get("member") or inter.payload)["user"]["id"]
     async with asyncio.timeout(30):
         while True:
-            for job in await engine.jobs(guild_id=inter.payload["guild_id"], limit=1000):
+            for job in await engine.jobs(user_id=user, limit=1000):
                 if job.request.idempotency_key == inter.id:
                     return job
             await asyncio.sleep(0.05)

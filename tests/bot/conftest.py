@@ -217,8 +217,10 @@ async def bots(
     runner = Bots(fake, engine.url, tmp_path / "bot")
     yield runner
     await runner.close_all()
-    # Leave the shared engine idle for the next test: cancel what this test's guild left behind.
-    for job in await engine_client.jobs(guild_id=fake.guild_id, limit=1000):
-        if job.state in (JobState.QUEUED, JobState.RUNNING):
-            with contextlib.suppress(EngineRequestError):
-                await engine_client.cancel(job.id, fake.moderator.id, is_moderator=True)
+    # Leave the shared engine idle for the next test: cancel what this test's members left behind
+    # (their ids are this test's fake's own), in its server or anywhere without a server install.
+    for user in fake.users:
+        for job in await engine_client.jobs(user_id=user.id, limit=1000):
+            if job.state in (JobState.QUEUED, JobState.RUNNING):
+                with contextlib.suppress(EngineRequestError):
+                    await engine_client.cancel(job.id, fake.moderator.id, is_moderator=True)
