@@ -112,15 +112,25 @@ def render_result(job: JobView, *, note: str | None = None) -> str:
     result = job.result
     settings = result.get("settings") if isinstance(result.get("settings"), dict) else {}
     if job.kind is JobKind.SPOOKY:
+        # A member's picture as the start: no face was generated, so no face steps to tell.
+        from_picture = settings.get("start") == "image"
         parts = [f"seed **{result.get('seed', req.seed)}**"]
-        for key, label in (("steps", "steps"), ("scare_steps", "scare steps")):
+        shown = (
+            (("scare_steps", "scare steps"),)
+            if from_picture
+            else (("steps", "steps"), ("scare_steps", "scare steps"))
+        )
+        for key, label in shown:
             value = settings.get(key, getattr(req, key))
             if value is not None:
                 parts.append(f"{value} {label}")
         if req.scare_prompt:
             parts.append(f"scare prompt: {escape(req.scare_prompt, limit=150)}")
         lines.append("✅ " + " · ".join(parts))
-        lines.append("Left: the StyleGAN face. Right: after the scare pass.")
+        if from_picture:
+            lines.append("Your picture after the scare pass.")
+        else:
+            lines.append("Left: the StyleGAN face. Right: after the scare pass.")
     else:
         frames = settings.get("frames", req.frames)
         fps = settings.get("fps")

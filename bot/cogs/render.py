@@ -1,7 +1,8 @@
-"""/spooky and /nightmare: turn a prompt (or an image) into a render job."""
+"""/spooky and /nightmare: turn a prompt, a style or a member's photo into a render job."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -9,19 +10,26 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import jobs, replies
-from bot.errors import BadAttachment, BadPrompt, UserFacingError
+from bot import jobs, pictures, replies
+from bot.errors import BadPrompt, UserFacingError
+from bot.host import host_of
+from bot.origin import server_of
 from spooky.bounds import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 from spooky.contract import JobKind
-from spooky.engine_client import EngineRefused, EngineRequestError, EngineUnavailable
+from spooky.engine_client import EngineRequestError, EngineUnavailable
+from spooky.styles import STYLES
 
 if TYPE_CHECKING:
     from bot.app import SpookyBot
 
 log = logging.getLogger(__name__)
 
-IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
-MAX_IMAGE_BYTES = 8 * 1024 * 1024
+#: How long autocomplete waits for the engine's recent prompts: Discord drops an answer after 3 s.
+SUGGEST_BUDGET_S = 1.5
+#: Discord's limits on one autocomplete answer.
+MAX_CHOICES, MAX_CHOICE_CHARS = 25, 100
+
+STYLE_CHOICES = [app_commands.Choice(name=s.label, value=s.name) for s in STYLES.values()]
 
 
 class PromptText(app_commands.Transformer):
@@ -46,19 +54,43 @@ class PromptText(app_commands.Transformer):
         return text
 
 
-def check_image(attachment: discord.Attachment) -> None:
-    """Refuse what is plainly not an acceptable image before downloading it."""
-    media = (attachment.content_type or "").split(";")[0].strip().lower()
-    if media not in IMAGE_TYPES:
-        shown = media or "an unknown type"
-        raise BadAttachment(
-            f"“{attachment.filename}” is {shown}; attach a PNG, JPEG, WebP or GIF image instead."
+def _choice_name(text: str) -> str:
+    return text if len(text) <= MAX_CHOICE_CHARS else text[: MAX_CHOICE_CHARS - 1] + "…"
+
+
+async def prompt_suggestions(interaction: discord.Interaction, typed: str) -> list[app_commands.Choice[str]]:
+    """/spooky's prompt suggestions: the styles' face prompts, then the member's own recent prompts
+    there (from the engine), those containing what is typed. Never raises and never waits past
+    SUGGEST_BUDGET_S: without the engine, the styles alone."""
+    wanted = " ".join(typed.split()).casefold()
+    styles = [
+        app_commands.Choice(name=_choice_name(f"{s.label}: {s.prompt}"), value=s.prompt)
+        for s in STYLES.values()
+        if wanted in s.prompt.casefold() or wanted in s.label.casefold()
+    ]
+    recent: list[str] = []
+    try:
+        recent = await asyncio.wait_for(
+            host_of(interaction).engine.recent_prompts(
+                str(interaction.user.id),
+                server_of(interaction),
+                query=wanted[:MAX_CHOICE_CHARS],
+                limit=MAX_CHOICES,
+            ),
+            SUGGEST_BUDGET_S,
         )
-    if attachment.size > MAX_IMAGE_BYTES:
-        raise BadAttachment(
-            f"“{attachment.filename}” is {attachment.size / 2**20:.1f} MB; images up to "
-            f"{MAX_IMAGE_BYTES // 2**20} MB are accepted."
-        )
+    except (EngineUnavailable, EngineRequestError, TimeoutError) as e:
+        log.info("prompt suggestions without recent prompts for user %s: %r", interaction.user.id, e)
+    except Exception:
+        log.exception("prompt suggestions failed for user %s; offering the styles only", interaction.user.id)
+    offered = {c.value for c in styles}
+    # A choice's value is what the prompt becomes: one Discord cannot carry whole is not offered.
+    mine = [
+        app_commands.Choice(name=_choice_name(p), value=p)
+        for p in recent
+        if p and len(p) <= MAX_CHOICE_CHARS and p not in offered and wanted in p.casefold()
+    ]
+    return (styles + mine)[:MAX_CHOICES]
 
 
 async def reply_user_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
@@ -73,25 +105,52 @@ class Render(commands.Cog):
     def __init__(self, bot: SpookyBot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="spooky", description="Render a Halloween face from a text prompt")
+    @app_commands.command(
+        name="spooky", description="Render a Halloween face from a prompt, or scare your photo"
+    )
     @app_commands.describe(
-        prompt="What the face looks like, e.g. “dracula pale fangs”",
+        prompt="What the face looks like (or what your photo becomes), e.g. “dracula pale fangs”",
+        style="One of the article's monsters: its scare prompt drives the scare pass",
+        image="A photo to scare instead of a generated face (the StyleGAN stage is skipped)",
         seed="Start point; the same seed and prompt give the same face",
-        scare_prompt="What the scare pass pushes toward (default: the prompt); weights like “a:1|b:-0.5”",
+        scare_prompt="What the scare pass pushes toward (default: the style's, else the prompt); a:1|b:-0.5",
         steps="Face optimisation steps (the server's range applies)",
     )
+    @app_commands.choices(style=STYLE_CHOICES)
     async def spooky(
         self,
         interaction: discord.Interaction,
         prompt: app_commands.Transform[str, PromptText],
+        style: app_commands.Choice[str] | None = None,
+        image: discord.Attachment | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         scare_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
     ) -> None:
+        picture = pictures.from_attachment(image) if image is not None else None  # refused before any ack
         await replies.ack(interaction)
+        init_artifact = None
+        if picture is not None:
+            init_artifact = await pictures.upload(interaction, picture)
+            if init_artifact is None:
+                return
+        if scare_prompt is None and style is not None:
+            scare_prompt = STYLES[style.value].scare_prompt
         await jobs.submit(
-            interaction, kind=JobKind.SPOOKY, prompt=prompt, seed=seed, scare_prompt=scare_prompt, steps=steps
+            interaction,
+            kind=JobKind.SPOOKY,
+            prompt=prompt,
+            seed=seed,
+            scare_prompt=scare_prompt,
+            steps=steps,
+            init_artifact=init_artifact,
         )
+
+    @spooky.autocomplete("prompt")
+    async def spooky_prompt_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await prompt_suggestions(interaction, current)
 
     @spooky.error
     async def spooky_error(
@@ -114,10 +173,11 @@ class Render(commands.Cog):
         frames: app_commands.Range[int, 1, MAX_FRAMES] | None = None,
         image: discord.Attachment | None = None,
     ) -> None:
+        picture = pictures.from_attachment(image) if image is not None else None  # refused before any ack
         await replies.ack(interaction)
         init_artifact = None
-        if image is not None:
-            init_artifact = await self._upload(interaction, image)
+        if picture is not None:
+            init_artifact = await pictures.upload(interaction, picture)
             if init_artifact is None:
                 return
         await jobs.submit(
@@ -133,33 +193,6 @@ class Render(commands.Cog):
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
         await reply_user_error(interaction, error)
-
-    async def _upload(self, interaction: discord.Interaction, image: discord.Attachment) -> str | None:
-        """Check, download and hand the attachment to the engine (which re-validates it)."""
-        check_image(image)
-        try:
-            data = await image.read()
-        except discord.HTTPException as e:
-            log.warning("could not download attachment %s: %s", image.id, e)
-            await replies.tell(
-                interaction, "Discord did not let me download that image; please attach it again."
-            )
-            return None
-        try:
-            artifact = await self.bot.engine.upload(
-                data, user_id=str(interaction.user.id), channel_id=str(interaction.channel_id)
-            )
-        except EngineUnavailable:
-            await replies.engine_down(interaction)
-            return None
-        except EngineRefused as e:
-            log.info("upload from user %s refused: %s", interaction.user.id, e.refusal.code)
-            await replies.tell(interaction, e.refusal.message)
-            return None
-        except EngineRequestError as e:
-            await replies.tell(interaction, replies.describe_request_error(e))
-            return None
-        return artifact.id
 
 
 async def setup(bot: SpookyBot) -> None:
