@@ -30,6 +30,7 @@ DISCORD_API = "https://discord.com/api/v10"
 #: Command families, one cog each; loaded in this order by setup_hook.
 EXTENSIONS: tuple[str, ...] = (
     "bot.cogs.render",  # /spooky, /nightmare
+    "bot.cogs.menus",  # Apps > Spookify, Apps > Nightmare on a message
     "bot.cogs.queue",  # /queue, /cancel
     "bot.cogs.limits",  # /limits show|set
 )
