@@ -21,6 +21,9 @@ from spooky.engine_client import EngineClient
 
 RENDER_TIMEOUT_S = 180.0  # the engine shares two cores with the test and other work
 
+#: The bot's edits of an interaction's messages (held in tests that act between two of them).
+WEBHOOK_EDIT = r"^/webhooks/\d+/[^/]+/messages/"
+
 
 def noise_png(side: int, height: int | None = None) -> bytes:
     """A PNG of random pixels (`side` wide, `height` or `side` high): a photo nothing compresses."""
@@ -87,16 +90,21 @@ def final_of(fake: FakeDiscord, inter: Interaction, job_id: str | None = None) -
     return None
 
 
-def ephemeral_replies(fake: FakeDiscord, inter: Interaction) -> list[str]:
-    """Texts only the user saw (ephemeral messages of this interaction)."""
+def ephemeral_messages(fake: FakeDiscord, inter: Interaction) -> list[dict[str, Any]]:
+    """Messages only the user saw (ephemeral messages of this interaction), with content."""
     return [
-        m["content"]
+        m
         for m in fake.messages.values()
         if m.get("interaction_id") == inter.id
         and m["flags"] & EPHEMERAL
         and not m.get("deleted")
         and m["content"]
     ]
+
+
+def ephemeral_replies(fake: FakeDiscord, inter: Interaction) -> list[str]:
+    """Texts only the user saw (ephemeral messages of this interaction)."""
+    return [m["content"] for m in ephemeral_messages(fake, inter)]
 
 
 def webhook_edits(fake: FakeDiscord, inter: Interaction) -> list[Recorded]:

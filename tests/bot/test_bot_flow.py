@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 from bot_helpers import (
     RENDER_TIMEOUT_S,
+    WEBHOOK_EDIT,
     buttons,
     ephemeral_replies,
     filenames,
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
     from testgate import StepGate
 
 MOD = PERM_ALL_MEMBER | PERM_MANAGE_GUILD
-
-#: The bot's edits of an interaction's messages (held in tests that act between two of them).
-WEBHOOK_EDIT = r"^/webhooks/\d+/[^/]+/messages/"
 
 NOT_MODERATOR = str(NotModerator())
 PAUSED = "rendering is paused on this server; a moderator can resume it with /limits set paused:false"

@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from bot_helpers import RENDER_TIMEOUT_S, filenames, final_of, job_of
+from bot_helpers import RENDER_TIMEOUT_S, WEBHOOK_EDIT, filenames, final_of, job_of
 from fake_discord.server import FakeDiscord
 
 from spooky.engine_client import EngineClient
 
 if TYPE_CHECKING:
     from conftest import Bots
-
-WEBHOOK_EDIT = r"^/webhooks/\d+/[^/]+/messages/"
 
 
 async def _delivered(engine: EngineClient, job_id: str) -> None:

@@ -47,6 +47,11 @@ def _invalid(why: str) -> web.Response:
     return _json({"message": "Invalid Form Body", "code": 50035, "errors": {"_errors": [why]}}, 400)
 
 
+def _all_options(options: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A command's options, its sub-commands' included."""
+    return [o for option in options for o in (option, *_all_options(option.get("options") or []))]
+
+
 #: Discord's rule for slash command and option names (its regex, for ASCII input).
 CHAT_NAME = re.compile(r"^[-_'a-z0-9]{1,32}$")
 
@@ -202,6 +207,15 @@ class Rest:
             return "a context menu command's name is 1-32 characters"
         if kind != CHAT_INPUT and (cmd.get("description") or cmd.get("options")):
             return "message and user commands take no description and no options"
+        if kind == CHAT_INPUT and not 1 <= len(cmd.get("description") or "") <= 100:
+            return "a slash command's description is 1-100 characters"
+        for option in _all_options(cmd.get("options") or []):
+            if not CHAT_NAME.fullmatch(str(option.get("name", ""))):
+                return f"option name {option.get('name')!r} is not 1-32 lowercase letters, digits, - _ '"
+            if not 1 <= len(option.get("description") or "") <= 100:
+                return f"option {option['name']!r}: a description is 1-100 characters"
+            if len(option.get("choices") or []) > 25:
+                return f"option {option['name']!r}: at most 25 choices"
         unsupported = set(cmd.get("integration_types") or []) - set(self.state.install_types)
         if unsupported:
             return (
