@@ -184,3 +184,31 @@ async def _delivered(engine: EngineClient, job_id: str) -> None:
     async with asyncio.timeout(30):
         while not (await engine.job(job_id)).delivered:
             await asyncio.sleep(0.1)
+
+
+async def test_a_server_channel_that_refuses_the_bot_sends_the_result_to_the_dms(
+    bots: Bots, fake: FakeDiscord, engine_client: EngineClient
+) -> None:
+    offset = [0.0]
+    bot = await bots.start(clock=lambda: time.time() + offset[0])
+    channel = fake.channel_ids[0]
+    # The server installed the app, but by the time the token is spent its channel refuses the bot.
+    fake.inject(rf"^/channels/{channel}/messages$", method="POST", status=403, code=50001, times=5)
+    held = fake.hold(WEBHOOK_EDIT, method="PATCH")
+    inter = await fake.invoke("spooky", {"prompt": "a locked-out ghost"})
+    job = await job_of(engine_client, inter)
+    assert DeliveryState.from_client(job.request.client).fallback == "channel"
+    await asyncio.wait_for(held.reached.wait(), 30)
+    offset[0] = bot.config.interaction_ttl_s + 1
+    held.release()
+
+    dm = await fake.wait_for(lambda: fake.dm_channels.get(fake.member.id), RENDER_TIMEOUT_S)
+    final = await fake.wait_for(lambda: _in_channel(fake, dm, job.id), RENDER_TIMEOUT_S)
+    assert filenames(final) == ["stylegan.png", "spooky.png"] and final["content"].startswith(
+        "📬 From your render"
+    )
+    await _delivered(engine_client, job.id)
+    assert [c for c in _channel_calls(fake) if f"/channels/{channel}/" in c] == [
+        f"POST /channels/{channel}/messages"
+    ]  # refused once; then the DMs
+    assert DeliveryState.from_client((await engine_client.job(job.id)).request.client).fallback == "dm"
