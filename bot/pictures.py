@@ -56,8 +56,10 @@ def _refuse_type(name: str, media: str) -> BadAttachment:
 
 
 def _refuse_size(name: str, size: int | None) -> BadAttachment:
-    told = f" is {size / 2**20:.1f} MB;" if size is not None else " is too large:"
-    return BadAttachment(f"“{name}”{told} images up to {MAX_IMAGE_BYTES // 2**20} MB are accepted.")
+    most = MAX_IMAGE_BYTES // 2**20
+    if size is None:  # cut off while reading: it never said how large
+        return BadAttachment(f"“{name}” is too large: images up to {most} MB are accepted.")
+    return BadAttachment(f"“{name}” is {size / 2**20:.1f} MB; images up to {most} MB are accepted.")
 
 
 def from_attachment(attachment: discord.Attachment) -> Picture:
