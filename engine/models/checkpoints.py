@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from engine.models.weights import is_torchscript, looks_like_html_bytes
+from engine.models.file_kinds import is_torchscript, looks_like_html_bytes
 from spooky.errors import CorruptWeightsError, MissingWeightsError
 
 
@@ -77,6 +77,7 @@ def _inert_load(file: Any, **kwargs: Any) -> Any:
 _inert_pickle = types.ModuleType("spooky_inert_pickle")
 _inert_pickle.Unpickler = _InertUnpickler  # type: ignore[attr-defined]
 _inert_pickle.load = _inert_load  # type: ignore[attr-defined]
+
 
 def looks_like_html(path: Path) -> bool:
     """True when the file starts like a web page (what a dead mirror or a login wall returns)."""

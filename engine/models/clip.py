@@ -27,9 +27,12 @@ from engine.models.checkpoints import (
     load_torchscript_data,
     looks_like_html,
 )
+from engine.models.clip_files import find_clip_files
 from engine.models.clip_tokens import check_prompt_tokens
+from engine.models.digests import sha256_file
+from engine.models.file_kinds import is_torchscript
+from engine.models.registry import OPENAI_VIT_B_32_SHA256
 from engine.models.state_dicts import describe_contents, load_strict
-from engine.models.weights import OPENAI_VIT_B_32_SHA256, find_clip_files, is_torchscript, sha256_file
 from spooky.errors import (
     CorruptWeightsError,
     InvalidSizeError,
@@ -138,7 +141,7 @@ def build_clip_model(
 
 def find_cached_clip(cache_dir: Path) -> Path | None:
     """The first CLIP file on disk: SpookyGAN's cache, then Hugging Face's, then OpenAI's (see
-    `weights.find_clip_files`)."""
+    `clip_files.find_clip_files`)."""
     found = find_clip_files(cache_dir)
     return found[0].path if found else None
 

@@ -10,9 +10,9 @@ import torch
 
 from engine.models import tiny
 from engine.models.clip import ClipModel, find_cached_clip, load_clip
+from engine.models.registry import REGISTRY
 from engine.models.stylegan2 import StyleGAN2Generator, load_stylegan2
 from engine.models.vqgan import VQGAN, load_vqgan
-from engine.models.weights import REGISTRY
 from spooky.config import ModelsConfig
 from spooky.errors import ConfigError, MissingWeightsError, UnknownPresetError
 
