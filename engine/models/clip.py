@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,19 +19,13 @@ import open_clip
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
-from engine.models.checkpoints import (
-    InertObject,
-    html_error,
-    load_torch_file,
-    load_torchscript_data,
-    looks_like_html,
-)
+from engine.models.checkpoints import InertObject, load_torch_file, load_torchscript_data
 from engine.models.clip_files import find_clip_files
 from engine.models.clip_tokens import check_prompt_tokens
 from engine.models.digests import sha256_file
-from engine.models.file_kinds import is_torchscript
+from engine.models.file_kinds import check_model_file, is_torchscript
 from engine.models.registry import OPENAI_VIT_B_32_SHA256
-from engine.models.state_dicts import describe_contents, load_strict
+from engine.models.state_dicts import check_state_dict, describe_contents, load_strict
 from spooky.errors import (
     CorruptWeightsError,
     InvalidSizeError,
@@ -146,19 +139,32 @@ def find_cached_clip(cache_dir: Path) -> Path | None:
     return found[0].path if found else None
 
 
-def _torchscript_tensors(obj: Any, prefix: str = "", depth: int = 0) -> dict[str, torch.Tensor]:
-    """Dotted names -> tensors of a scripted module tree read inertly (attributes, sub-modules)."""
-    if depth > 32:
-        raise ValueError("module tree nested deeper than any CLIP")
+_MAX_MODULE_DEPTH = 32  # far deeper than any CLIP's module tree
+
+
+def _torchscript_tensors(root: Any) -> dict[str, torch.Tensor]:
+    """Dotted names -> tensors of a scripted module tree read inertly (attributes, sub-modules).
+
+    Each module is visited once, however often the pickle refers to it (a cycle, or one module
+    shared a million times over, is one visit).
+    """
     out: dict[str, torch.Tensor] = {}
-    state = obj.state if isinstance(obj, InertObject) else None
-    if not isinstance(state, Mapping):
-        return out
-    for name, value in state.items():
-        if isinstance(value, torch.Tensor) and name not in _TORCHSCRIPT_NON_WEIGHTS:
-            out[prefix + name] = value
-        elif isinstance(value, InertObject):
-            out.update(_torchscript_tensors(value, f"{prefix}{name}.", depth + 1))
+    todo: list[tuple[Any, str, int]] = [(root, "", 0)]
+    seen: set[int] = set()
+    while todo:
+        obj, prefix, depth = todo.pop()
+        if id(obj) in seen or not isinstance(obj, InertObject) or not isinstance(obj.state, Mapping):
+            continue
+        seen.add(id(obj))
+        if depth > _MAX_MODULE_DEPTH:
+            raise ValueError(f"its module tree is nested deeper than {_MAX_MODULE_DEPTH} levels")
+        for name, value in obj.state.items():
+            if not isinstance(name, str):
+                raise ValueError(f"a module attribute is named {name!r:.40}, not by a string")
+            if isinstance(value, torch.Tensor) and name not in _TORCHSCRIPT_NON_WEIGHTS:
+                out[prefix + name] = value
+            elif isinstance(value, InertObject):
+                todo.append((value, f"{prefix}{name}.", depth + 1))
     return out
 
 
@@ -176,7 +182,8 @@ def _read_torchscript(path: Path, what: str, openai_sha256: str | None) -> dict[
     try:
         tree = load_torchscript_data(path)
         tensors = _torchscript_tensors(tree)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+    except Exception as e:
+        # Like torch.load, torch's archive reader raises whatever the bytes lead it to.
         raise CorruptWeightsError(
             f"{what} at {path} is a TorchScript archive whose data.pkl could not be read "
             f"({type(e).__name__}: {e})",
@@ -197,21 +204,17 @@ def read_clip_state_dict(
     TorchScript `ViT-B-32.pt` (its data.pkl read inertly after checking `openai_sha256`; None skips
     the check)."""
     what = "CLIP weights"
-    if not path.is_file():
-        raise MissingWeightsError(
-            f"{what} not found: {path} (expected an open_clip ViT-B-32 state dict)", hint=FETCH_HINT
-        )
-    if looks_like_html(path):
-        raise html_error(path, what, FETCH_HINT)
+    check_model_file(path, what, FETCH_HINT, expected="an open_clip ViT-B-32 state dict")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             obj: Any = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as e:
+        except Exception as e:
+            # SafetensorError for most bad headers; the reader promises no narrower type.
             raise CorruptWeightsError(
-                f"{what} at {path} is not a readable safetensors file ({e})", hint=FETCH_HINT
+                f"{what} at {path} is not a readable safetensors file ({type(e).__name__}: {e})",
+                hint=FETCH_HINT,
             ) from e
     elif is_torchscript(path):
         obj = _read_torchscript(path, what, openai_sha256)
@@ -223,8 +226,8 @@ def read_clip_state_dict(
         raise CorruptWeightsError(
             f"{what} at {path} hold no CLIP state dict: {describe_contents(obj)}", hint=FETCH_HINT
         )
-    sd = {k.removeprefix("module."): v for k, v in obj.items() if k not in _OPENAI_EXTRA_KEYS}
-    return sd
+    sd = check_state_dict(obj, what=what, path=path, hint=FETCH_HINT)
+    return {k.removeprefix("module."): v for k, v in sd.items() if k not in _OPENAI_EXTRA_KEYS}
 
 
 def load_clip(

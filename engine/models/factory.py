@@ -114,7 +114,7 @@ def _check_present(cfg: ModelsConfig, paths: _FullPaths) -> None:
         missing.append((what, clip))
         names.append("clip_vit_b_32")
     if missing:
-        listing = "; ".join(f"{what}: {p}" for what, p in missing)
+        listing = "; ".join(f"{what}: {p}{' (a directory, not a file)' * p.is_dir()}" for what, p in missing)
         raise MissingWeightsError(
             f"the full preset needs model files that are not there: {listing}",
             hint=f"{_fetch_command(names)}, or set the paths in the [models] section of config.toml; "

@@ -32,6 +32,11 @@ def fetch_file(
     Every mirror is tried in order; when none works the error names each one and why.
     """
     path = Path(cache_dir).expanduser() / wf.filename
+    if path.is_dir():
+        raise DownloadError(
+            f"{path} is a directory, where {wf.filename} should be downloaded to",
+            hint="move or remove the directory, then fetch again",
+        )
     reference = reference_digest(wf, path)
     if path.is_file():
         if reference is None or sha256_file(path) == reference:
