@@ -6,13 +6,14 @@ import argparse
 from pathlib import Path
 
 from engine.models.clip_files import find_clip_files, hf_hub_cache
+from engine.models.digests import DigestRecords
 from engine.models.download import human_size
 from engine.models.fetch import fetch
-from engine.models.file_kinds import is_torchscript
-from engine.models.registry import OPENAI_VIT_B_32_SHA256, REGISTRY, file_for, get_entry
+from engine.models.model_files import CONFIGURED, clip_copy, copies, engine_files
+from engine.models.registry import REGISTRY, WeightsEntry, file_for, get_entry
 from engine.models.verify import FileStatus, check_file, file_statuses
-from spooky.config import Settings, load_settings
-from spooky.errors import WeightsError
+from spooky.config import ModelsConfig, Settings, load_settings
+from spooky.errors import ConfigError, WeightsError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -135,6 +136,7 @@ def _configured_files(settings: Settings) -> list[tuple[str, Path]]:
 def _verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     cache_dir = _cache_dir(args, settings)
+    records = DigestRecords.in_cache(cache_dir)
     names = args.names or list(REGISTRY)
     entries = [get_entry(name) for name in names]
     if args.file is not None:
@@ -144,10 +146,10 @@ def _verify(args: argparse.Namespace) -> int:
                 hint="e.g. spooky weights verify clip_vit_b_32_openai --file ViT-B-32.pt",
             )
         path = args.file.expanduser()
-        statuses = [check_file(entries[0].name, path, file_for(entries[0], path).sha256)]
+        reference = file_for(entries[0], path).sha256
+        statuses = [check_file(entries[0].name, path, reference, records=records)]
     else:
-        statuses = file_statuses(names, cache_dir, check=True)
-        statuses += _elsewhere_statuses(settings, cache_dir, names)
+        statuses = _statuses(settings.models.model_copy(update={"cache_dir": cache_dir}), entries, records)
     rows = [("NAME", "CHECK", "PATH", "DETAIL")]
     rows += [(st.entry, st.check, str(st.path), st.detail) for st in statuses]
     _print_table(rows)
@@ -156,26 +158,29 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _elsewhere_statuses(settings: Settings, cache_dir: Path, names: list[str]) -> list[FileStatus]:
-    """Files outside the cache: CLIP found in other tools' caches, and files named in [models]."""
-    out = []
-    in_cache = {p for name in names for p in get_entry(name).paths(cache_dir)}
-    if any(REGISTRY[n].kind == "clip" for n in names):
-        for found in find_clip_files(cache_dir):
-            if found.path not in in_cache:
-                out.append(check_file("clip", found.path, found.sha256, what=found.where))
-    models = settings.models
-    vqgan = REGISTRY.get(models.vqgan)
-    pinned = {
-        "stylegan2": REGISTRY["stylegan2_ffhq"].files[0].sha256,
-        "vqgan_config": vqgan.files[0].sha256 if vqgan else None,
-        "vqgan_ckpt": vqgan.files[1].sha256 if vqgan else None,
-    }
-    for key, path in _configured_files(settings):
-        reference = pinned.get(key)
-        if key == "clip" and path.is_file() and is_torchscript(path):
-            reference = OPENAI_VIT_B_32_SHA256
-        out.append(check_file(f"models.{key}", path, reference, what="named in [models]"))
+def _statuses(models: ModelsConfig, entries: list[WeightsEntry], records: DigestRecords) -> list[FileStatus]:
+    """Each file of `entries` as the loader resolves it (every copy on disk, the one it loads
+    first) against the digest the loader requires; then the other CLIP files found and the files
+    [models] names. "missing" means no copy anywhere, not "missing from the cache"."""
+    try:
+        used = engine_files(models)
+    except ConfigError:
+        used = []  # `spooky config check` reports the setting; the files are still checked
+    loaded = {f.path.resolve() for f in used if f.path.is_file()}
+    groups = [group for entry in entries for group in copies(entry, models)]
+    if any(entry.kind == "clip" for entry in entries):
+        groups += [[clip_copy(f)] for f in find_clip_files(models.cache_dir)]
+    groups += [[f] for f in used if f.where == CONFIGURED]
+    out, seen = [], set()
+    for f in (f for group in groups for f in group):
+        key = f.path.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        name = f"models.{f.role}" if f.where == CONFIGURED else f.entry
+        where = f"{f.where}, loaded by the engine" if key in loaded else f.where
+        reference = f.reference.sha256 if f.reference else None
+        out.append(check_file(name, f.path, reference, what=where, records=records))
     return out
 
 

@@ -22,7 +22,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from engine.models.checkpoints import InertObject, load_torch_file, load_torchscript_data
 from engine.models.clip_files import find_clip_files
 from engine.models.clip_tokens import check_prompt_tokens
-from engine.models.digests import sha256_file
+from engine.models.digests import DigestRecords
 from engine.models.file_kinds import check_model_file, is_torchscript
 from engine.models.registry import OPENAI_VIT_B_32_SHA256
 from engine.models.state_dicts import check_state_dict, describe_contents, load_strict
@@ -168,10 +168,12 @@ def _torchscript_tensors(root: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def _read_torchscript(path: Path, what: str, openai_sha256: str | None) -> dict[str, torch.Tensor]:
+def _read_torchscript(
+    path: Path, what: str, openai_sha256: str | None, digests: DigestRecords
+) -> dict[str, torch.Tensor]:
     # OpenAI's file is verified before anything in it is read: its digest is in its download URL.
     if openai_sha256 is not None:
-        digest = sha256_file(path)
+        digest = digests.digest(path)
         if digest != openai_sha256.lower():
             raise CorruptWeightsError(
                 f"CLIP file {path} is a TorchScript archive, but not OpenAI's ViT-B-32.pt: its sha256 is "
@@ -198,11 +200,14 @@ def _read_torchscript(path: Path, what: str, openai_sha256: str | None) -> dict[
 
 
 def read_clip_state_dict(
-    path: Path, *, openai_sha256: str | None = OPENAI_VIT_B_32_SHA256
+    path: Path,
+    *,
+    openai_sha256: str | None = OPENAI_VIT_B_32_SHA256,
+    digests: DigestRecords | None = None,
 ) -> dict[str, torch.Tensor]:
     """Tensors of a CLIP file: open_clip's .bin/.safetensors, an OpenAI state dict, or OpenAI's
     TorchScript `ViT-B-32.pt` (its data.pkl read inertly after checking `openai_sha256`; None skips
-    the check)."""
+    the check). `digests` spares re-hashing a TorchScript file that has not changed."""
     what = "CLIP weights"
     check_model_file(path, what, FETCH_HINT, expected="an open_clip ViT-B-32 state dict")
     if path.suffix == ".safetensors":
@@ -217,7 +222,7 @@ def read_clip_state_dict(
                 hint=FETCH_HINT,
             ) from e
     elif is_torchscript(path):
-        obj = _read_torchscript(path, what, openai_sha256)
+        obj = _read_torchscript(path, what, openai_sha256, digests or DigestRecords(None))
     else:
         obj = load_torch_file(path, what=what, fetch_hint=FETCH_HINT)
     if isinstance(obj, Mapping) and "state_dict" in obj:
@@ -238,10 +243,12 @@ def load_clip(
     model_name: str = "ViT-B-32",
     model_cfg: Mapping[str, Any] | None = None,
     openai_sha256: str | None = OPENAI_VIT_B_32_SHA256,
+    digests: DigestRecords | None = None,
 ) -> ClipModel:
     """CLIP with weights from `path` (or the first one `find_cached_clip` finds); never downloads.
 
     `openai_sha256` is the digest a TorchScript file must have (OpenAI's); None skips that check.
+    `digests` (the cache's records) spares re-hashing a file that has not changed since.
     """
     if path is None:
         found = find_cached_clip(Path(cache_dir).expanduser()) if cache_dir is not None else None
@@ -250,7 +257,7 @@ def load_clip(
             raise MissingWeightsError(f"CLIP ViT-B-32 weights not found {where}", hint=FETCH_HINT)
         path = found
     path = Path(path).expanduser()
-    state_dict = read_clip_state_dict(path, openai_sha256=openai_sha256)
+    state_dict = read_clip_state_dict(path, openai_sha256=openai_sha256, digests=digests)
     model = build_clip_model(model_name, model_cfg)
     load_strict(
         model,

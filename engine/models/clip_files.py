@@ -20,7 +20,8 @@ class FoundFile:
 
     path: Path
     where: str
-    sha256: str | None
+    sha256: str | None  # OpenAI's published digest, or the name of a Hugging Face blob
+    entry: str  # the registry entry it is a copy of
 
 
 def hf_hub_cache(env: Mapping[str, str] | None = None) -> Path:
@@ -45,10 +46,13 @@ def _hf_snapshot_files(hub: Path) -> list[Path]:
     return [snap / name for snap in dict.fromkeys(snapshots) for name in OPEN_CLIP_HF_FILES]
 
 
-def _hf_blob_digest(path: Path) -> str | None:
-    # Hugging Face stores an LFS file as blobs/<its sha256> and links the snapshot name to it.
-    name = path.resolve().name
-    return name if len(name) == 64 and all(c in "0123456789abcdef" for c in name) else None
+def hf_blob_digest(path: Path) -> str | None:
+    """The sha256 a file in a Hugging Face cache must have: huggingface_hub stores a large (LFS)
+    file as `blobs/<its sha256>` and links the snapshot's file name to it."""
+    resolved = path.resolve()
+    name = resolved.name
+    is_hex = len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+    return name if is_hex and resolved.parent.name == "blobs" else None
 
 
 def find_clip_files(cache_dir: Path, env: Mapping[str, str] | None = None) -> list[FoundFile]:
@@ -59,19 +63,20 @@ def find_clip_files(cache_dir: Path, env: Mapping[str, str] | None = None) -> li
     open_clip before it used the hub) leaves `ViT-B-32.pt`.
     """
     cache_dir = Path(cache_dir).expanduser()
-    ours = REGISTRY["clip_vit_b_32"].files[0]
-    openai = REGISTRY["clip_vit_b_32_openai"].files[0]
-    candidates: list[tuple[Path, str, str | None]] = [
-        (cache_dir / ours.filename, "SpookyGAN cache", None),
-        (cache_dir / openai.filename, "SpookyGAN cache (OpenAI's file)", openai.sha256),
+    ours, theirs = "clip_vit_b_32", "clip_vit_b_32_openai"
+    openai = REGISTRY[theirs].files[0]
+    candidates: list[tuple[Path, str, str | None, str]] = [
+        (cache_dir / REGISTRY[ours].files[0].filename, "SpookyGAN cache", None, ours),
+        (cache_dir / openai.filename, "SpookyGAN cache (OpenAI's file)", openai.sha256, theirs),
     ]
     hubs = (("open_clip layout in the SpookyGAN cache", cache_dir), ("Hugging Face cache", hf_hub_cache(env)))
     for where, hub in hubs:
-        candidates += [(p, where, None) for p in _hf_snapshot_files(hub)]
-    candidates.append((Path.home() / ".cache" / "clip" / openai.filename, "OpenAI clip cache", openai.sha256))
+        candidates += [(p, where, None, ours) for p in _hf_snapshot_files(hub)]
+    home_clip = Path.home() / ".cache" / "clip" / openai.filename
+    candidates.append((home_clip, "OpenAI clip cache", openai.sha256, theirs))
     found, seen = [], set()
-    for path, where, digest in candidates:
+    for path, where, digest, entry in candidates:
         if path.is_file() and path.resolve() not in seen:
             seen.add(path.resolve())
-            found.append(FoundFile(path, where, digest or _hf_blob_digest(path)))
+            found.append(FoundFile(path, where, digest or hf_blob_digest(path), entry))
     return found

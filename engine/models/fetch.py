@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from engine.models.digests import reference_digest, sha256_file, write_sidecar
+from engine.models.digests import DigestRecords, reference_digest, write_sidecar
 from engine.models.download import download
 from engine.models.registry import WeightFile, WeightsEntry, get_entry
 from spooky.errors import DownloadError
@@ -25,11 +25,18 @@ def manual_hint(entry: WeightsEntry, wf: WeightFile, path: Path) -> str:
 
 
 def fetch_file(
-    wf: WeightFile, cache_dir: Path, *, progress: bool = True, entry: WeightsEntry | None = None
+    wf: WeightFile,
+    cache_dir: Path,
+    *,
+    progress: bool = True,
+    entry: WeightsEntry | None = None,
+    records: DigestRecords | None = None,
 ) -> Path:
     """Make sure `wf` is in `cache_dir` (download it if absent or failing its checksum).
 
-    Every mirror is tried in order; when none works the error names each one and why.
+    Every mirror is tried in order; when none works the error names each one and why. The digest
+    of what was downloaded is recorded (`records`, by default the cache's), so that neither the
+    next fetch nor the engine hashes the file again while it is unchanged.
     """
     path = Path(cache_dir).expanduser() / wf.filename
     if path.is_dir():
@@ -37,9 +44,10 @@ def fetch_file(
             f"{path} is a directory, where {wf.filename} should be downloaded to",
             hint="move or remove the directory, then fetch again",
         )
+    records = records or DigestRecords.in_cache(cache_dir)
     reference = reference_digest(wf, path)
     if path.is_file():
-        if reference is None or sha256_file(path) == reference:
+        if reference is None or records.digest(path) == reference:
             log.info("%s already present", path)
             return path
         log.warning("%s fails its checksum; downloading it again", path)
@@ -55,6 +63,7 @@ def fetch_file(
             continue
         if reference is None:
             write_sidecar(path, digest)
+        records.record(path, digest)
         return path
     tried = "".join(f"\n  {i}. {err}" for i, err in enumerate(errors, 1))
     todo = manual_hint(entry, wf, path) if entry else f"download it by hand and save it as {path}"

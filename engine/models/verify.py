@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.models.digests import reference_digest, sha256_file
+from engine.models.digests import DigestRecords, reference_digest
 from engine.models.registry import get_entry
 
 
@@ -20,39 +20,38 @@ class FileStatus:
     detail: str = ""
 
 
-def file_statuses(names: list[str], cache_dir: Path, *, check: bool = False) -> list[FileStatus]:
-    """Presence and size of each file of `names`; with `check`, compare digests too."""
+def file_statuses(
+    names: list[str], cache_dir: Path, *, check: bool = False, records: DigestRecords | None = None
+) -> list[FileStatus]:
+    """Presence and size of each file of `names` in the cache; with `check`, compare digests too."""
     out = []
     for name in names:
         for wf in get_entry(name).files:
             path = Path(cache_dir).expanduser() / wf.filename
-            if not path.is_file():
-                out.append(FileStatus(name, path, False, None, "missing" if check else ""))
+            if not check or not path.is_file():
+                present = path.is_file()
+                size = path.stat().st_size if present else None
+                out.append(FileStatus(name, path, present, size, "missing" if check else ""))
                 continue
-            size = path.stat().st_size
-            if not check:
-                out.append(FileStatus(name, path, True, size))
-                continue
-            reference = reference_digest(wf, path)
-            digest = sha256_file(path)
-            if reference is None:
-                out.append(FileStatus(name, path, True, size, "unverified", f"sha256 {digest}, no reference"))
-            elif digest == reference:
-                out.append(FileStatus(name, path, True, size, "ok", f"sha256 {digest}"))
-            else:
-                out.append(
-                    FileStatus(name, path, True, size, "mismatch", f"expected {reference}, got {digest}")
-                )
+            out.append(check_file(name, path, reference_digest(wf, path), records=records))
     return out
 
 
-def check_file(entry: str, path: Path, reference: str | None, *, what: str = "") -> FileStatus:
-    """Compare `path` with `reference` (None: no digest is published for it)."""
-    if not path.is_file():
-        return FileStatus(entry, path, False, None, "missing", what)
-    digest = sha256_file(path)
-    size = path.stat().st_size
+def check_file(
+    entry: str, path: Path, reference: str | None, *, what: str = "", records: DigestRecords | None = None
+) -> FileStatus:
+    """Hash `path` and compare it with `reference` (None: no digest is published or recorded).
+
+    The digest is recorded in `records` (the cache's), so that the engine need not hash the file
+    again while its size and mtime stay the same.
+    """
     label = f"{what}; " if what else ""
+    if not path.is_file():
+        return FileStatus(
+            entry, path, False, None, "missing", f"{label}a directory" if path.is_dir() else what
+        )
+    digest = (records or DigestRecords(None)).digest(path, fresh=True)
+    size = path.stat().st_size
     if reference is None:
         return FileStatus(entry, path, True, size, "unverified", f"{label}sha256 {digest}, none published")
     if digest == reference.lower():

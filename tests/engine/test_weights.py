@@ -14,7 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.models.digests import reference_digest, sidecar_path, write_sidecar
+from engine.models import digests
+from engine.models.digests import DigestRecords, reference_digest, sidecar_path, write_sidecar
 from engine.models.download import download
 from engine.models.fetch import fetch_file
 from engine.models.registry import REGISTRY, WeightFile, WeightsEntry, get_entry
@@ -188,6 +189,18 @@ def test_fetch_records_a_sidecar_then_verifies_against_it(server, tmp_path: Path
     path.write_bytes(b"tampered")
     fetch_file(wf, tmp_path, progress=False)  # fails its checksum: fetched again
     assert path.read_bytes() == PAYLOAD
+
+
+def test_fetch_records_the_digest_so_nothing_hashes_the_file_again(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wf = WeightFile("w.bin", urls=(f"{server.base}/file.bin",))
+    path = fetch_file(wf, tmp_path, progress=False)
+    monkeypatch.setattr(digests, "sha256_file", lambda p: pytest.fail(f"{p} was hashed again"))
+    assert DigestRecords.in_cache(tmp_path).digest(path) == DIGEST  # what the engine does at load
+    n = len(server.httpd.requests)
+    assert fetch_file(wf, tmp_path, progress=False) == path  # present and matching its sidecar
+    assert len(server.httpd.requests) == n
 
 
 def test_fetch_reports_every_failed_mirror(server, tmp_path: Path) -> None:
