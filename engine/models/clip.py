@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(context_length: int) -> SimpleTokenizer:
-    # Reading the BPE merges takes a quarter of a second; every model with this context shares one.
+    # Building a tokenizer reads the whole BPE merges file: every model with this context shares one.
     return SimpleTokenizer(context_length=context_length)
 
 

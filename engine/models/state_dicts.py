@@ -30,7 +30,7 @@ _RANDOM_INIT = frozenset(
 
 class _SkipRandomInit(TorchFunctionMode):
     # A meta tensor has no values to draw; torch draws them anyway through its Python
-    # decompositions, whose first use imports torch._dynamo (most of a second and 150 MiB).
+    # decompositions, whose first use imports torch._dynamo (docs/operators.md has the cost).
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if getattr(func, "__name__", "") in _RANDOM_INIT:

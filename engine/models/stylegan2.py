@@ -8,7 +8,7 @@ rate at run time, per-sample modulated convs as one grouped conv, transposed con
 up-sampling, FIR up-sampled RGB skips); compatibility is checked against
 `shared/golden/stylegan2/` by `tests/engine/test_stylegan2.py`.
 
-On CUDA, TF32 changes results by ~1e-2; turn it off where bit-closeness to float32 matters.
+On CUDA, TF32 changes results visibly; turn it off where bit-closeness to float32 matters.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class ModulatedConv2d(nn.Module):
         if bias is not None:
             bias = (bias * gain).to(x.dtype)
         if k == 1 and not self.upsample:
-            # 1x1 (ToRGB): a batched matmul is ~4x faster on CPU than a grouped 1x1 conv.
+            # 1x1 (ToRGB): a batched matmul, faster on CPU than a grouped 1x1 conv.
             wn = weight[:, :, 0, 0] * factors  # [N, C_out, C_in]
             out = torch.matmul(wn, x.reshape(n, c, h * w))
             if bias is not None:

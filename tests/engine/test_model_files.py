@@ -283,7 +283,7 @@ def test_gumbel_start_codes_come_from_the_proj_logits(tmp_path: Path, monkeypatc
     with torch.no_grad():
         _, _, (_, _, ind) = vq.quantizer(vq.encode(x))
     assert torch.equal(codes, ind)
-    assert not torch.equal(codes, vq.nearest_codes(vq.encode(x)))  # the old, wrong start
+    assert not torch.equal(codes, vq.nearest_codes(vq.encode(x)))  # the nearest vectors: another picture
     assert torch.equal(vq.encode_quantized(x), vq.quantize_codes(ind))
     plain = build_vqgan(toy_yaml())
     assert torch.equal(plain.encode_to_codes(x), plain.nearest_codes(plain.encode(x)))
