@@ -90,7 +90,8 @@ class _Bars:
         if p.loss is not None:
             self.bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
         if p.image is not None and p.stage in _STILL_STAGES:
-            from engine.pipeline.images import save_png, to_pil
+            from engine.pipeline.image_files import save_png
+            from engine.pipeline.images import to_pil
 
             path = save_png(to_pil(p.image, value_range=(0, 1)), self.out / f"{p.stage}_{p.step:04d}.png")
             self.stills.append(path)
@@ -103,7 +104,7 @@ class _Bars:
 
 def run(args: argparse.Namespace) -> int:
     from engine.models.factory import check_preset, load_models
-    from engine.pipeline.images import load_image, save_png
+    from engine.pipeline.image_files import load_image, save_png
     from engine.pipeline.render import Renderer
     from engine.service.admission import JobRules, check_job
     from engine.service.spec import nightmare_spec, spooky_spec

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.pipeline.images import png_metadata
+from engine.pipeline.image_files import png_metadata
 from engine.pipeline.video_probe import probe
 from spooky.cli import main
 
