@@ -13,7 +13,14 @@ from bot import replies
 from bot.errors import NotModerator
 from bot.origin import is_moderator
 from bot.text import duration, escape
-from spooky.bounds import MAX_COOLDOWN_S, MAX_FRAMES, MAX_JOBS_PER_USER, MAX_QUEUE_PER_SERVER, MAX_STEPS
+from spooky.bounds import (
+    MAX_COOLDOWN_S,
+    MAX_FRAMES,
+    MAX_JOBS_PER_USER,
+    MAX_PROMPT_CHARS,
+    MAX_QUEUE_PER_SERVER,
+    MAX_STEPS,
+)
 from spooky.contract import GuildLimits
 from spooky.engine_client import EngineRequestError, EngineUnavailable
 
@@ -34,6 +41,8 @@ def render_limits(limits: GuildLimits) -> str:
             f"• Cooldown between renders: {duration(limits.cooldown_s)}",
             f"• Face steps: up to {limits.max_steps} · scare steps: up to {limits.max_scare_steps}",
             f"• Nightmare frames: up to {limits.max_frames}",
+            f"• Members' own pictures as a start: {'allowed' if limits.allow_images else 'not allowed'}",
+            f"• Spookify's starting prompt: “{escape(limits.default_prompt, limit=100)}”",
             f"• Channels: {channels}",
             f"• Banned words: {words}",
         ]
@@ -101,6 +110,8 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
         allow_channel="Allow renders in this channel (once any is allowed, only those are)",
         disallow_channel="Remove a channel from the allowed list",
         paused="Pause (true) or resume (false) new renders on this server",
+        allow_images="Let members start a render from their own picture (true) or not (false)",
+        default_prompt="The prompt the Spookify form starts with",
         ban_word="Refuse prompts containing this word",
         unban_word="Remove a banned word",
     )
@@ -116,6 +127,8 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
         allow_channel: discord.TextChannel | None = None,
         disallow_channel: discord.TextChannel | None = None,
         paused: bool | None = None,
+        allow_images: bool | None = None,
+        default_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
         ban_word: app_commands.Range[str, 1, 50] | None = None,
         unban_word: app_commands.Range[str, 1, 50] | None = None,
     ) -> None:
@@ -131,6 +144,8 @@ class Limits(commands.GroupCog, group_name="limits", group_description="Render l
                 ("max_scare_steps", max_scare_steps),
                 ("max_frames", max_frames),
                 ("paused", paused),
+                ("allow_images", allow_images),
+                ("default_prompt", " ".join(default_prompt.split()) if default_prompt else None),
             )
             if value is not None
         }

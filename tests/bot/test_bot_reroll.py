@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import TYPE_CHECKING
 
 from bot_helpers import RENDER_TIMEOUT_S, buttons, filenames, job_of
 from fake_discord.server import FakeDiscord
+from PIL import Image
 
 from bot.delivery_state import DeliveryState
 from spooky.contract import ORIGIN_FIELDS, JobKind, JobRequest, JobState, Requester
@@ -23,8 +25,9 @@ REPLACED = {"seed", *ORIGIN_FIELDS}
 NOT_SPOOKY = set(JobRequest.model_fields) - JobRequest.fields_for(JobKind.SPOOKY) - {"kind", *ORIGIN_FIELDS}
 
 
-def _source(fake: FakeDiscord) -> JobRequest:
-    """A spooky request with every field a spooky job may carry set to something not its default."""
+def _source(fake: FakeDiscord, photo: str = "a-photo-id") -> JobRequest:
+    """A spooky request with every field a spooky job may carry set to something not its default
+    (`photo`: the id of the picture the scare pass starts from)."""
     return JobRequest(
         kind=JobKind.SPOOKY,
         prompt="a pale count with fangs",
@@ -33,6 +36,7 @@ def _source(fake: FakeDiscord) -> JobRequest:
         steps=2,
         scare_steps=1,
         size=(48, 32),
+        init_artifact=photo,
         requester=Requester(
             user_id=fake.member.id,
             channel_id=fake.channel_ids[0],
@@ -62,12 +66,15 @@ async def test_reroll_resubmits_every_field_of_the_source_request(
     bots: Bots, fake: FakeDiscord, engine_client: EngineClient
 ) -> None:
     await bots.start()
-    source = (await engine_client.submit(_source(fake))).job
+    png = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(png, "PNG")
+    photo = await engine_client.upload(png.getvalue(), user_id=fake.member.id, channel_id=fake.channel_ids[0])
+    source = (await engine_client.submit(_source(fake, photo.id))).job
     result = await fake.wait_for(
         lambda: next((m for m in fake.messages.values() if f"spooky:reroll:{source.id}" in buttons(m)), None),
         RENDER_TIMEOUT_S,
     )
-    assert filenames(result) == ["stylegan.png", "spooky.png"]
+    assert filenames(result) == ["spooky.png"]  # from the photo: no stage-1 face
     assert (await engine_client.job(source.id)).state is JobState.SUCCEEDED
 
     reroll = await fake.click(result["id"], f"spooky:reroll:{source.id}", user=fake.other)
