@@ -135,7 +135,7 @@ import torch
 from engine.models.clip import load_clip
 from engine.models.stylegan2 import load_stylegan2
 from engine.models.vqgan import load_vqgan
-from engine.models.weights import sha256_file
+from engine.models.digests import sha256_file
 kind, paths = sys.argv[1], sys.argv[2:]
 # The replica is not OpenAI's file: its own digest stands in for the published one.
 digest = sha256_file(pathlib.Path(paths[0])) if kind == 'clip' else None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spooky.errors import InputError, InvalidSizeError
+from spooky.styles import STYLES
 
 if TYPE_CHECKING:
     from engine.pipeline.progress import StepReport
@@ -53,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="StyleGAN2+CLIP steps (default 40)")
     p.add_argument("--scare-steps", type=int, help="VQGAN+CLIP scare steps (default 10; 0 skips)")
     p.add_argument("--scare-prompt", help="prompt of the scare pass ('a:1|b:-0.5'; default: the prompt)")
+    p.add_argument(
+        "--style",
+        choices=sorted(STYLES),
+        help="one of the article's monsters: its face prompt (unless a prompt is given) and its scare prompt",
+    )
     p.add_argument("--size", help="canvas WxH of stages 2 and 3, e.g. 608x752 (multiples of 16)")
     p.add_argument("--frames", type=int, help="nightmare frames at 30 fps (default 300)")
     p.add_argument("--nightmare-prompt", help="prompt of the video (default: pipeline.nightmare_prompt)")
@@ -90,7 +96,8 @@ class _Bars:
         if p.loss is not None:
             self.bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
         if p.image is not None and p.stage in _STILL_STAGES:
-            from engine.pipeline.images import save_png, to_pil
+            from engine.pipeline.image_files import save_png
+            from engine.pipeline.images import to_pil
 
             path = save_png(to_pil(p.image, value_range=(0, 1)), self.out / f"{p.stage}_{p.step:04d}.png")
             self.stills.append(path)
@@ -103,13 +110,19 @@ class _Bars:
 
 def run(args: argparse.Namespace) -> int:
     from engine.models.factory import check_preset, load_models
-    from engine.pipeline.images import load_image, save_png
+    from engine.pipeline.image_files import load_image, save_png
     from engine.pipeline.render import Renderer
     from engine.service.admission import JobRules, check_job
     from engine.service.spec import nightmare_spec, spooky_spec
     from spooky.config import load_settings
 
     settings = load_settings(args.config)
+    if args.style is not None:
+        style = STYLES[args.style]
+        if args.prompt is None and args.image is None:
+            args.prompt = style.prompt
+        if args.scare_prompt is None:
+            args.scare_prompt = style.scare_prompt
     if args.preset is not None:
         settings.models.preset = check_preset(args.preset)  # type: ignore[assignment]
     if args.device is not None:

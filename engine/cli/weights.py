@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.models import weights
-from spooky.config import Settings, load_settings
-from spooky.errors import WeightsError
+from engine.models.clip_files import find_clip_files, hf_hub_cache
+from engine.models.digests import DigestRecords
+from engine.models.download import human_size
+from engine.models.fetch import fetch
+from engine.models.model_files import CONFIGURED, clip_copy, copies, engine_files
+from engine.models.registry import REGISTRY, WeightsEntry, file_for, get_entry
+from engine.models.verify import FileStatus, check_file, file_statuses
+from spooky.config import ModelsConfig, Settings, load_settings
+from spooky.errors import ConfigError, WeightsError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch = actions.add_parser(
         "fetch", parents=[common], help="download files (default: the ones the config uses)"
     )
-    fetch.add_argument("names", nargs="*", metavar="NAME", help=f"one of: {', '.join(weights.REGISTRY)}")
+    fetch.add_argument("names", nargs="*", metavar="NAME", help=f"one of: {', '.join(REGISTRY)}")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
     fetch.set_defaults(func=_fetch)
 
@@ -56,11 +62,11 @@ def _fetch(args: argparse.Namespace) -> int:
     cache_dir = _cache_dir(args, settings)
     names = args.names or _default_names(settings, cache_dir)
     for name in names:
-        weights.get_entry(name)  # unknown names fail before anything is downloaded
+        get_entry(name)  # unknown names fail before anything is downloaded
     for name in names:
-        print(f"{name}: {weights.get_entry(name).description}")
-        for path in weights.fetch(name, cache_dir, progress=not args.no_progress):
-            print(f"  {path} ({weights.human_size(path.stat().st_size)})")
+        print(f"{name}: {get_entry(name).description}")
+        for path in fetch(name, cache_dir, progress=not args.no_progress):
+            print(f"  {path} ({human_size(path.stat().st_size)})")
     return 0
 
 
@@ -78,7 +84,7 @@ def _default_names(settings: Settings, cache_dir: Path) -> list[str]:
             print(f"{name}: not fetched, the config names {have}")
         else:
             names.append(name)
-    found = [f for f in weights.find_clip_files(cache_dir) if f.where not in ("SpookyGAN cache",)]
+    found = [f for f in find_clip_files(cache_dir) if f.where not in ("SpookyGAN cache",)]
     if "clip_vit_b_32" in names and found:
         names.remove("clip_vit_b_32")
         print(f"clip_vit_b_32: not fetched, found {found[0].path} ({found[0].where})")
@@ -90,22 +96,22 @@ def _list(args: argparse.Namespace) -> int:
     cache_dir = _cache_dir(args, settings)
     print(f"cache directory: {cache_dir}")
     rows = [("NAME", "PRESENT", "SIZE", "PATH")]
-    for st in weights.file_statuses(list(weights.REGISTRY), cache_dir):
-        wf = next(f for f in weights.REGISTRY[st.entry].files if cache_dir / f.filename == st.path)
+    for st in file_statuses(list(REGISTRY), cache_dir):
+        wf = next(f for f in REGISTRY[st.entry].files if cache_dir / f.filename == st.path)
         if st.present:
-            size = weights.human_size(st.size)
+            size = human_size(st.size)
         else:
-            size = f"~{weights.human_size(wf.approx_size)}" if wf.approx_size else "?"
+            size = f"~{human_size(wf.approx_size)}" if wf.approx_size else "?"
         rows.append((st.entry, "yes" if st.present else "no", size, str(st.path)))
     _print_table(rows)
-    found = weights.find_clip_files(cache_dir)
+    found = find_clip_files(cache_dir)
     print("\nCLIP ViT-B/32 files found (the first one is used unless models.clip is set):")
     if found:
         rows = [("WHERE", "SIZE", "PATH")]
-        rows += [(f.where, weights.human_size(f.path.stat().st_size), str(f.path)) for f in found]
+        rows += [(f.where, human_size(f.path.stat().st_size), str(f.path)) for f in found]
         _print_table(rows)
     else:
-        hub = weights.hf_hub_cache()
+        hub = hf_hub_cache()
         print(f"  none (looked in {cache_dir}, {hub} and {Path.home() / '.cache' / 'clip'})")
     configured = _configured_files(settings)
     if configured:
@@ -113,7 +119,7 @@ def _list(args: argparse.Namespace) -> int:
         rows = [("SETTING", "PRESENT", "SIZE", "PATH")]
         for key, path in configured:
             present = path.is_file()
-            size = weights.human_size(path.stat().st_size) if present else "-"
+            size = human_size(path.stat().st_size) if present else "-"
             rows.append((f"models.{key}", "yes" if present else "no", size, str(path)))
         _print_table(rows)
     return 0
@@ -130,8 +136,9 @@ def _configured_files(settings: Settings) -> list[tuple[str, Path]]:
 def _verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     cache_dir = _cache_dir(args, settings)
-    names = args.names or list(weights.REGISTRY)
-    entries = [weights.get_entry(name) for name in names]
+    records = DigestRecords.in_cache(cache_dir)
+    names = args.names or list(REGISTRY)
+    entries = [get_entry(name) for name in names]
     if args.file is not None:
         if len(entries) != 1:
             raise WeightsError(
@@ -139,10 +146,10 @@ def _verify(args: argparse.Namespace) -> int:
                 hint="e.g. spooky weights verify clip_vit_b_32_openai --file ViT-B-32.pt",
             )
         path = args.file.expanduser()
-        statuses = [weights.check_file(entries[0].name, path, weights.file_for(entries[0], path).sha256)]
+        reference = file_for(entries[0], path).sha256
+        statuses = [check_file(entries[0].name, path, reference, records=records)]
     else:
-        statuses = weights.file_statuses(names, cache_dir, check=True)
-        statuses += _elsewhere_statuses(settings, cache_dir, names)
+        statuses = _statuses(settings.models.model_copy(update={"cache_dir": cache_dir}), entries, records)
     rows = [("NAME", "CHECK", "PATH", "DETAIL")]
     rows += [(st.entry, st.check, str(st.path), st.detail) for st in statuses]
     _print_table(rows)
@@ -151,26 +158,29 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _elsewhere_statuses(settings: Settings, cache_dir: Path, names: list[str]) -> list[weights.FileStatus]:
-    """Files outside the cache: CLIP found in other tools' caches, and files named in [models]."""
-    out = []
-    in_cache = {p for name in names for p in weights.get_entry(name).paths(cache_dir)}
-    if any(weights.REGISTRY[n].kind == "clip" for n in names):
-        for found in weights.find_clip_files(cache_dir):
-            if found.path not in in_cache:
-                out.append(weights.check_file("clip", found.path, found.sha256, what=found.where))
-    models = settings.models
-    vqgan = weights.REGISTRY.get(models.vqgan)
-    pinned = {
-        "stylegan2": weights.REGISTRY["stylegan2_ffhq"].files[0].sha256,
-        "vqgan_config": vqgan.files[0].sha256 if vqgan else None,
-        "vqgan_ckpt": vqgan.files[1].sha256 if vqgan else None,
-    }
-    for key, path in _configured_files(settings):
-        reference = pinned.get(key)
-        if key == "clip" and path.is_file() and weights.is_torchscript(path):
-            reference = weights.OPENAI_VIT_B_32_SHA256
-        out.append(weights.check_file(f"models.{key}", path, reference, what="named in [models]"))
+def _statuses(models: ModelsConfig, entries: list[WeightsEntry], records: DigestRecords) -> list[FileStatus]:
+    """Each file of `entries` as the loader resolves it (every copy on disk, the one it loads
+    first) against the digest the loader requires; then the other CLIP files found and the files
+    [models] names. "missing" means no copy anywhere, not "missing from the cache"."""
+    try:
+        used = engine_files(models)
+    except ConfigError:
+        used = []  # `spooky config check` reports the setting; the files are still checked
+    loaded = {f.path.resolve() for f in used if f.path.is_file()}
+    groups = [group for entry in entries for group in copies(entry, models)]
+    if any(entry.kind == "clip" for entry in entries):
+        groups += [[clip_copy(f)] for f in find_clip_files(models.cache_dir)]
+    groups += [[f] for f in used if f.where == CONFIGURED]
+    out, seen = [], set()
+    for f in (f for group in groups for f in group):
+        key = f.path.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        name = f"models.{f.role}" if f.where == CONFIGURED else f.entry
+        where = f"{f.where}, loaded by the engine" if key in loaded else f.where
+        reference = f.reference.sha256 if f.reference else None
+        out.append(check_file(name, f.path, reference, what=where, records=records))
     return out
 
 

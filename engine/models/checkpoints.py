@@ -6,7 +6,10 @@ containers in taming's `last.ckpt`. We only need the tensors in those files. So,
 load refuses, we unpickle again with an unpickler whose `find_class` hands out only what torch's
 own weights-only loader allows (tensor rebuild functions, storages, plain containers) and replaces
 every other class by an inert stand-in that records its arguments and state and runs nothing:
-the named module is never imported and none of its code is called.
+the named module is never imported and none of its code is called. Like torch's loader, it lets a
+file set state only on tensors, OrderedDicts and the stand-ins.
+
+Whatever a file holds, reading it ends in the file's data or in a typed error naming the file.
 
 The same unpickler reads pre-1.6 (non-zip) files and the `data.pkl` of a TorchScript archive
 (OpenAI's `ViT-B-32.pt`), whose code is never compiled. Zip files are memory-mapped, so tensors
@@ -19,17 +22,28 @@ import os
 import pickle
 import types
 import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 
-from engine.models.weights import is_torchscript, looks_like_html_bytes
-from spooky.errors import CorruptWeightsError, MissingWeightsError
+from engine.models.file_kinds import check_model_file, is_torchscript
+from spooky.errors import CorruptWeightsError
 
 
 class InertObject(dict):
-    """Stands in for a class the checkpoint names but we do not trust: holds data, runs nothing."""
+    """Stands in for a class the checkpoint names but we do not trust: holds data, runs nothing.
+
+    A pickle makes one either by calling the class (`args`, `kwargs`) or through `__new__` alone
+    (TorchScript modules); either way `state` is what the file set on it, None when it set nothing.
+    """
+
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = MappingProxyType({})
+    state: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
@@ -57,7 +71,16 @@ def _allowed_globals() -> dict[str, Any]:
     return allowed
 
 
-class _InertUnpickler(pickle.Unpickler):
+class _InertUnpickler(pickle._Unpickler):
+    """Python's own unpickler with torch's allow-list, inert stand-ins, and torch's rule for BUILD.
+
+    The pure-Python unpickler, because its BUILD can be replaced: a pickle may set state on any
+    object on its stack, and on a function or a class that means rewriting torch (a function's
+    `__defaults__`, a class attribute) for the rest of the process.
+    """
+
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._allowed = _allowed_globals()  # once per file, not once per pickled global
@@ -66,6 +89,25 @@ class _InertUnpickler(pickle.Unpickler):
         qualified = f"{module}.{name}"
         found = self._allowed.get(qualified)
         return found if found is not None else _inert_class(qualified)
+
+    def load_build(self) -> None:
+        # The objects torch's weights-only unpickler lets a file set state on, plus our stand-ins.
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, InertObject):
+            inst.__setstate__(state)
+        elif type(inst) is OrderedDict:  # a state dict's `_metadata`
+            inst.__dict__.update(state)
+        elif type(inst) is torch.Tensor:  # legacy tensors
+            inst.set_(*state)
+        elif type(inst) is torch.nn.Parameter:
+            inst.__setstate__(state)
+        else:
+            name = getattr(inst, "__qualname__", None)
+            target = f"{type(inst).__name__} {name}" if isinstance(name, str) else type(inst).__name__
+            raise pickle.UnpicklingError(f"the file sets the state of {target}, which no checkpoint does")
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def _inert_load(file: Any, **kwargs: Any) -> Any:
@@ -77,20 +119,6 @@ def _inert_load(file: Any, **kwargs: Any) -> Any:
 _inert_pickle = types.ModuleType("spooky_inert_pickle")
 _inert_pickle.Unpickler = _InertUnpickler  # type: ignore[attr-defined]
 _inert_pickle.load = _inert_load  # type: ignore[attr-defined]
-
-def looks_like_html(path: Path) -> bool:
-    """True when the file starts like a web page (what a dead mirror or a login wall returns)."""
-    with open(path, "rb") as f:
-        return looks_like_html_bytes(f.read(512))
-
-
-def html_error(path: Path, what: str, fetch_hint: str) -> CorruptWeightsError:
-    size = path.stat().st_size
-    return CorruptWeightsError(
-        f"{what} at {path} is a web page ({size} bytes of HTML), not the model file: "
-        "the mirror it came from returned an error, login or quota page",
-        hint=f"delete it and download the file again; {fetch_hint}",
-    )
 
 
 def load_torchscript_data(path: str | Path) -> Any:
@@ -112,13 +140,10 @@ def load_torch_file(path: str | Path, *, what: str, fetch_hint: str, map_locatio
     """Load `path` with torch's restricted unpickler; unknown classes become `InertObject`s.
 
     `what` names the file for messages ("StyleGAN2 checkpoint"); `fetch_hint` says how to get it.
-    Raises MissingWeightsError / CorruptWeightsError naming the file.
+    Raises MissingWeightsError / CorruptWeightsError naming the file, whatever the bytes are.
     """
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise MissingWeightsError(f"{what} not found: {p}", hint=fetch_hint)
-    if looks_like_html(p):
-        raise html_error(p, what, fetch_hint)
+    check_model_file(p, what, fetch_hint)
     if is_torchscript(p):
         # Never handed to torch.load: with weights_only=False it would run torch.jit.load.
         raise CorruptWeightsError(
@@ -133,10 +158,15 @@ def load_torch_file(path: str | Path, *, what: str, fetch_hint: str, map_locatio
         try:
             return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
         except pickle.UnpicklingError:
+            # A global torch does not allow (a training checkpoint's Namespace, Lightning's
+            # containers). A TorchScript archive never gets here: torch refuses it in weights-only
+            # mode with a RuntimeError instead of handing it to torch.jit.load.
             return torch.load(
                 p, map_location=map_location, weights_only=False, pickle_module=_inert_pickle, mmap=mmap
             )
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:
+        # torch's readers raise whatever the bytes lead them to (AttributeError for a storage
+        # type that is not one, TypeError for a rebuild call with the wrong arguments, ...).
         raise CorruptWeightsError(
             f"{what} at {p} could not be read as a torch checkpoint ({type(e).__name__}: {e})",
             hint=f"the file may be truncated or of another format; {fetch_hint}",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,16 +19,13 @@ import open_clip
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
-from engine.models.checkpoints import (
-    InertObject,
-    html_error,
-    load_torch_file,
-    load_torchscript_data,
-    looks_like_html,
-)
+from engine.models.checkpoints import InertObject, load_torch_file, load_torchscript_data
+from engine.models.clip_files import find_clip_files
 from engine.models.clip_tokens import check_prompt_tokens
-from engine.models.state_dicts import describe_contents, load_strict
-from engine.models.weights import OPENAI_VIT_B_32_SHA256, find_clip_files, is_torchscript, sha256_file
+from engine.models.digests import DigestRecords
+from engine.models.file_kinds import check_model_file, is_torchscript
+from engine.models.registry import OPENAI_VIT_B_32_SHA256
+from engine.models.state_dicts import check_state_dict, describe_contents, load_strict
 from spooky.errors import (
     CorruptWeightsError,
     InvalidSizeError,
@@ -48,7 +44,7 @@ log = logging.getLogger(__name__)
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(context_length: int) -> SimpleTokenizer:
-    # Reading the BPE merges takes a quarter of a second; every model with this context shares one.
+    # Building a tokenizer reads the whole BPE merges file: every model with this context shares one.
     return SimpleTokenizer(context_length=context_length)
 
 
@@ -138,31 +134,46 @@ def build_clip_model(
 
 def find_cached_clip(cache_dir: Path) -> Path | None:
     """The first CLIP file on disk: SpookyGAN's cache, then Hugging Face's, then OpenAI's (see
-    `weights.find_clip_files`)."""
+    `clip_files.find_clip_files`)."""
     found = find_clip_files(cache_dir)
     return found[0].path if found else None
 
 
-def _torchscript_tensors(obj: Any, prefix: str = "", depth: int = 0) -> dict[str, torch.Tensor]:
-    """Dotted names -> tensors of a scripted module tree read inertly (attributes, sub-modules)."""
-    if depth > 32:
-        raise ValueError("module tree nested deeper than any CLIP")
+_MAX_MODULE_DEPTH = 32  # far deeper than any CLIP's module tree
+
+
+def _torchscript_tensors(root: Any) -> dict[str, torch.Tensor]:
+    """Dotted names -> tensors of a scripted module tree read inertly (attributes, sub-modules).
+
+    Each module is visited once, however often the pickle refers to it (a cycle, or one module
+    shared a million times over, is one visit).
+    """
     out: dict[str, torch.Tensor] = {}
-    state = obj.state if isinstance(obj, InertObject) else None
-    if not isinstance(state, Mapping):
-        return out
-    for name, value in state.items():
-        if isinstance(value, torch.Tensor) and name not in _TORCHSCRIPT_NON_WEIGHTS:
-            out[prefix + name] = value
-        elif isinstance(value, InertObject):
-            out.update(_torchscript_tensors(value, f"{prefix}{name}.", depth + 1))
+    todo: list[tuple[Any, str, int]] = [(root, "", 0)]
+    seen: set[int] = set()
+    while todo:
+        obj, prefix, depth = todo.pop()
+        if id(obj) in seen or not isinstance(obj, InertObject) or not isinstance(obj.state, Mapping):
+            continue
+        seen.add(id(obj))
+        if depth > _MAX_MODULE_DEPTH:
+            raise ValueError(f"its module tree is nested deeper than {_MAX_MODULE_DEPTH} levels")
+        for name, value in obj.state.items():
+            if not isinstance(name, str):
+                raise ValueError(f"a module attribute is named {name!r:.40}, not by a string")
+            if isinstance(value, torch.Tensor) and name not in _TORCHSCRIPT_NON_WEIGHTS:
+                out[prefix + name] = value
+            elif isinstance(value, InertObject):
+                todo.append((value, f"{prefix}{name}.", depth + 1))
     return out
 
 
-def _read_torchscript(path: Path, what: str, openai_sha256: str | None) -> dict[str, torch.Tensor]:
+def _read_torchscript(
+    path: Path, what: str, openai_sha256: str | None, digests: DigestRecords
+) -> dict[str, torch.Tensor]:
     # OpenAI's file is verified before anything in it is read: its digest is in its download URL.
     if openai_sha256 is not None:
-        digest = sha256_file(path)
+        digest = digests.digest(path)
         if digest != openai_sha256.lower():
             raise CorruptWeightsError(
                 f"CLIP file {path} is a TorchScript archive, but not OpenAI's ViT-B-32.pt: its sha256 is "
@@ -173,7 +184,8 @@ def _read_torchscript(path: Path, what: str, openai_sha256: str | None) -> dict[
     try:
         tree = load_torchscript_data(path)
         tensors = _torchscript_tensors(tree)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+    except Exception as e:
+        # Like torch.load, torch's archive reader raises whatever the bytes lead it to.
         raise CorruptWeightsError(
             f"{what} at {path} is a TorchScript archive whose data.pkl could not be read "
             f"({type(e).__name__}: {e})",
@@ -188,30 +200,29 @@ def _read_torchscript(path: Path, what: str, openai_sha256: str | None) -> dict[
 
 
 def read_clip_state_dict(
-    path: Path, *, openai_sha256: str | None = OPENAI_VIT_B_32_SHA256
+    path: Path,
+    *,
+    openai_sha256: str | None = OPENAI_VIT_B_32_SHA256,
+    digests: DigestRecords | None = None,
 ) -> dict[str, torch.Tensor]:
     """Tensors of a CLIP file: open_clip's .bin/.safetensors, an OpenAI state dict, or OpenAI's
     TorchScript `ViT-B-32.pt` (its data.pkl read inertly after checking `openai_sha256`; None skips
-    the check)."""
+    the check). `digests` spares re-hashing a TorchScript file that has not changed."""
     what = "CLIP weights"
-    if not path.is_file():
-        raise MissingWeightsError(
-            f"{what} not found: {path} (expected an open_clip ViT-B-32 state dict)", hint=FETCH_HINT
-        )
-    if looks_like_html(path):
-        raise html_error(path, what, FETCH_HINT)
+    check_model_file(path, what, FETCH_HINT, expected="an open_clip ViT-B-32 state dict")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             obj: Any = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as e:
+        except Exception as e:
+            # SafetensorError for most bad headers; the reader promises no narrower type.
             raise CorruptWeightsError(
-                f"{what} at {path} is not a readable safetensors file ({e})", hint=FETCH_HINT
+                f"{what} at {path} is not a readable safetensors file ({type(e).__name__}: {e})",
+                hint=FETCH_HINT,
             ) from e
     elif is_torchscript(path):
-        obj = _read_torchscript(path, what, openai_sha256)
+        obj = _read_torchscript(path, what, openai_sha256, digests or DigestRecords(None))
     else:
         obj = load_torch_file(path, what=what, fetch_hint=FETCH_HINT)
     if isinstance(obj, Mapping) and "state_dict" in obj:
@@ -220,8 +231,8 @@ def read_clip_state_dict(
         raise CorruptWeightsError(
             f"{what} at {path} hold no CLIP state dict: {describe_contents(obj)}", hint=FETCH_HINT
         )
-    sd = {k.removeprefix("module."): v for k, v in obj.items() if k not in _OPENAI_EXTRA_KEYS}
-    return sd
+    sd = check_state_dict(obj, what=what, path=path, hint=FETCH_HINT)
+    return {k.removeprefix("module."): v for k, v in sd.items() if k not in _OPENAI_EXTRA_KEYS}
 
 
 def load_clip(
@@ -232,10 +243,12 @@ def load_clip(
     model_name: str = "ViT-B-32",
     model_cfg: Mapping[str, Any] | None = None,
     openai_sha256: str | None = OPENAI_VIT_B_32_SHA256,
+    digests: DigestRecords | None = None,
 ) -> ClipModel:
     """CLIP with weights from `path` (or the first one `find_cached_clip` finds); never downloads.
 
     `openai_sha256` is the digest a TorchScript file must have (OpenAI's); None skips that check.
+    `digests` (the cache's records) spares re-hashing a file that has not changed since.
     """
     if path is None:
         found = find_cached_clip(Path(cache_dir).expanduser()) if cache_dir is not None else None
@@ -244,7 +257,7 @@ def load_clip(
             raise MissingWeightsError(f"CLIP ViT-B-32 weights not found {where}", hint=FETCH_HINT)
         path = found
     path = Path(path).expanduser()
-    state_dict = read_clip_state_dict(path, openai_sha256=openai_sha256)
+    state_dict = read_clip_state_dict(path, openai_sha256=openai_sha256, digests=digests)
     model = build_clip_model(model_name, model_cfg)
     load_strict(
         model,

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from engine.models import tiny
-from engine.models.clip import ClipModel, find_cached_clip, load_clip
+from engine.models.clip import ClipModel, load_clip
+from engine.models.digests import DigestRecords, require_digest
 from engine.models.families import TINY_SIZE
+from engine.models.model_files import CONFIGURED, ModelFile, engine_files
 from engine.models.stylegan2 import StyleGAN2Generator, load_stylegan2
 from engine.models.vqgan import VQGAN, load_vqgan
-from engine.models.weights import REGISTRY
 from spooky.config import ModelsConfig
 from spooky.errors import ConfigError, MissingWeightsError, UnknownPresetError
 
@@ -65,62 +65,33 @@ def _fetch_command(names: list[str]) -> str:
     return "run `spooky weights fetch " + " ".join(dict.fromkeys(names)) + "`"
 
 
-@dataclass(frozen=True)
-class _FullPaths:
-    stylegan2: Path
-    vqgan_config: Path
-    vqgan_ckpt: Path
-    vqgan_name: str
-    clip: Path | None  # None: looked up (our cache, Hugging Face's, ~/.cache/clip) and missing
-
-
-def _full_paths(cfg: ModelsConfig) -> _FullPaths:
-    cache = cfg.cache_dir.expanduser()
-    stylegan2 = cfg.stylegan2 or cache / REGISTRY["stylegan2_ffhq"].files[0].filename
-    if (cfg.vqgan_config is None) != (cfg.vqgan_ckpt is None):
-        raise ConfigError(
-            "models.vqgan_config and models.vqgan_ckpt must be set together (or both left empty)",
-            hint=f"leave both empty to use the registry entry models.vqgan = {cfg.vqgan!r}",
-        )
-    if cfg.vqgan_config is not None and cfg.vqgan_ckpt is not None:
-        vq_config, vq_ckpt, vq_name = cfg.vqgan_config, cfg.vqgan_ckpt, cfg.vqgan
-    else:
-        entry = REGISTRY.get(cfg.vqgan)
-        if entry is None or entry.kind != "vqgan":
-            known = [n for n, e in REGISTRY.items() if e.kind == "vqgan"]
-            raise ConfigError(f"models.vqgan {cfg.vqgan!r} is not a known VQGAN; known: {', '.join(known)}")
-        vq_config, vq_ckpt = entry.paths(cache)
-        vq_name = entry.name
-    clip = cfg.clip or find_cached_clip(cache)
-    return _FullPaths(Path(stylegan2), Path(vq_config), Path(vq_ckpt), vq_name, clip)
-
-
-def _check_present(cfg: ModelsConfig, paths: _FullPaths) -> None:
+def _check_present(files: list[ModelFile]) -> None:
     """Name every missing file at once, with the one command that fetches them all."""
-    missing: list[tuple[str, Path]] = []
-    names: list[str] = []
-    if not paths.stylegan2.is_file():
-        missing.append(("StyleGAN2 checkpoint (rosinality .pt)", paths.stylegan2))
-        names.append("stylegan2_ffhq")
-    for what, p in (
-        ("VQGAN config (taming model.yaml)", paths.vqgan_config),
-        ("VQGAN checkpoint (taming last.ckpt)", paths.vqgan_ckpt),
-    ):
-        if not p.is_file():
-            missing.append((what, p))
-            names.append(paths.vqgan_name)
-    clip = paths.clip or cfg.cache_dir.expanduser() / REGISTRY["clip_vit_b_32"].files[0].filename
-    if not clip.is_file():
-        what = "CLIP ViT-B-32 weights (open_clip state dict; none in the Hugging Face cache or ~/.cache/clip)"
-        missing.append((what, clip))
-        names.append("clip_vit_b_32")
+    missing = [f for f in files if not f.path.is_file()]
     if missing:
-        listing = "; ".join(f"{what}: {p}" for what, p in missing)
+        listing = "; ".join(
+            f"{_label(f)}: {f.path}{' (a directory, not a file)' * f.path.is_dir()}" for f in missing
+        )
+        names = [f.entry for f in missing if f.entry]
+        fetch = f"{_fetch_command(names)}, or " if names else ""
         raise MissingWeightsError(
             f"the full preset needs model files that are not there: {listing}",
-            hint=f"{_fetch_command(names)}, or set the paths in the [models] section of config.toml; "
+            hint=f"{fetch}set the paths in the [models] section of config.toml; "
             "the tiny preset is for tests only",
         )
+
+
+def _label(f: ModelFile) -> str:
+    if f.role == "clip" and f.where != CONFIGURED:
+        return f"{f.what} (open_clip state dict; none in the Hugging Face cache or ~/.cache/clip)"
+    return f.what
+
+
+def _check_digests(files: list[ModelFile], records: DigestRecords) -> None:
+    """Refuse a file whose sha256 is not the one it must have; hashes only files that changed."""
+    for f in files:
+        if f.reference is not None:
+            require_digest(f.path, f.reference, records, what=f.what)
 
 
 def load_models(cfg: ModelsConfig, *, preset: str | None = None) -> Models:
@@ -141,17 +112,23 @@ def load_models(cfg: ModelsConfig, *, preset: str | None = None) -> Models:
             description=f"{tiny.DESCRIPTION}, seed {cfg.tiny_seed}",
         )
     else:
-        paths = _full_paths(cfg)
-        _check_present(cfg, paths)
-        vq_hint = _fetch_command([paths.vqgan_name])
+        files = engine_files(cfg)
+        _check_present(files)
+        records = DigestRecords.in_cache(cfg.cache_dir)
+        _check_digests(files, records)
+        path = {f.role: f.path for f in files}
+        vq_entry = next(f.entry for f in files if f.role == "vqgan_ckpt")
+        vq_hint = (
+            _fetch_command([vq_entry]) if vq_entry else "check models.vqgan_config and models.vqgan_ckpt"
+        )
         models = Models(
-            stylegan=load_stylegan2(paths.stylegan2, device),
-            vqgan=load_vqgan(paths.vqgan_config, paths.vqgan_ckpt, device, fetch_hint=vq_hint),
-            clip=load_clip(paths.clip, device, cfg.cache_dir.expanduser()),
+            stylegan=load_stylegan2(path["stylegan2"], device),
+            vqgan=load_vqgan(path["vqgan_config"], path["vqgan_ckpt"], device, fetch_hint=vq_hint),
+            clip=load_clip(path["clip"], device, cfg.cache_dir.expanduser(), digests=records),
             preset="full",
             device=device,
             default_size=FULL_SIZE,
-            description=FULL_DESCRIPTION.format(vqgan=paths.vqgan_name),
+            description=FULL_DESCRIPTION.format(vqgan=vq_entry or cfg.vqgan),
         )
     log.info("models loaded on %s: %s", device, models.description)
     return models

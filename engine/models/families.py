@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.models.weights import REGISTRY
+from engine.models.registry import REGISTRY
 from spooky.config import ModelsConfig
 from spooky.errors import ConfigError
 

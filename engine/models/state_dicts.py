@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import reprlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
-from spooky.errors import CheckpointMismatchError
+from spooky.errors import CheckpointMismatchError, CorruptWeightsError
 
 _SHOWN = 6  # keys listed per kind of difference; the count says how many more there are
 
@@ -16,6 +20,71 @@ def _listing(keys: list[str]) -> str:
     head = ", ".join(keys[:_SHOWN])
     more = f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
     return f"{head}{more}"
+
+
+_RANDOM_INIT = frozenset(
+    {"normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_"}
+    | {"xavier_normal_", "orthogonal_"}
+)
+
+
+class _SkipRandomInit(TorchFunctionMode):
+    # A meta tensor has no values to draw; torch draws them anyway through its Python
+    # decompositions, whose first use imports torch._dynamo (docs/operators.md has the cost).
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in _RANDOM_INIT:
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def on_meta() -> Iterator[None]:
+    """Modules built inside have their shapes and no memory: a file is checked against them first."""
+    with torch.device("meta"), _SkipRandomInit():
+        yield
+
+
+def tensor_problem(t: torch.Tensor) -> str | None:
+    """What keeps `t` (read from a file) from being copied into a model's weights; None when nothing."""
+    try:
+        if t.is_nested:
+            return "a nested tensor"
+        if t.layout != torch.strided:
+            return f"a sparse tensor ({t.layout})"
+        if t.is_quantized:
+            return "a quantized tensor"
+        if t.is_meta:
+            return "a tensor without data (on the meta device)"
+        nbytes = t.untyped_storage().nbytes()
+        if t.numel() * t.element_size() > nbytes:
+            return f"a {tuple(t.shape)} view of {nbytes} bytes (its strides repeat the same data)"
+    except (RuntimeError, NotImplementedError, TypeError) as e:
+        return f"a tensor whose data cannot be reached ({type(e).__name__}: {e})"
+    return None
+
+
+def check_state_dict(obj: object, *, what: str, path: str | Path, hint: str) -> dict[str, torch.Tensor]:
+    """`obj` as a dict when it maps names to tensors that hold data; CorruptWeightsError otherwise."""
+    if not isinstance(obj, Mapping):
+        raise CorruptWeightsError(f"{what} at {path}: no state dict; {describe_contents(obj)}", hint=hint)
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise CorruptWeightsError(
+                f"{what} at {path}: one of its keys is {reprlib.repr(key)} ({type(key).__name__}), "
+                "not a name; a state dict maps names to tensors",
+                hint=hint,
+            )
+        if not isinstance(value, torch.Tensor):
+            raise CorruptWeightsError(
+                f"{what} at {path}: {reprlib.repr(key)} is a {type(value).__name__}, not a tensor", hint=hint
+            )
+        problem = tensor_problem(value)
+        if problem:
+            raise CorruptWeightsError(f"{what} at {path}: {reprlib.repr(key)} is {problem}", hint=hint)
+    return dict(obj)
 
 
 def describe_mismatch(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str | None:
@@ -28,14 +97,19 @@ def describe_mismatch(module: torch.nn.Module, state_dict: Mapping[str, torch.Te
         parts.append(f"missing keys: {_listing(missing)}")
     if unexpected:
         parts.append(f"unexpected keys: {_listing(unexpected)}")
+    shape = dtype = None
     for key, want in expected.items():
         got = state_dict.get(key)
-        if isinstance(got, torch.Tensor) and got.shape != want.shape:
-            parts.append(
+        if not isinstance(got, torch.Tensor):
+            continue
+        if shape is None and got.shape != want.shape:
+            shape = (
                 f"first shape mismatch: {key} is {tuple(got.shape)} in the file, "
                 f"{tuple(want.shape)} in the model"
             )
-            break
+        if dtype is None and want.is_floating_point() and not got.is_floating_point():
+            dtype = f"first dtype mismatch: {key} is {got.dtype} in the file, the model takes floating point"
+    parts += [p for p in (shape, dtype) if p]
     return "; ".join(parts) or None
 
 
@@ -54,7 +128,19 @@ def load_strict(
             problem = f"none of the keys fit; {describe_contents(state_dict)}"
         raise CheckpointMismatchError(f"{what} at {path} does not fit the architecture: {problem}", hint=hint)
     # Tensors may arrive as fp16; copy_ casts them to the module's dtype (float32).
-    module.load_state_dict(dict(state_dict), strict=True)
+    copy_state_dict(module, state_dict, what=what, path=path, hint=hint)
+
+
+def copy_state_dict(
+    module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str, path: str | Path, hint: str
+) -> None:
+    """`module.load_state_dict(state_dict)`, its refusal a CheckpointMismatchError naming the file."""
+    try:
+        module.load_state_dict(dict(state_dict), strict=True)
+    except RuntimeError as e:
+        raise CheckpointMismatchError(
+            f"{what} at {path} could not be copied into the model: {e}", hint=hint
+        ) from e
 
 
 # Key names that identify each kind of model file: (what it is, keys that must all be present).

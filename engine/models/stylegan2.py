@@ -8,7 +8,7 @@ rate at run time, per-sample modulated convs as one grouped conv, transposed con
 up-sampling, FIR up-sampled RGB skips); compatibility is checked against
 `shared/golden/stylegan2/` by `tests/engine/test_stylegan2.py`.
 
-On CUDA, TF32 changes results by ~1e-2; turn it off where bit-closeness to float32 matters.
+On CUDA, TF32 changes results visibly; turn it off where bit-closeness to float32 matters.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.models.checkpoints import load_torch_file
-from engine.models.state_dicts import describe_contents
+from engine.models.state_dicts import check_state_dict, describe_contents, tensor_problem
 from engine.models.stylegan2_ops import blur, fir_kernel_2d, upsample2x
-from spooky.errors import CheckpointMismatchError
+from spooky.errors import CheckpointMismatchError, CorruptWeightsError
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class ModulatedConv2d(nn.Module):
         if bias is not None:
             bias = (bias * gain).to(x.dtype)
         if k == 1 and not self.upsample:
-            # 1x1 (ToRGB): a batched matmul is ~4x faster on CPU than a grouped 1x1 conv.
+            # 1x1 (ToRGB): a batched matmul, faster on CPU than a grouped 1x1 conv.
             wn = weight[:, :, 0, 0] * factors  # [N, C_out, C_in]
             out = torch.matmul(wn, x.reshape(n, c, h * w))
             if bias is not None:
@@ -353,17 +353,22 @@ class StyleGAN2Generator(nn.Module):
         arch = infer_architecture(state_dict)
         # Construction draws random init values; keep the caller's RNG stream untouched.
         with torch.random.fork_rng(devices=[]):
-            gen = cls(**arch.__dict__)
+            try:
+                gen = cls(**arch.__dict__)
+            except ValueError as e:
+                raise CheckpointMismatchError(f"g_ema describes no StyleGAN2 generator: {e}") from e
         gen._load_g_ema(state_dict)
         if latent_avg is None:
             gen.set_latent_avg()
         else:
-            if not isinstance(latent_avg, Tensor) or latent_avg.numel() != gen.style_dim:
-                is_tensor = isinstance(latent_avg, Tensor)
-                found = list(latent_avg.shape) if is_tensor else type(latent_avg).__name__
+            is_tensor = isinstance(latent_avg, Tensor)
+            if not is_tensor or latent_avg.numel() != gen.style_dim or not latent_avg.is_floating_point():
+                found = (
+                    f"{list(latent_avg.shape)} {latent_avg.dtype}" if is_tensor else type(latent_avg).__name__
+                )
                 raise CheckpointMismatchError(
-                    f"latent_avg must be a tensor of {gen.style_dim} values (the generator's style_dim), "
-                    f"found {found}",
+                    f"latent_avg must be a floating-point tensor of {gen.style_dim} values (the generator's "
+                    f"style_dim), found {found}",
                     hint="pass latent_avg=None to use the mean of mapped random latents instead",
                 )
             gen.set_latent_avg(latent_avg.detach().float())
@@ -379,7 +384,8 @@ class StyleGAN2Generator(nn.Module):
             return [torch.randn(batch, 1, *t.shape[-2:], device=device, dtype=t.dtype) for t in stored]
         raise ValueError(f"noise must be 'const' or 'random', got {mode!r}")
 
-    def _load_g_ema(self, state_dict: Mapping[str, Tensor]) -> None:
+    def _check_g_ema(self, state_dict: Mapping[str, Tensor]) -> list[str]:
+        """Raise CheckpointMismatchError unless `state_dict` fits; return the `noises.*` it lacks."""
         own = self.state_dict()
         unexpected = [k for k in state_dict if k not in own]
         if unexpected:
@@ -388,17 +394,13 @@ class StyleGAN2Generator(nn.Module):
                 f"have, e.g. {unexpected[:5]}",
                 hint="the file is not a consistent rosinality StyleGAN2 g_ema",
             )
-        full: dict[str, Tensor] = {}
         missing_noise = []
         for key, mine in own.items():
             if key.endswith(".kernel"):
-                full[key] = mine  # constant FIR: ours is the reference value
-                continue
+                continue  # constant FIR: ours is the reference value
             if key not in state_dict:
                 if key.startswith("noises."):
                     missing_noise.append(key)
-                    g = torch.Generator(device="cpu").manual_seed(zlib.crc32(key.encode("utf-8")))
-                    full[key] = torch.randn(mine.shape, generator=g)
                     continue
                 raise CheckpointMismatchError(
                     f"g_ema lacks key {key!r} (shape {list(mine.shape)}) that a StyleGAN2 generator of "
@@ -414,7 +416,24 @@ class StyleGAN2Generator(nn.Module):
                     f"{self.channels})",
                     hint="the file is not a consistent rosinality StyleGAN2 g_ema",
                 )
-            full[key] = theirs
+            if not theirs.is_floating_point():
+                raise CheckpointMismatchError(
+                    f"g_ema key {key!r} is a {theirs.dtype} tensor; a generator's weights are floating point",
+                    hint="the file is not a consistent rosinality StyleGAN2 g_ema",
+                )
+        return missing_noise
+
+    def _load_g_ema(self, state_dict: Mapping[str, Tensor]) -> None:
+        missing_noise = self._check_g_ema(state_dict)
+        full: dict[str, Tensor] = {}
+        for key, mine in self.state_dict().items():
+            if key.endswith(".kernel"):
+                full[key] = mine
+            elif key in missing_noise:
+                g = torch.Generator(device="cpu").manual_seed(zlib.crc32(key.encode("utf-8")))
+                full[key] = torch.randn(mine.shape, generator=g)
+            else:
+                full[key] = state_dict[key]
         if missing_noise:
             what = ", ".join(missing_noise) if len(missing_noise) < 4 else f"{len(missing_noise)} noises.*"
             log.warning(
@@ -463,6 +482,15 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> Architecture:
     n_mlp = 0
     while f"style.{n_mlp + 1}.weight" in state_dict:
         n_mlp += 1
+        # Each mapping layer is checked here, before the generator is built: the count of these
+        # keys is the one size a file can state without holding the weights for it.
+        key = f"style.{n_mlp}.weight"
+        if _shape_of(state_dict, key, 2) != (style_dim, style_dim):
+            raise CheckpointMismatchError(
+                f"g_ema key {key!r} has shape {list(state_dict[key].shape)}, expected "
+                f"{[style_dim, style_dim]} like style.1.weight",
+                hint="the file is not a consistent rosinality StyleGAN2 g_ema",
+            )
     n_rgbs = 0
     while f"to_rgbs.{n_rgbs}.conv.weight" in state_dict:
         n_rgbs += 1
@@ -517,9 +545,15 @@ def load_stylegan2(path: str | Path, device: str | torch.device = "cpu") -> Styl
             f"StyleGAN2 checkpoint {path} has no 'g_ema' generator; {describe_contents(ckpt)}",
             hint="expected a rosinality file with 'g_ema' (and 'latent_avg'); " + FETCH_HINT,
         )
+    g_ema = check_state_dict(ckpt["g_ema"], what="StyleGAN2 checkpoint's g_ema", path=path, hint=FETCH_HINT)
     latent_avg = ckpt.get("latent_avg")
+    problem = tensor_problem(latent_avg) if isinstance(latent_avg, Tensor) else None
+    if problem:
+        raise CorruptWeightsError(
+            f"StyleGAN2 checkpoint {path} holds {problem} as 'latent_avg'", hint=FETCH_HINT
+        )
     try:
-        gen = StyleGAN2Generator.from_state_dict(ckpt["g_ema"], latent_avg)
+        gen = StyleGAN2Generator.from_state_dict(g_ema, latent_avg)
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f"StyleGAN2 checkpoint {path}: {e.message}", hint=e.hint) from e
     gen.eval().requires_grad_(False)

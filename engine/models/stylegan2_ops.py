@@ -33,10 +33,8 @@ def _depthwise(kernel: Tensor, channels: int, like: Tensor) -> Tensor:
 
 
 def blur(x: Tensor, kernel: Tensor, pad: tuple[int, int], bias: Tensor | None = None) -> Tensor:
-    """`upfirdn2d(x, kernel, up=1, down=1, pad=pad)` on both axes (+ `bias` [C]): a depthwise conv.
-
-    A depthwise conv2d beats rosinality's reshape to one-channel images by about 6x on CPU.
-    """
+    """`upfirdn2d(x, kernel, up=1, down=1, pad=pad)` on both axes (+ `bias` [C]): a depthwise conv,
+    not rosinality's reshape to one-channel images (slower on CPU)."""
     p0, p1 = pad
     if p0 != p1:
         x = F.pad(x, (p0, p1, p0, p1))
@@ -106,7 +104,7 @@ def upsample2x(x: Tensor, kernel: Tensor) -> Tensor:
 
     Computed polyphase: one depthwise 3x3 conv with four outputs per channel at the input
     resolution, interleaved by pixel_shuffle. No zero-stuffed tensor and 9 instead of 16 taps per
-    output; about 6x faster on CPU than the equivalent stride-2 transposed conv.
+    output.
     """
     c = x.shape[1]
     weight = _polyphase_weight(kernel, c, x)

@@ -20,14 +20,16 @@ import yaml
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 
-from engine.models.checkpoints import html_error, load_torch_file, looks_like_html
-from engine.models.state_dicts import describe_contents, describe_mismatch
-from spooky.errors import (
-    CheckpointMismatchError,
-    CorruptWeightsError,
-    InvalidSizeError,
-    MissingWeightsError,
+from engine.models.checkpoints import load_torch_file
+from engine.models.file_kinds import check_model_file
+from engine.models.state_dicts import (
+    check_state_dict,
+    copy_state_dict,
+    describe_contents,
+    describe_mismatch,
+    on_meta,
 )
+from spooky.errors import CheckpointMismatchError, CorruptWeightsError, InvalidSizeError
 
 #: taming model classes whose checkpoints we can load, and the quantiser each one uses.
 VQ_TARGETS: dict[str, str] = {
@@ -76,11 +78,11 @@ def parse_config(config: Mapping[str, Any], source: str = "VQGAN config") -> VQG
 
     model = config.get("model") if isinstance(config, Mapping) else None
     if not isinstance(model, Mapping):
-        keys = sorted(config) if isinstance(config, Mapping) else type(config).__name__
+        keys = sorted(str(k) for k in config) if isinstance(config, Mapping) else type(config).__name__
         raise bad(f"no `model` section (top level has {keys})")
     target = model.get("target")
-    if target not in VQ_TARGETS:
-        raise bad(f"model.target is {target!r}; supported: {', '.join(VQ_TARGETS)}")
+    if not isinstance(target, str) or target not in VQ_TARGETS:
+        raise bad(f"model.target is {target!r:.80}; supported: {', '.join(VQ_TARGETS)}")
     params = model.get("params")
     if not isinstance(params, Mapping):
         raise bad("model.params is missing")
@@ -90,19 +92,37 @@ def parse_config(config: Mapping[str, Any], source: str = "VQGAN config") -> VQG
     missing = [k for k in _DDCONFIG_KEYS if k not in dd]
     if missing:
         raise bad(f"model.params.ddconfig lacks {', '.join(missing)}")
-    if dd.get("double_z", True):
+    if dd.get("double_z", True) is not False:
         # taming's Encoder doubles its output channels unless told not to; VQGAN configs always
         # say false, KL-autoencoder configs say true.
         raise bad("ddconfig.double_z is true or missing (a VQGAN config sets it to false)")
     if params.get("remap") is not None:
-        raise bad(f"model.params.remap is set ({params['remap']!r}); remapped codebooks are not supported")
-    try:
-        embed_dim, n_embed = int(params["embed_dim"]), int(params["n_embed"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise bad(f"model.params.embed_dim / n_embed missing or not integers ({e})") from e
-    if not isinstance(dd["ch_mult"], list | tuple) or not dd["ch_mult"]:
-        raise bad(f"ddconfig.ch_mult is {dd['ch_mult']!r}, expected a list such as [1, 1, 2, 2, 4]")
-    return VQGANSpec(VQ_TARGETS[target], embed_dim, n_embed, dict(dd))
+        raise bad(
+            f"model.params.remap is set ({params['remap']!r:.80}); remapped codebooks are not supported"
+        )
+    for key, value in (("embed_dim", params.get("embed_dim")), ("n_embed", params.get("n_embed"))):
+        if not _is_count(value, 1):
+            raise bad(f"model.params.{key} is {value!r:.80}, expected a positive integer")
+    for key in ("ch", "out_ch", "in_channels", "resolution", "z_channels"):
+        if not _is_count(dd[key], 1):
+            raise bad(f"ddconfig.{key} is {dd[key]!r:.80}, expected a positive integer")
+    if not _is_count(dd["num_res_blocks"], 0):
+        raise bad(f"ddconfig.num_res_blocks is {dd['num_res_blocks']!r:.80}, expected an integer >= 0")
+    for key, least in (("ch_mult", 1), ("attn_resolutions", 0)):
+        value = dd[key]
+        if not isinstance(value, list | tuple) or not all(_is_count(v, least) for v in value):
+            raise bad(f"ddconfig.{key} is {value!r:.80}, expected a list of integers such as [1, 1, 2, 2, 4]")
+    if not dd["ch_mult"]:
+        raise bad("ddconfig.ch_mult is empty, expected a list such as [1, 1, 2, 2, 4]")
+    if not all(isinstance(k, str) for k in dd):
+        raise bad(f"ddconfig has keys that are not names: {[k for k in dd if not isinstance(k, str)]!r:.80}")
+    if "dropout" in dd and (isinstance(dd["dropout"], bool) or not isinstance(dd["dropout"], int | float)):
+        raise bad(f"ddconfig.dropout is {dd['dropout']!r:.80}, expected a number")
+    return VQGANSpec(VQ_TARGETS[target], int(params["embed_dim"]), int(params["n_embed"]), dict(dd))
+
+
+def _is_count(value: object, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 class VQGAN(torch.nn.Module):
@@ -239,16 +259,21 @@ def build_vqgan(config: Mapping[str, Any]) -> VQGAN:
 def read_config(config_path: str | Path, *, fetch_hint: str = DEFAULT_FETCH_HINT) -> dict[str, Any]:
     """Parse taming's model.yaml with yaml.safe_load (no omegaconf, no code)."""
     p = Path(config_path).expanduser()
-    if not p.is_file():
-        raise MissingWeightsError(
-            f"VQGAN config not found: {p} (expected taming-transformers' model.yaml)", hint=fetch_hint
-        )
-    if looks_like_html(p):
-        raise html_error(p, "VQGAN config (taming model.yaml)", fetch_hint)
+    what = "VQGAN config (taming model.yaml)"
+    check_model_file(p, what, fetch_hint, expected="taming-transformers' model.yaml")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CorruptWeightsError(f"VQGAN config {p} is not valid YAML ({e})", hint=fetch_hint) from e
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError: a date that is none (2021-13-45); RecursionError: nesting deeper than the parser.
+        raise CorruptWeightsError(
+            f"VQGAN config {p} is not valid YAML ({type(e).__name__}: {e})", hint=fetch_hint
+        ) from e
+    if data is None:
+        raise CorruptWeightsError(
+            f"VQGAN config {p} is not a taming-transformers VQGAN config: the YAML file is empty "
+            "(nothing but blank lines or comments)",
+            hint=fetch_hint,
+        )
     if not isinstance(data, dict):
         raise CorruptWeightsError(
             f"VQGAN config {p} is not a taming-transformers VQGAN config: it holds a {type(data).__name__}",
@@ -266,8 +291,21 @@ def _state_dict_of(obj: Any, path: Path, fetch_hint: str) -> dict[str, torch.Ten
             f"with a 'state_dict'); {describe_contents(obj)}",
             hint=fetch_hint,
         )
+    sd = check_state_dict(sd, what="VQGAN checkpoint", path=path, hint=fetch_hint)
     # The training loss (LPIPS + discriminator) is never built, so its weights are dropped.
     return {k: v for k, v in sd.items() if not k.startswith("loss.")}
+
+
+def _build(spec: VQGANSpec, config_path: Path, fetch_hint: str) -> VQGAN:
+    try:
+        return VQGAN(spec)
+    except Exception as e:
+        # taming's modules check their arguments with asserts and torch's (GroupNorm wants the
+        # channels to be a multiple of 32): a yaml can describe sizes nothing can be built from.
+        raise CorruptWeightsError(
+            f"VQGAN config {config_path} describes no VQGAN taming can build ({type(e).__name__}: {e})",
+            hint=fetch_hint,
+        ) from e
 
 
 def load_vqgan(
@@ -277,26 +315,32 @@ def load_vqgan(
     *,
     fetch_hint: str = DEFAULT_FETCH_HINT,
 ) -> VQGAN:
-    """Build the VQGAN that `config_path` describes and load `ckpt_path` into it (eval, frozen)."""
+    """Build the VQGAN that `config_path` describes and load `ckpt_path` into it (eval, frozen).
+
+    The checkpoint is compared with a model built on the meta device first, so a yaml that describes
+    a huge model allocates nothing unless the checkpoint really holds that many weights.
+    """
     config_path, ckpt_path = Path(config_path).expanduser(), Path(ckpt_path).expanduser()
     spec = parse_config(read_config(config_path, fetch_hint=fetch_hint), source=f"VQGAN config {config_path}")
+    with on_meta():
+        probe = _build(spec, config_path, fetch_hint)
     obj = load_torch_file(
         ckpt_path, what="VQGAN checkpoint (taming-transformers last.ckpt)", fetch_hint=fetch_hint
     )
     state_dict = _state_dict_of(obj, ckpt_path, fetch_hint)
-    model = VQGAN(spec)
-    if not any(k in state_dict for k in model.state_dict()):
+    if not any(k in state_dict for k in probe.state_dict()):
         raise CheckpointMismatchError(
             f"VQGAN checkpoint {ckpt_path} is not a taming VQGAN: none of its keys are a VQGAN's; "
             f"{describe_contents(obj)}",
             hint=fetch_hint,
         )
-    problem = describe_mismatch(model, state_dict)
+    problem = describe_mismatch(probe, state_dict)
     if problem:
         raise CheckpointMismatchError(
             f"VQGAN config {config_path} and checkpoint {ckpt_path} do not match "
             f"(the yaml describes f{spec.factor}, {spec.n_embed} codes of {spec.embed_dim} dims): {problem}",
             hint="use the model.yaml that was published with this last.ckpt",
         )
-    model.load_state_dict(state_dict)
+    model = _build(spec, config_path, fetch_hint)
+    copy_state_dict(model, state_dict, what="VQGAN checkpoint", path=ckpt_path, hint=fetch_hint)
     return model.to(device).eval().requires_grad_(False)

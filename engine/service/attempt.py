@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from engine.pipeline.images import png_bytes
+from engine.pipeline.image_files import png_bytes
 from engine.service.artifacts import ArtifactFiles
 from engine.service.control import JobControl, StopKind
 from engine.service.store import ArtifactRow, DatabaseUnavailableError, JobRow, JobStore, LeaseLostError

@@ -413,7 +413,7 @@ class EngineCore:
 
     async def upload(self, data: bytes, user_id: str, channel_id: str) -> Artifact:
         """Check an uploaded image (not an image, too large, bomb: BAD_IMAGE) and keep it as a PNG."""
-        from engine.pipeline.images import load_image, png_bytes  # PIL/torch: engine-only imports
+        from engine.pipeline.image_files import load_image, png_bytes  # PIL: not needed before
 
         def convert() -> tuple[bytes, int, int]:
             image = load_image(data)

@@ -28,7 +28,8 @@ import torch
 from PIL import Image
 
 from engine.pipeline.ffmpeg import VideoDiskFullError, stop_children
-from engine.pipeline.images import load_image, to_pil
+from engine.pipeline.image_files import load_image
+from engine.pipeline.images import to_pil
 from engine.pipeline.progress import StepReport
 from engine.pipeline.render import Renderer
 from engine.service.attempt import AttemptWriter

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.pipeline.images import png_metadata
+from engine.pipeline.image_files import png_metadata
 from engine.pipeline.video_probe import probe
 from spooky.cli import main
 
@@ -94,3 +94,15 @@ def test_full_preset_without_weights_names_the_files(
     assert "stylegan2-ffhq-config-f.pt" in err
     assert "spooky weights fetch" in err
     assert "TINY" not in err  # never silently replaced by the tiny preset
+
+
+def test_a_style_gives_the_articles_prompts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from spooky.styles import STYLES
+
+    out = tmp_path / "witch"
+    argv = ["render", "--style", "witch", "--preset", "tiny", "--out", str(out), "--no-progress"]
+    argv += ["--config", str(fast_config(tmp_path)), "--steps", "1", "--scare-steps", "1"]
+    assert main(argv) == 0
+    settings = json.loads(png_metadata(out / "spooky.png")["settings"])
+    witch = STYLES["witch"]
+    assert (settings["prompt"], settings["scare_prompt"]) == (witch.prompt, witch.scare_prompt)

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from engine.pipeline.images import load_image
+from engine.pipeline.image_files import load_image
 
 
 def _encoded(image: Image.Image, fmt: str) -> bytes:

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.pipeline.images import from_pil, load_image, png_bytes, png_metadata, save_png, to_pil
+from engine.pipeline.image_files import load_image, png_bytes, png_metadata, save_png
+from engine.pipeline.images import from_pil, to_pil
 from spooky.errors import InvalidImageError
 
 

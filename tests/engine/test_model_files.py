@@ -16,8 +16,9 @@ import open_clip
 import pytest
 import torch
 
-from engine.models import weights
 from engine.models.clip import build_clip_model, find_cached_clip, load_clip
+from engine.models.clip_files import OPEN_CLIP_HF_REPO_DIR, find_clip_files
+from engine.models.registry import OPENAI_VIT_B_32_SHA256, REGISTRY
 from engine.models.stylegan2 import StyleGAN2Generator, load_stylegan2
 from engine.models.vqgan import build_vqgan, load_vqgan
 from spooky import cli
@@ -98,12 +99,12 @@ def test_openai_torchscript_file_is_checked_against_openais_digest(toy_clip, tmp
     write_openai_torchscript(toy_clip, path)
     with pytest.raises(CorruptWeightsError, match=r"not OpenAI's ViT-B-32\.pt") as info:
         load_clip(path, model_cfg=TOY)  # the default reference: the sha256 in OpenAI's URL
-    assert weights.OPENAI_VIT_B_32_SHA256 in str(info.value) and sha256(path) in str(info.value)
+    assert OPENAI_VIT_B_32_SHA256 in str(info.value) and sha256(path) in str(info.value)
 
 
 def test_openai_digest_is_the_one_in_its_url() -> None:
-    wf = weights.REGISTRY["clip_vit_b_32_openai"].files[0]
-    assert wf.sha256 == weights.OPENAI_VIT_B_32_SHA256
+    wf = REGISTRY["clip_vit_b_32_openai"].files[0]
+    assert wf.sha256 == OPENAI_VIT_B_32_SHA256
     assert all(f"/{wf.sha256}/ViT-B-32.pt" in url and url.startswith("https://") for url in wf.urls)
 
 
@@ -112,7 +113,7 @@ def test_openai_digest_is_the_one_in_its_url() -> None:
 
 def _hf_layout(hub: Path, payload: bytes, name: str = "open_clip_pytorch_model.bin") -> Path:
     """huggingface_hub's cache: blobs/<sha256>, snapshots/<rev>/<name> -> blob, refs/main."""
-    repo = hub / weights.OPEN_CLIP_HF_REPO_DIR
+    repo = hub / OPEN_CLIP_HF_REPO_DIR
     digest = hashlib.sha256(payload).hexdigest()
     (repo / "blobs").mkdir(parents=True)
     (repo / "blobs" / digest).write_bytes(payload)
@@ -154,7 +155,7 @@ def test_clip_found_in_the_hugging_face_cache(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub2"))
     own = _hf_layout(tmp_path / "hub2", toy_clip_bytes, "open_clip_model.safetensors")
     assert find_cached_clip(cache) == own
-    found = weights.find_clip_files(cache)
+    found = find_clip_files(cache)
     assert found[0].where == "Hugging Face cache"
     assert found[0].sha256 == hashlib.sha256(toy_clip_bytes).hexdigest()  # the blob's name
 
@@ -167,7 +168,7 @@ def test_openai_cache_and_weights_list_show_where(
     write_openai_torchscript(toy_clip, openai)
     hf = _hf_layout(home / ".cache" / "huggingface" / "hub", toy_clip_bytes)
     cache = tmp_path / "spooky"
-    assert [f.path for f in weights.find_clip_files(cache)] == [hf, openai]
+    assert [f.path for f in find_clip_files(cache)] == [hf, openai]
     assert cli.main(["weights", "list", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out.split("CLIP ViT-B/32 files found")[1]
     rows = out.splitlines()[2:4]
@@ -178,7 +179,7 @@ def test_openai_cache_and_weights_list_show_where(
     rows = {line.split()[2]: line.split(None, 3) for line in capsys.readouterr().out.splitlines()[1:]}
     assert rows[str(hf)][1] == "ok" and "Hugging Face cache" in rows[str(hf)][3]
     assert rows[str(openai)][1] == "mismatch"  # a replica, not OpenAI's file
-    assert f"expected {weights.OPENAI_VIT_B_32_SHA256}, got {sha256(openai)}" in rows[str(openai)][3]
+    assert f"expected {OPENAI_VIT_B_32_SHA256}, got {sha256(openai)}" in rows[str(openai)][3]
 
 
 def test_nothing_found_says_where_it_looked(home: Path, tmp_path: Path, capsys) -> None:
@@ -282,7 +283,7 @@ def test_gumbel_start_codes_come_from_the_proj_logits(tmp_path: Path, monkeypatc
     with torch.no_grad():
         _, _, (_, _, ind) = vq.quantizer(vq.encode(x))
     assert torch.equal(codes, ind)
-    assert not torch.equal(codes, vq.nearest_codes(vq.encode(x)))  # the old, wrong start
+    assert not torch.equal(codes, vq.nearest_codes(vq.encode(x)))  # the nearest vectors: another picture
     assert torch.equal(vq.encode_quantized(x), vq.quantize_codes(ind))
     plain = build_vqgan(toy_yaml())
     assert torch.equal(plain.encode_to_codes(x), plain.nearest_codes(plain.encode(x)))

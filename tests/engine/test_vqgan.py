@@ -246,7 +246,7 @@ def test_loading_imports_no_lightning_lpips_or_taming_models(vq_pair) -> None:
 @pytest.mark.real_weights
 @pytest.mark.parametrize("name", ["vqgan_wikiart_16384", "vqgan_imagenet_16384"])
 def test_published_vqgan_loads(name: str) -> None:
-    from engine.models.weights import REGISTRY
+    from engine.models.registry import REGISTRY
     from spooky.config import ModelsConfig
 
     config_path, ckpt_path = REGISTRY[name].paths(ModelsConfig().cache_dir)

@@ -14,8 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.models import weights
-from engine.models.weights import REGISTRY, WeightFile, download, fetch_file, file_statuses
+from engine.models import digests
+from engine.models.digests import DigestRecords, reference_digest, sidecar_path, write_sidecar
+from engine.models.download import download
+from engine.models.fetch import fetch_file
+from engine.models.registry import REGISTRY, WeightFile, WeightsEntry, get_entry
+from engine.models.verify import file_statuses
 from spooky import cli
 from spooky.errors import DownloadError, WeightsError
 
@@ -177,14 +181,26 @@ def test_fetch_records_a_sidecar_then_verifies_against_it(server, tmp_path: Path
     wf = WeightFile("x/w.bin", urls=(f"{server.base}/missing.bin", f"{server.base}/file.bin"))
     path = fetch_file(wf, tmp_path, progress=False)  # first mirror 404s, second works
     assert path.read_bytes() == PAYLOAD
-    assert weights.sidecar_path(path).read_text(encoding="utf-8").split()[0] == DIGEST
-    assert weights.reference_digest(wf, path) == DIGEST
+    assert sidecar_path(path).read_text(encoding="utf-8").split()[0] == DIGEST
+    assert reference_digest(wf, path) == DIGEST
     n = len(server.httpd.requests)
     assert fetch_file(wf, tmp_path, progress=False) == path  # present and matching: no download
     assert len(server.httpd.requests) == n
     path.write_bytes(b"tampered")
     fetch_file(wf, tmp_path, progress=False)  # fails its checksum: fetched again
     assert path.read_bytes() == PAYLOAD
+
+
+def test_fetch_records_the_digest_so_nothing_hashes_the_file_again(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wf = WeightFile("w.bin", urls=(f"{server.base}/file.bin",))
+    path = fetch_file(wf, tmp_path, progress=False)
+    monkeypatch.setattr(digests, "sha256_file", lambda p: pytest.fail(f"{p} was hashed again"))
+    assert DigestRecords.in_cache(tmp_path).digest(path) == DIGEST  # what the engine does at load
+    n = len(server.httpd.requests)
+    assert fetch_file(wf, tmp_path, progress=False) == path  # present and matching its sidecar
+    assert len(server.httpd.requests) == n
 
 
 def test_fetch_reports_every_failed_mirror(server, tmp_path: Path) -> None:
@@ -211,7 +227,7 @@ def test_registry_entries() -> None:
         "vqgan_wikiart_16384/last.ckpt",
     ]
     with pytest.raises(WeightsError, match="known names: stylegan2_ffhq"):
-        weights.get_entry("biggan")
+        get_entry("biggan")
 
 
 def test_verify_statuses(tmp_path: Path) -> None:
@@ -219,10 +235,10 @@ def test_verify_statuses(tmp_path: Path) -> None:
     ckpt.parent.mkdir()
     ckpt.write_bytes(PAYLOAD)
     (tmp_path / "vqgan_imagenet_16384" / "model.yaml").write_text("model: {}\n", encoding="utf-8")
-    weights.write_sidecar(ckpt, "f" * 64)
+    write_sidecar(ckpt, "f" * 64)
     checks = {st.path.name: st.check for st in file_statuses(["vqgan_imagenet_16384"], tmp_path, check=True)}
     assert checks == {"model.yaml": "unverified", "last.ckpt": "mismatch"}
-    weights.write_sidecar(ckpt, DIGEST)
+    write_sidecar(ckpt, DIGEST)
     checks = {st.path.name: st.check for st in file_statuses(["vqgan_imagenet_16384"], tmp_path, check=True)}
     assert checks["last.ckpt"] == "ok"
 
@@ -272,7 +288,7 @@ def test_cli_list_shows_files_the_config_points_at(
 def test_cli_verify_and_unknown_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "clip-vit-b-32-openai.pt"
     path.write_bytes(PAYLOAD)
-    weights.write_sidecar(path, DIGEST)
+    write_sidecar(path, DIGEST)
     assert cli.main(["weights", "verify", "clip_vit_b_32", "--cache-dir", str(tmp_path)]) == 0
     assert "ok" in capsys.readouterr().out
     path.write_bytes(b"changed")
@@ -285,7 +301,7 @@ def test_cli_verify_and_unknown_name(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_cli_fetch_downloads_and_records_digest(
     server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    entry = weights.WeightsEntry(
+    entry = WeightsEntry(
         name="toy_weights",
         kind="clip",
         description="a toy file served locally",
@@ -313,8 +329,8 @@ def test_file_far_smaller_than_published_is_refused(server, tmp_path: Path) -> N
     assert not (tmp_path / "w.bin").exists()
 
 
-def _vqgan_entry(urls: tuple[str, ...], sha256: str | None = None) -> weights.WeightsEntry:
-    return weights.WeightsEntry(
+def _vqgan_entry(urls: tuple[str, ...], sha256: str | None = None) -> WeightsEntry:
+    return WeightsEntry(
         name="toy_vqgan",
         kind="vqgan",
         description="a toy VQGAN served locally",
@@ -341,7 +357,7 @@ def test_fetch_tries_every_mirror_in_order(server, tmp_path: Path) -> None:
 def test_fetch_that_fails_everywhere_says_what_was_tried_and_what_to_do(server, tmp_path: Path) -> None:
     urls = tuple(f"{server.base}/{p}" for p in ("page.bin", "page-as-file.bin", "missing.bin", "file.bin"))
     entry = _vqgan_entry(urls, DIGEST)
-    entry = weights.WeightsEntry(  # the file is far smaller than published: refused too
+    entry = WeightsEntry(  # the file is far smaller than published: refused too
         entry.name,
         entry.kind,
         entry.description,

@@ -61,6 +61,17 @@ async def main():
                 await client.submit(request(user="2", prompt="ghost " * 80))
             except EngineRefused as e:
                 print("refused", e.refusal.code.value, e.refusal.message)
+            # An upload is checked (decoded, re-encoded) here too, and metrics are served.
+            import io
+            from PIL import Image
+            png = io.BytesIO()
+            Image.new("RGB", (8, 8)).save(png, "PNG")
+            uploaded = await client.upload(png.getvalue(), user_id="3", channel_id="200")
+            print("uploaded", uploaded.width, uploaded.height)
+            async with client._http().get(
+                service.url + "/metrics", headers={{"Authorization": "Bearer " + SECRET}}
+            ) as resp:
+                print("metrics", resp.status)
     heavy = ("torch", "open_clip", "numpy", "engine.models.factory", "engine.pipeline.render")
     heavy = sorted(m for m in heavy if m in sys.modules)
     print("heavy", heavy)
@@ -73,6 +84,7 @@ asyncio.run(main())
     )
     assert out.returncode == 0, out.stderr
     assert "refused bad_prompt the prompt is 80 CLIP tokens long" in out.stdout, out.stdout + out.stderr
+    assert "uploaded 8 8" in out.stdout and "metrics 200" in out.stdout, out.stdout + out.stderr
     assert "heavy []" in out.stdout, out.stdout
 
 

@@ -157,7 +157,7 @@ async def test_a_database_restart_shorter_than_the_lease_costs_no_job_an_attempt
         print(
             f"\noutage {OUTAGE_S:g} s: the video was in the member's message {shown:.1f} s after the restart"
         )
-        assert shown < 30, shown
+        assert shown < 15, shown  # the last frames, the encode and the post, on a busy machine too
 
         # One warning when it went, one line when it came back, on every node; no traceback.
         for node in nodes:

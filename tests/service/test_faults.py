@@ -127,7 +127,7 @@ async def test_the_sweep_deletes_files_that_have_no_row(tmp_path: Path):
 def _png() -> bytes:
     from PIL import Image
 
-    from engine.pipeline.images import png_bytes
+    from engine.pipeline.image_files import png_bytes
 
     return png_bytes(Image.new("RGB", (8, 8), (200, 10, 10)))
 
