@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import discord
 import yarl
 
+from bot import jobs
 from bot.errors import BadAttachment
 from bot.host import host_of
 from bot.replies import describe_request_error, engine_down, tell
+from spooky.contract import JobKind
 from spooky.engine_client import EngineRefused, EngineRequestError, EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -146,3 +149,15 @@ async def upload(interaction: discord.Interaction, picture: Picture) -> str | No
         await tell(interaction, describe_request_error(e))
         return None
     return artifact.id
+
+
+async def submit_from(
+    interaction: discord.Interaction, picture: Picture | None, *, kind: JobKind, prompt: str, **fields: Any
+) -> None:
+    """Submit a job that starts from `picture` (handed to the engine first), or from none."""
+    init_artifact = None
+    if picture is not None:
+        init_artifact = await upload(interaction, picture)
+        if init_artifact is None:
+            return
+    await jobs.submit(interaction, kind=kind, prompt=prompt, init_artifact=init_artifact, **fields)

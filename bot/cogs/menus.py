@@ -17,7 +17,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import jobs, pictures, replies
+from bot import pictures, replies
 from bot.errors import UserFacingError
 from bot.origin import server_of
 from spooky.bounds import MAX_PROMPT_CHARS
@@ -62,10 +62,7 @@ class SpookifyForm(discord.ui.Modal, title="Spookify this picture"):
             await replies.tell(interaction, "The prompt is empty: say what the picture should become.")
             return
         await replies.ack(interaction)  # public: this becomes the render's message
-        init_artifact = await pictures.upload(interaction, self.picture)
-        if init_artifact is None:
-            return
-        await jobs.submit(interaction, kind=JobKind.SPOOKY, prompt=prompt, init_artifact=init_artifact)
+        await pictures.submit_from(interaction, self.picture, kind=JobKind.SPOOKY, prompt=prompt)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
         if isinstance(error, UserFacingError):
@@ -108,15 +105,8 @@ class Menus(commands.Cog):
             await replies.tell(interaction, pictures.NO_PICTURE)
             return
         await replies.ack(interaction)
-        init_artifact = await pictures.upload(interaction, picture)
-        if init_artifact is None:
-            return
-        await jobs.submit(
-            interaction,
-            kind=JobKind.NIGHTMARE,
-            prompt=self.bot.settings.pipeline.nightmare_prompt,
-            init_artifact=init_artifact,
-        )
+        prompt = self.bot.settings.pipeline.nightmare_prompt
+        await pictures.submit_from(interaction, picture, kind=JobKind.NIGHTMARE, prompt=prompt)
 
     async def _limits(self, interaction: discord.Interaction) -> GuildLimits:
         """The server's limits (its `default_prompt`, `allow_images`); the defaults without a

@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import jobs, pictures, replies
+from bot import pictures, replies
 from bot.errors import BadPrompt, UserFacingError
 from bot.host import host_of
 from bot.origin import server_of
@@ -129,21 +129,16 @@ class Render(commands.Cog):
     ) -> None:
         picture = pictures.from_attachment(image) if image is not None else None  # refused before any ack
         await replies.ack(interaction)
-        init_artifact = None
-        if picture is not None:
-            init_artifact = await pictures.upload(interaction, picture)
-            if init_artifact is None:
-                return
         if scare_prompt is None and style is not None:
             scare_prompt = STYLES[style.value].scare_prompt
-        await jobs.submit(
+        await pictures.submit_from(
             interaction,
+            picture,
             kind=JobKind.SPOOKY,
             prompt=prompt,
             seed=seed,
             scare_prompt=scare_prompt,
             steps=steps,
-            init_artifact=init_artifact,
         )
 
     @spooky.autocomplete("prompt")
@@ -175,17 +170,12 @@ class Render(commands.Cog):
     ) -> None:
         picture = pictures.from_attachment(image) if image is not None else None  # refused before any ack
         await replies.ack(interaction)
-        init_artifact = None
-        if picture is not None:
-            init_artifact = await pictures.upload(interaction, picture)
-            if init_artifact is None:
-                return
-        await jobs.submit(
+        await pictures.submit_from(
             interaction,
+            picture,
             kind=JobKind.NIGHTMARE,
             prompt=prompt or self.bot.settings.pipeline.nightmare_prompt,
             frames=frames,
-            init_artifact=init_artifact,
         )
 
     @nightmare.error

@@ -152,3 +152,10 @@ async def job_of(engine: EngineClient, inter: Interaction) -> JobView:
                 if job.request.idempotency_key == inter.id:
                     return job
             await asyncio.sleep(0.05)
+
+
+async def delivered(engine: EngineClient, job_id: str, timeout: float = 30.0) -> None:
+    """Wait until the engine has the job marked delivered."""
+    async with asyncio.timeout(timeout):
+        while not (await engine.job(job_id)).delivered:
+            await asyncio.sleep(0.1)

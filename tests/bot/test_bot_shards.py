@@ -5,19 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from bot_helpers import RENDER_TIMEOUT_S, WEBHOOK_EDIT, filenames, final_of, job_of
+from bot_helpers import RENDER_TIMEOUT_S, WEBHOOK_EDIT, delivered, filenames, final_of, job_of
 from fake_discord.server import FakeDiscord
 
 from spooky.engine_client import EngineClient
 
 if TYPE_CHECKING:
     from conftest import Bots
-
-
-async def _delivered(engine: EngineClient, job_id: str) -> None:
-    async with asyncio.timeout(30):
-        while not (await engine.job(job_id)).delivered:
-            await asyncio.sleep(0.1)
 
 
 async def test_each_shard_process_delivers_only_its_servers_jobs(
@@ -49,7 +43,7 @@ async def test_each_shard_process_delivers_only_its_servers_jobs(
     assert fake.sessions_used[-1] == (home, 2)
     home_final = await fake.wait_for(lambda: final_of(fake, home_inter), RENDER_TIMEOUT_S)
     home_job = await job_of(engine_client, home_inter)
-    await _delivered(engine_client, home_job.id)
+    await delivered(engine_client, home_job.id)
     assert mine.tracker.delivered == [home_job.id]
     assert not (await engine_client.job(away_job.id)).delivered
     assert final_of(fake, away) is None
@@ -57,7 +51,7 @@ async def test_each_shard_process_delivers_only_its_servers_jobs(
     # The other shard's process, started again, delivers what finished while it was away.
     again = await bots.start(shard_count=2, shard_ids=[1 - home])
     away_final = await fake.wait_for(lambda: final_of(fake, away), 60)
-    await _delivered(engine_client, away_job.id)
+    await delivered(engine_client, away_job.id)
     assert again.tracker.delivered == [away_job.id] and mine.tracker.delivered == [home_job.id]
     assert filenames(away_final) == filenames(home_final) == ["stylegan.png", "spooky.png"]
     # Each set of shards keeps its own place in the engine's event stream.

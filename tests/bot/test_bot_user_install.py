@@ -14,6 +14,7 @@ from bot_helpers import (
     RENDER_TIMEOUT_S,
     WEBHOOK_EDIT,
     buttons,
+    delivered,
     ephemeral_messages,
     filenames,
     final_of,
@@ -92,7 +93,7 @@ async def test_in_a_server_without_the_bot_the_result_past_the_token_arrives_by_
     assert sorted(buttons(final)) == [f"spooky:nightmare:{job.id}", f"spooky:reroll:{job.id}"]
     link = f"https://discord.com/channels/{fake.guild_of(elsewhere)}/{elsewhere}/{inter.original_id}"
     assert final["content"].startswith(f"📬 From your render in {link}"), final["content"]
-    await _delivered(engine_client, job.id)
+    await delivered(engine_client, job.id)
     # Never a channel endpoint where the bot is not a member (so never a 403), and progress past
     # the token was not sent to the DMs: one DM, the result.
     assert _channel_calls(fake) == [f"POST /channels/{dm}/messages"]
@@ -149,7 +150,7 @@ async def test_with_dms_closed_the_result_waits_in_queue_and_its_button_posts_it
     final = await fake.wait_for(lambda: final_of(fake, post), RENDER_TIMEOUT_S)
     assert filenames(final) == ["stylegan.png", "spooky.png"] and final["channel_id"] == group
     assert final["via"] == "interaction"
-    await _delivered(engine_client, job.id)
+    await delivered(engine_client, job.id)
     stored = DeliveryState.from_client((await engine_client.job(job.id)).request.client)
     assert (stored.held, stored.token, stored.channel_id) == (None, post.token, group)
     assert not [c for c in _channel_calls(fake) if f"/channels/{group}/" in c]
@@ -180,12 +181,6 @@ async def test_a_video_in_a_group_dm_fits_the_interactions_upload_limit(
     assert not _channel_calls(fake)
 
 
-async def _delivered(engine: EngineClient, job_id: str) -> None:
-    async with asyncio.timeout(30):
-        while not (await engine.job(job_id)).delivered:
-            await asyncio.sleep(0.1)
-
-
 async def test_a_server_channel_that_refuses_the_bot_sends_the_result_to_the_dms(
     bots: Bots, fake: FakeDiscord, engine_client: EngineClient
 ) -> None:
@@ -207,7 +202,7 @@ async def test_a_server_channel_that_refuses_the_bot_sends_the_result_to_the_dms
     assert filenames(final) == ["stylegan.png", "spooky.png"] and final["content"].startswith(
         "📬 From your render"
     )
-    await _delivered(engine_client, job.id)
+    await delivered(engine_client, job.id)
     assert [c for c in _channel_calls(fake) if f"/channels/{channel}/" in c] == [
         f"POST /channels/{channel}/messages"
     ]  # refused once; then the DMs

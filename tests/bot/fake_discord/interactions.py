@@ -132,6 +132,11 @@ def _text_inputs(modal: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def user_id_of(payload: dict[str, Any]) -> str:
+    """Who sent an interaction: its member's user in a server, its user elsewhere."""
+    return str((payload.get("member") or payload)["user"]["id"])
+
+
 def synced(state: DiscordState, name: str, kind: int) -> dict[str, Any]:
     """The synced definition of command `name` of this type (a test using one the bot did not
     sync is a mistake in the test)."""

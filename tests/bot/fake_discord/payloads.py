@@ -140,7 +140,10 @@ def guild(state: DiscordState, guild_id: str) -> dict[str, Any]:
 
 def message(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored message as the API sends it (without the fake's own bookkeeping)."""
-    return {k: v for k, v in stored.items() if k not in ("via", "edits", "deleted", "allowed_mentions")}
+    out = {k: v for k, v in stored.items() if k not in ("via", "edits", "deleted", "allowed_mentions")}
+    if out.get("guild_id") is None:
+        out.pop("guild_id", None)  # a DM's message has none
+    return out
 
 
 def bot_user(state: DiscordState) -> dict[str, Any]:

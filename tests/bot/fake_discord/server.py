@@ -33,7 +33,6 @@ from fake_discord.state import (
     Interaction,
     Place,
     User,
-    now_iso,
 )
 
 #: The upload limit Discord announces in a server without boosts.
@@ -110,14 +109,9 @@ class FakeDiscord(DiscordState):
         definition = interactions.synced(self, command.split()[0], CHAT_INPUT)
         authorizing = interactions.available(self, definition, place, user)
         data = interactions.command_data(self, command, options or {}, guild_id=definition.get("guild_id"))
+        kind = interactions.APPLICATION_COMMAND
         return await self._send(
-            interactions.APPLICATION_COMMAND,
-            data,
-            user,
-            place,
-            authorizing,
-            permissions,
-            attachment_size_limit,
+            kind, data, user, place, authorizing, permissions=permissions, size_limit=attachment_size_limit
         )
 
     async def autocomplete(
@@ -138,15 +132,7 @@ class FakeDiscord(DiscordState):
         data = interactions.command_data(
             self, command, options, guild_id=definition.get("guild_id"), focused=focused
         )
-        return await self._send(
-            interactions.AUTOCOMPLETE,
-            data,
-            user,
-            place,
-            authorizing,
-            PERM_ALL_MEMBER,
-            DEFAULT_ATTACHMENT_SIZE_LIMIT,
-        )
+        return await self._send(interactions.AUTOCOMPLETE, data, user, place, authorizing)
 
     async def use_on_message(
         self,
@@ -164,14 +150,9 @@ class FakeDiscord(DiscordState):
         definition = interactions.synced(self, name, MESSAGE_COMMAND)
         authorizing = interactions.available(self, definition, place, user)
         data = interactions.message_command_data(self, name, message)
+        kind = interactions.APPLICATION_COMMAND
         return await self._send(
-            interactions.APPLICATION_COMMAND,
-            data,
-            user,
-            place,
-            authorizing,
-            permissions,
-            attachment_size_limit,
+            kind, data, user, place, authorizing, permissions=permissions, size_limit=attachment_size_limit
         )
 
     async def submit_form(self, opened: Interaction, values: dict[str, str] | None = None) -> Interaction:
@@ -180,16 +161,14 @@ class FakeDiscord(DiscordState):
         if opened.modal is None:
             raise AssertionError(f"the bot answered interaction {opened.id} with no form")
         payload = opened.payload
-        user = self.user((payload.get("member") or {}).get("user", payload.get("user", {})).get("id", ""))
-        data = interactions.modal_submit_data(opened.modal, values or {})
         return await self._send(
             interactions.MODAL_SUBMIT,
-            data,
-            user,
+            interactions.modal_submit_data(opened.modal, values or {}),
+            self.user(interactions.user_id_of(payload)),
             self.place_of(payload["channel_id"]),
             dict(payload["authorizing_integration_owners"]),
-            int((payload.get("member") or {}).get("permissions", PERM_ALL_MEMBER)),
-            payload["attachment_size_limit"],
+            permissions=int((payload.get("member") or {}).get("permissions", PERM_ALL_MEMBER)),
+            size_limit=payload["attachment_size_limit"],
             message=self.messages.get((payload.get("message") or {}).get("id", "")),
         )
 
@@ -209,10 +188,9 @@ class FakeDiscord(DiscordState):
         data = interactions.button_data(message, custom_id)
         place = self.place_of(message["channel_id"])
         origin = self.interactions.get(message.get("interaction_id") or "")
-        if message["flags"] & EPHEMERAL and origin is not None:
-            shown_to = (origin.payload.get("member") or origin.payload).get("user", {}).get("id")
-            if shown_to != user.id:
-                raise AssertionError(f"message {message_id} is ephemeral: only its user sees it")
+        shown_to = interactions.user_id_of(origin.payload) if origin is not None else None
+        if message["flags"] & EPHEMERAL and shown_to not in (None, user.id):
+            raise AssertionError(f"message {message_id} is ephemeral: only its user sees it")
         if origin is not None:
             authorizing = dict(origin.payload["authorizing_integration_owners"])
         else:
@@ -225,8 +203,8 @@ class FakeDiscord(DiscordState):
             user,
             place,
             authorizing,
-            permissions,
-            attachment_size_limit,
+            permissions=permissions,
+            size_limit=attachment_size_limit,
             message=message,
         )
 
@@ -237,8 +215,9 @@ class FakeDiscord(DiscordState):
         user: User,
         place: Place,
         authorizing: dict[str, str],
-        permissions: int,
-        size_limit: int,
+        *,
+        permissions: int = PERM_ALL_MEMBER,
+        size_limit: int = DEFAULT_ATTACHMENT_SIZE_LIMIT,
         message: dict[str, Any] | None = None,
     ) -> Interaction:
         session = self.gateway.session_for(place.guild_id)
@@ -271,30 +250,14 @@ class FakeDiscord(DiscordState):
         """A member's message (attachments as `add_attachment` returns them), for a message command
         to target."""
         self.place_of(channel_id)
-        message: dict[str, Any] = {
-            "id": self.snowflake(),
-            "channel_id": channel_id,
-            "author": (author or self.member).payload(),
-            "content": content,
-            "timestamp": now_iso(),
-            "edited_timestamp": None,
-            "tts": False,
-            "mention_everyone": False,
-            "mentions": [],
-            "mention_roles": [],
-            "attachments": attachments or [],
-            "embeds": embeds or [],
-            "pinned": False,
-            "type": 0,
-            "flags": 0,
-            "components": [],
-            "edits": 0,
-            "via": "member",
-        }
-        if guild_id := self.guild_of(channel_id):
-            message["guild_id"] = guild_id
-        self.messages[message["id"]] = message
-        return message
+        return self.store_message(
+            channel_id,
+            author or self.member,
+            content=content,
+            attachments=attachments or [],
+            embeds=embeds or [],
+            via="member",
+        )
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Wait until predicate() is truthy (checked after every request and every 50 ms)."""

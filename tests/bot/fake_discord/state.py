@@ -355,35 +355,64 @@ class DiscordState:
     def new_message(
         self, channel_id: str, body: dict[str, Any], files: list[tuple[str, bytes]], inter: Interaction | None
     ) -> dict[str, Any]:
+        """A message the bot posts: its own (`inter` None) or an interaction's."""
         specs = body.get("attachments")
         if specs is None:
             specs = [{"id": i, "filename": f} for i, (f, _) in enumerate(files)]
+        message = self.store_message(
+            channel_id,
+            self.bot_user,
+            content=body.get("content") or "",
+            attachments=self.attachments(specs, files, []),
+            embeds=body.get("embeds") or [],
+            kind=0 if inter is None else 20,
+            flags=int(body.get("flags") or 0),
+            components=body.get("components") or [],
+            via="channel" if inter is None else "interaction",
+        )
+        message["allowed_mentions"] = body.get("allowed_mentions")
+        if inter is not None:
+            message["webhook_id"] = self.app_id
+            message["application_id"] = self.app_id
+            message["interaction_id"] = inter.id
+        return message
+
+    def store_message(
+        self,
+        channel_id: str,
+        author: User,
+        *,
+        content: str,
+        attachments: list[dict[str, Any]],
+        embeds: list[dict[str, Any]],
+        kind: int = 0,
+        flags: int = 0,
+        components: list[dict[str, Any]] | None = None,
+        via: str,
+    ) -> dict[str, Any]:
+        """A new message in a channel, stored; `via` says who made it ("channel", "interaction":
+        the bot; "member")."""
         message: dict[str, Any] = {
             "id": self.snowflake(),
             "channel_id": channel_id,
             "guild_id": self.guild_of(channel_id),
-            "author": self.bot_user.payload(),
-            "content": body.get("content") or "",
+            "author": author.payload(),
+            "content": content,
             "timestamp": now_iso(),
             "edited_timestamp": None,
             "tts": False,
             "mention_everyone": False,
             "mentions": [],
             "mention_roles": [],
-            "attachments": self.attachments(specs, files, []),
-            "embeds": body.get("embeds") or [],
+            "attachments": attachments,
+            "embeds": embeds,
             "pinned": False,
-            "type": 0 if inter is None else 20,
-            "flags": int(body.get("flags") or 0),
-            "components": body.get("components") or [],
-            "allowed_mentions": body.get("allowed_mentions"),
+            "type": kind,
+            "flags": flags,
+            "components": components or [],
             "edits": 0,
-            "via": "channel" if inter is None else "interaction",
+            "via": via,
         }
-        if inter is not None:
-            message["webhook_id"] = self.app_id
-            message["application_id"] = self.app_id
-            message["interaction_id"] = inter.id
         self.messages[message["id"]] = message
         return message
 
