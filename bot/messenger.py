@@ -187,8 +187,8 @@ class JobMessages:
         try:
             return await self._own_message(content, uploads, view)
         except discord.Forbidden as e:
-            if self.state.fallback == "dm" or not channel_refused(e):
-                raise
+            if self.state.fallback == "dm" or not channel_refused(e) or self.state.user_id is None:
+                raise  # (a job stored before DM fallbacks existed does not know its member)
             log.warning(
                 "job %s: the channel refused the bot (%s); writing to the member instead", self.job_id, e
             )

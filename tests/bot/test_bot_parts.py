@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.delivery_state import DeliveryState
 from bot.feed import refit_target
 from bot.progress import EditThrottle, JobSnapshot, bar, render_progress
 from bot.text import duration, escape, size
@@ -168,3 +169,28 @@ def test_shard_settings_are_checked(section: dict, why: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_settings(None, env={f"SPOOKY_BOT__{k.upper()}": json.dumps(v) for k, v in section.items()})
     assert why in str(e.value) and "bot." in str(e.value)
+
+
+def test_delivery_state_round_trips_and_replacing_clears_what_the_new_one_lacks() -> None:
+    held = DeliveryState(
+        channel_id="2",
+        guild_id="1",
+        app_id="9",
+        token="old",
+        interaction_at=5.5,
+        message_id="3",
+        fallback="dm",
+        user_id="7",
+        dm_channel_id="8",
+        held="dms_closed",
+    )
+    assert DeliveryState.from_client(held.to_client()) == held
+    # A state stored before DM fallbacks existed reads as a channel fallback with no member.
+    old = DeliveryState.from_client({"channel_id": "2", "token": "t"})
+    assert (old.fallback, old.user_id, old.held) == ("channel", None, None)
+    fresh = DeliveryState(channel_id="4", app_id="9", token="new", interaction_at=6.0, user_id="7")
+    patch = fresh.replacing(held)
+    # The engine merges the dict and drops keys sent empty: what is left is exactly the new state.
+    merged = {k: v for k, v in (held.to_client() | patch).items() if v}
+    assert DeliveryState.from_client(merged) == fresh
+    assert patch["held"] == "" and patch["dm_channel_id"] == "" and patch["guild_id"] == ""
