@@ -4,8 +4,8 @@ A picture is an attachment (/spooky image:, /nightmare image:, or one on a messa
 Apps > Spookify / Nightmare on) or an image embed on such a message (a posted image link shows
 as its thumbnail, a rich embed as its image). What Discord says about an attachment (type, size)
 is checked before anything is downloaded; an embed says nothing, so it is fetched from Discord's
-media proxy (`proxy_url`: the bot never visits the link's own site when Discord has proxied it),
-over http(s) only, refused by its Content-Type and cut off once it is larger than we take. The
+media proxy (`proxy_url`; a link Discord did not proxy is refused: the bot never visits the link's
+own site), over http(s) only, refused by its Content-Type and cut off once it is larger than we take. The
 engine checks every upload again (type, size, pixels, decompression bombs).
 """
 
@@ -75,6 +75,9 @@ def from_attachment(attachment: discord.Attachment) -> Picture:
     return Picture(attachment.filename, attachment.url, attachment)
 
 
+NOT_PROXIED = "Discord did not proxy that picture's link, so I will not fetch it; attach the image instead."
+
+
 def on_message(message: discord.Message) -> Picture | None:
     """The picture on a message: its first image attachment, else its first image embed; None
     when it has neither. An image attachment of a type we do not take is refused (BadAttachment)."""
@@ -83,12 +86,15 @@ def on_message(message: discord.Message) -> Picture | None:
             return from_attachment(attachment)
     for embed in message.embeds:
         for media in (embed.image, embed.thumbnail):
-            url = media.proxy_url or media.url
-            if url:
-                if yarl.URL(url).scheme not in ("http", "https"):
-                    raise BadAttachment("That picture's link is not a web address; attach the image instead.")
-                name = yarl.URL(media.url or url).name or "the linked picture"
-                return Picture(name, url)
+            if not (media.proxy_url or media.url):
+                continue
+            # Only through Discord's media proxy: the bot never visits a link's own site (which
+            # could be an address inside the bot's network, or one that logs who looked).
+            url = media.proxy_url
+            if not url or yarl.URL(url).scheme not in ("http", "https"):
+                raise BadAttachment(NOT_PROXIED)
+            name = yarl.URL(media.url or url).name or "the linked picture"
+            return Picture(name, url)
     return None
 
 

@@ -29,6 +29,7 @@ HTTP API (JSON bodies; every route but /v1/health needs `Authorization: Bearer <
                                                       for a server whose upload limit is smaller)
     GET    /v1/last-image?user_id=&channel_id=     -> LastImage | 404
     GET    /v1/prompts?user_id=&guild_id=&q=&limit= -> PromptList (the user's recent prompts there)
+    GET    /v1/limits                              -> GuildLimits (without a server install: the defaults)
     GET    /v1/guilds/{guild_id}/limits            -> GuildLimits
     PATCH  /v1/guilds/{guild_id}/limits LimitsUpdate -> GuildLimits
     GET    /v1/guilds/{guild_id}/limits/log        -> list[LimitsChange]

@@ -285,8 +285,9 @@ class EngineClient:
         )
         return answer.prompts
 
-    async def limits(self, guild_id: str) -> GuildLimits:
-        return await self._get(GuildLimits, f"/guilds/{guild_id}/limits")
+    async def limits(self, guild_id: str | None) -> GuildLimits:
+        """A server's limits; None: those of a context without a server install (the defaults)."""
+        return await self._get(GuildLimits, f"/guilds/{guild_id}/limits" if guild_id else "/limits")
 
     async def update_limits(self, guild_id: str, actor_id: str, changes: dict[str, Any]) -> GuildLimits:
         body = LimitsUpdate(actor_id=actor_id, changes=changes)

@@ -109,11 +109,10 @@ class Menus(commands.Cog):
         await pictures.submit_from(interaction, picture, kind=JobKind.NIGHTMARE, prompt=prompt)
 
     async def _limits(self, interaction: discord.Interaction) -> GuildLimits:
-        """The server's limits (its `default_prompt`, `allow_images`); the defaults without a
-        server install, or when the engine does not answer in time (the engine decides at submit)."""
+        """The server's limits (its `default_prompt`, `allow_images`); the operator's defaults
+        without a server install; the contract's when the engine does not answer in time (the
+        engine decides at submit)."""
         server = server_of(interaction)
-        if server is None:
-            return GuildLimits()
         try:
             return await asyncio.wait_for(self.bot.engine.limits(server), FORM_PROMPT_BUDGET_S)
         except (EngineUnavailable, EngineRequestError, TimeoutError) as e:

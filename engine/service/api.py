@@ -428,6 +428,12 @@ def _guild(request: web.Request) -> str:
     return guild_id
 
 
+@routes.get(f"{API_PREFIX}/limits")
+async def default_limits(request: web.Request) -> web.Response:
+    """What applies without a server install (no moderator can change it): the operator's defaults."""
+    return model_response(await _core(request).limits(None))
+
+
 @routes.get(API_PREFIX + "/guilds/{guild_id}/limits")
 async def get_limits(request: web.Request) -> web.Response:
     return model_response(await _core(request).limits(_guild(request)))

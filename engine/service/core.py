@@ -539,7 +539,8 @@ class EngineCore:
 
     # --- limits -----------------------------------------------------------------------------
 
-    async def limits(self, guild_id: str) -> GuildLimits:
+    async def limits(self, guild_id: str | None) -> GuildLimits:
+        """A server's limits; None: those without a server install (the operator's defaults)."""
         return await self.db(self.store.guild_limits, guild_id)
 
     async def update_limits(self, guild_id: str, actor_id: str, changes: dict[str, Any]) -> GuildLimits:

@@ -193,7 +193,7 @@ async def test_bad_pictures_are_refused_with_the_reason(
         assert used.callback_type == 4 and used.modal is None
 
     # A linked picture that is not one, or too large (sent without a length: cut off while read),
-    # or whose link is no web address.
+    # or that Discord did not proxy (the bot never fetches a link's own site).
     page = fake.embed_image("page.png", "text/html", b"<html></html>")
     html = await fake.use_on_message("Nightmare", fake.post_message(channel, embeds=[page])["id"])
     assert await fake.wait_for(lambda: ephemeral_replies(fake, html), 30) == [
@@ -205,10 +205,10 @@ async def test_bad_pictures_are_refused_with_the_reason(
         "“endless.png” is too large: images up to 8 MB are accepted."
     ]
     odd = fake.embed_image("odd.png", "image/png", b"", kind="rich")
-    odd["image"] |= {"proxy_url": None, "url": "ftp://example.invalid/odd.png"}
+    odd["image"] |= {"proxy_url": None, "url": "http://10.0.0.1/odd.png"}
     ftp = await fake.use_on_message("Nightmare", fake.post_message(channel, embeds=[odd])["id"])
     assert await fake.wait_for(lambda: ephemeral_replies(fake, ftp), 30) == [
-        "That picture's link is not a web address; attach the image instead."
+        "Discord did not proxy that picture's link, so I will not fetch it; attach the image instead."
     ]
 
     # Pictures switched off for the server: the engine refuses /spooky image:, and Spookify says

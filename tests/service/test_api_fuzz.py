@@ -48,6 +48,7 @@ ROUTES = [
     ("POST", "/v1/artifacts/{artifact}/fit", ["max_bytes"], None),
     ("GET", "/v1/last-image", ["user_id", "channel_id"], None),
     ("GET", "/v1/prompts", ["user_id", "guild_id", "q", "limit"], None),
+    ("GET", "/v1/limits", [], None),
     ("GET", "/v1/guilds/{guild}/limits", [], None),
     ("PATCH", "/v1/guilds/{guild}/limits", [], "limits"),
     ("GET", "/v1/guilds/{guild}/limits/log", [], None),

@@ -104,3 +104,12 @@ def test_the_articles_four_monsters():
     assert list(STYLES) == ["witch", "vampire", "frankenstein", "werewolf"]
     assert STYLES["vampire"].prompt == "dracula muscular old male face pale skin fangs slicked back hair"
     assert all(s.prompt and s.scare_prompt and len(s.prompt) <= 100 for s in STYLES.values())
+
+
+async def test_without_a_server_install_the_limits_are_the_operators_defaults(tmp_path: Path):
+    settings = make_settings(tmp_path, limits={"default_prompt": "a ghoul", "allow_images": False})
+    async with running_engine(settings, autoload=False) as (_, client):
+        defaults = await client.limits(None)
+        assert (defaults.default_prompt, defaults.allow_images) == ("a ghoul", False)
+        await client.update_limits("100", "9", {"default_prompt": "a vampire"})
+        assert (await client.limits(None)).default_prompt == "a ghoul"  # no moderator reaches these
