@@ -154,11 +154,15 @@ class JobErrorCode(StrEnum):
     DOWNLOAD = "download"
 
     @classmethod
+    def parse(cls, code: object) -> JobErrorCode:
+        """`code` as a member; anything this release does not know (another release's) as ERROR."""
+        return cls(code) if isinstance(code, str) and code in cls._value2member_map_ else cls.ERROR
+
+    @classmethod
     def of(cls, error: BaseException) -> JobErrorCode:
         """The code of an exception that ended a job: its own (`SpookyError.code`) when it is one
         of these, else ERROR."""
-        code = getattr(error, "code", None)
-        return cls(code) if isinstance(code, str) and code in cls._value2member_map_ else cls.ERROR
+        return cls.parse(getattr(error, "code", None))
 
 
 class HealthStatus(StrEnum):

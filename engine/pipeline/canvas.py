@@ -11,15 +11,22 @@ from spooky.bounds import MAX_CANVAS_SIDE
 from spooky.errors import InvalidSizeError
 
 
+def is_canvas(size: tuple[int, int], factor: int) -> bool:
+    """Whether (w, h) is a canvas for `factor`."""
+    width, height = size
+    sides_fit = 0 < width <= MAX_CANVAS_SIDE and 0 < height <= MAX_CANVAS_SIDE
+    return sides_fit and width % factor == 0 and height % factor == 0
+
+
 def check_canvas(size: tuple[int, int], factor: int) -> None:
     """InvalidSizeError unless (w, h) is a canvas for `factor`; the message names the nearest ones."""
+    if is_canvas(size, factor):
+        return
     width, height = size
     if max(width, height) > MAX_CANVAS_SIDE:
         raise InvalidSizeError(
             f"canvas size {width}x{height} is too large: each side may be at most {MAX_CANVAS_SIDE}"
         )
-    if width > 0 and height > 0 and width % factor == 0 and height % factor == 0:
-        return
     near = ", ".join(f"{w}x{h}" for w, h in nearest_valid_sizes(size, factor))
     raise InvalidSizeError(
         f"canvas size {width}x{height} (w x h) is not allowed: both sides must be positive multiples "

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from engine.models.factory import Models
-from engine.pipeline.canvas import check_canvas, snap_size
+from engine.pipeline.canvas import check_canvas, is_canvas, snap_size
 from engine.pipeline.images import from_pil, to_pil
 from engine.pipeline.layout import apply_layout, use_channels_last
 from engine.pipeline.memory import StepMemory, free_bytes, measure_step_memory, use_checkpointing
@@ -30,7 +30,6 @@ from engine.pipeline.styleclip import StyleClipParams, optimise_latent
 from engine.pipeline.video import DEFAULT_CRF, BackgroundWriter, VideoWriter
 from engine.pipeline.video_budget import fit_to_budget
 from engine.pipeline.vqgan_clip import nightmare_frames, scare
-from spooky.bounds import MAX_CANVAS_SIDE
 from spooky.config import PipelineConfig
 from spooky.contract import JobSpec, NightmareSpec, SpookySpec
 from spooky.errors import ConfigError, InvalidImageError, InvalidSizeError
@@ -180,7 +179,7 @@ class Renderer:
         if size is not None:
             return (int(size[0]), int(size[1]))
         w, h = image.size
-        if w % self.factor == 0 and h % self.factor == 0 and max(w, h) <= MAX_CANVAS_SIDE:
+        if is_canvas((w, h), self.factor):
             return (w, h)
         dw, dh = self.default_size
         aspect = min(max(w / h, _ASPECT_RANGE[0]), _ASPECT_RANGE[1])
@@ -263,4 +262,4 @@ class Renderer:
 def _trusted(job: JobSpec, factor: int) -> None:
     """A spec reaches the renderer only after the submit's checks (engine.service.admission):
     its bounds are the contract's, and its canvas suits this VQGAN."""
-    assert job.size is None or (job.size[0] % factor == 0 and job.size[1] % factor == 0), job.size
+    assert job.size is None or is_canvas(job.size, factor), job.size

@@ -133,9 +133,7 @@ def job_row(row: Row) -> JobRow:
 
 def _error_code(stored: str | None) -> JobErrorCode | None:
     """A stored error code; one this release does not know (written by another) reads as ERROR."""
-    if stored is None:
-        return None
-    return JobErrorCode(stored) if stored in JobErrorCode._value2member_map_ else JobErrorCode.ERROR
+    return None if stored is None else JobErrorCode.parse(stored)
 
 
 def event_row(row: Row) -> Event:
